@@ -1,0 +1,1 @@
+//! `tollgate-agent`: the Tollgate sidecar.

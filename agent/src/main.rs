@@ -1,0 +1,2 @@
+//! The `tollgate-agent` binary.
+fn main() {}

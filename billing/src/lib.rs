@@ -1,0 +1,1 @@
+//! `tollgate-billing`: an OpenMeter-compatible central service.

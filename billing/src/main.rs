@@ -1,0 +1,2 @@
+//! The `tollgate-billing` binary.
+fn main() {}

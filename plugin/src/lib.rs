@@ -1,0 +1,1 @@
+//! `tollgate`: a Kong external plugin server speaking Kong's MsgPack plugin protocol.
