@@ -1,2 +1,125 @@
-//! The `tollgate` binary.
-fn main() {}
+//! The `tollgate` binary: `tollgate -dump` for Kong's query command, `tollgate [flags]` for its
+//! start command.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tollgate::publisher::{AgentAddr, Publisher, PublisherConfig};
+use tollgate::{info, server};
+
+/// Kong external plugin server for Tollgate metering.
+#[derive(Parser, Debug)]
+#[command(name = "tollgate", version)]
+struct Args {
+    /// Print Kong's plugin-info JSON and exit (Kong's query command: `tollgate -dump`).
+    #[arg(long)]
+    dump: bool,
+    /// Kong's prefix; the socket is `<prefix>/tollgate.socket`.
+    #[arg(long, env = "KONG_PREFIX", default_value = "/usr/local/kong")]
+    kong_prefix: PathBuf,
+    /// Serve this socket path instead of `<prefix>/tollgate.socket`.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The agent: `http://host:port` or `unix:/path/to/agent.sock`.
+    #[arg(long, env = "TOLLGATE_AGENT", default_value = "http://127.0.0.1:7070")]
+    agent: String,
+    /// CloudEvents `source` of the events (default `kong-gateway/<hostname>`).
+    #[arg(long, env = "TOLLGATE_SOURCE")]
+    source: Option<String>,
+    /// Events held in memory while the agent is unreachable; past it the oldest are dropped.
+    #[arg(long, default_value_t = 100_000)]
+    queue_capacity: usize,
+}
+
+/// Kong's docs and go-pdk spell flags with one dash (`-dump`, `-kong-prefix`); accept both.
+fn normalise_args() -> Vec<String> {
+    std::env::args()
+        .enumerate()
+        .map(|(i, a)| {
+            if i > 0 && a.starts_with('-') && !a.starts_with("--") && a.len() > 2 {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse_from(normalise_args());
+    if args.dump {
+        println!("{}", info::dump());
+        return Ok(());
+    }
+    // Kong copies our stdout/stderr into its error log, prefixed with our name and pid.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let agent: AgentAddr = args.agent.parse().map_err(anyhow::Error::msg)?;
+    let socket = args.socket.unwrap_or_else(|| {
+        args.kong_prefix
+            .join(format!("{}.socket", info::METERING_PLUGIN))
+    });
+    let source = args.source.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        format!("kong-gateway/{host}")
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let mut config = PublisherConfig::new(agent);
+        config.queue_capacity = args.queue_capacity;
+        let publisher = Publisher::start(config);
+        let state = server::State::new(publisher.clone(), source);
+        let listener = server::bind(&socket)
+            .await
+            .with_context(|| format!("cannot serve {}", socket.display()))?;
+        tracing::info!(socket = %socket.display(), agent = %args.agent, "tollgate plugin server ready");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = server::serve(listener, state.clone()) => {}
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = parent_gone() => tracing::info!("parent process exited"),
+        }
+        // Stop taking calls, then give queued events a moment to reach the agent.
+        let _ = std::fs::remove_file(&socket);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while publisher.queued() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let s = publisher.stats();
+        tracing::info!(
+            submitted = s.submitted.load(std::sync::atomic::Ordering::Relaxed),
+            acked = s.acked.load(std::sync::atomic::Ordering::Relaxed),
+            dropped = s.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            unsent = publisher.queued(),
+            "tollgate plugin server stopped"
+        );
+        Ok(())
+    })
+}
+
+/// Resolves when the process that started us (Kong) is gone and we were re-parented.
+async fn parent_gone() {
+    let parent = std::os::unix::process::parent_id();
+    if parent == 1 {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
+    }
+}
