@@ -1,1 +1,19 @@
-//! `tollgate-agent`: the Tollgate sidecar.
+//! `tollgate-agent`: the sidecar between Kong and the billing service. It takes events from the
+//! `tollgate` plugin over gRPC, keeps them durable on disk, and delivers them to OpenMeter,
+//! Konnect or `tollgate-billing`, losing nothing it acknowledged.
+//!
+//! Components, in the order an event meets them:
+//! * [`ingest`]: the gRPC source (`tollgate.v1.Ingest`), acking once durable.
+//! * [`buffer`]: the sled disk buffer: per-destination queues, group commit, dead letters.
+//! * [`sink`]: the HTTP flushers: batching, retries, bisection of poison events.
+//! * [`admin`]: health, readiness, metrics and dead-letter endpoints on loopback HTTP.
+//! * [`config`] and [`metrics`]: settings and counters.
+//! * [`app`]: wiring them into a running agent with graceful shutdown.
+
+pub mod admin;
+pub mod app;
+pub mod buffer;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod sink;

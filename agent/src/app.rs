@@ -1,0 +1,146 @@
+//! Wiring: opens the buffer, starts the flushers, the gRPC source and the admin HTTP server, and
+//! shuts them down in order (stop accepting, deliver for up to the grace period, commit, exit).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tollgate_proto::v1::ingest_server::IngestServer;
+
+use crate::admin::{AdminState, router};
+use crate::buffer::DiskBuffer;
+use crate::config::Config;
+use crate::ingest::IngestService;
+use crate::metrics::Metrics;
+use crate::sink::{Flusher, client};
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::default());
+    let (buffer, report, mut new_queues) =
+        DiskBuffer::open(&config.buffer.path, config.buffer.max_bytes)
+            .with_context(|| format!("opening the buffer at {}", config.buffer.path.display()))?;
+    if report.quarantined.is_some() {
+        metrics.quarantined.inc();
+    }
+    tracing::info!(path = %config.buffer.path.display(), resumed_events = report.resumed_events, "buffer open");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http = client(&config).context("building the HTTP client")?;
+    let mut flushers = JoinSet::new();
+    for id in buffer.queue_ids() {
+        if let Some(f) = Flusher::for_queue(
+            id,
+            http.clone(),
+            config.clone(),
+            buffer.clone(),
+            metrics.clone(),
+        ) {
+            flushers.spawn(f.run(stop_rx.clone()));
+        }
+    }
+
+    // gRPC: TCP and/or Unix socket, both stopping on the same signal.
+    let (grpc_stop_tx, grpc_stop_rx) = watch::channel(false);
+    let service = IngestServer::new(IngestService::new(buffer.clone(), metrics.clone()))
+        .max_decoding_message_size(64 << 20);
+    let mut servers = JoinSet::new();
+    if !config.grpc.listen.is_empty() {
+        let listener = TcpListener::bind(&config.grpc.listen)
+            .await
+            .with_context(|| format!("grpc.listen: cannot bind {}", config.grpc.listen))?;
+        tracing::info!(addr = %config.grpc.listen, "gRPC ingest listening");
+        let mut stop = grpc_stop_rx.clone();
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .add_service(service.clone())
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+        );
+    }
+    if let Some(path) = &config.grpc.unix_socket {
+        if path.exists() {
+            std::fs::remove_file(path)
+                .with_context(|| format!("grpc.unix_socket: removing stale {}", path.display()))?;
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("grpc.unix_socket: cannot bind {}", path.display()))?;
+        tracing::info!(path = %path.display(), "gRPC ingest listening");
+        let mut stop = grpc_stop_rx.clone();
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .add_service(service.clone())
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+        );
+    }
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let admin = router(AdminState {
+        buffer: buffer.clone(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    let admin_listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("http.listen: cannot bind {}", config.http.listen))?;
+    tracing::info!(addr = %config.http.listen, "admin HTTP listening");
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    let spawner = {
+        let (http, config, buffer, metrics, stop_rx) = (
+            http.clone(),
+            config.clone(),
+            buffer.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            let mut flushers = JoinSet::new();
+            while let Some(id) = new_queues.recv().await {
+                if let Some(f) = Flusher::for_queue(
+                    id,
+                    http.clone(),
+                    config.clone(),
+                    buffer.clone(),
+                    metrics.clone(),
+                ) {
+                    tracing::info!(queue = id, url = %f.target.url, "new destination");
+                    flushers.spawn(f.run(stop_rx.clone()));
+                }
+            }
+            flushers.join_all().await;
+        })
+    };
+
+    shutdown.await;
+    tracing::info!("shutting down: no new batches; delivering what is queued");
+    ready.store(false, Ordering::Release);
+    let _ = grpc_stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    let _ = stop_tx.send(true);
+    while flushers.join_next().await.is_some() {}
+    spawner.abort();
+    let _ = admin_task.await;
+    buffer.commit().await.context("final commit")?;
+    tracing::info!(left_on_disk = buffer.depth(), "stopped");
+    Ok(())
+}

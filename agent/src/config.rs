@@ -1,0 +1,351 @@
+//! The agent's configuration: a TOML file, then `TOLLGATE_AGENT__SECTION__KEY` environment
+//! overrides, then command-line flags. Every error names its key (`buffer.max_bytes: …`).
+//! `tollgate-agent check-config FILE` prints the effective result.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Which ingest API the default destination speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Api {
+    /// OpenMeter v1: `POST {url}/api/v1/events`, 204.
+    OpenmeterV1,
+    /// Self-hosted OpenMeter v3: `POST {url}/api/v3/openmeter/events`, 202.
+    OpenmeterV3,
+    /// Konnect: `POST {url}/v3/openmeter/events`, 202.
+    Konnect,
+}
+
+/// `[grpc]`: where plugins publish.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Grpc {
+    /// TCP address; empty string disables TCP.
+    pub listen: String,
+    /// Also serve on this Unix socket.
+    pub unix_socket: Option<PathBuf>,
+}
+
+impl Default for Grpc {
+    fn default() -> Self {
+        Grpc {
+            listen: "127.0.0.1:7070".into(),
+            unix_socket: None,
+        }
+    }
+}
+
+/// `[http]`: health, metrics and admin endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// TCP address (loopback by default).
+    pub listen: SocketAddr,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+        }
+    }
+}
+
+/// `[buffer]`: the durable queue on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Buffer {
+    /// The sled directory.
+    pub path: PathBuf,
+    /// Bytes of queued events at most. When full, new batches are answered `FULL` and nothing
+    /// is stored (the plugin keeps them in memory and drops its oldest when that fills).
+    pub max_bytes: u64,
+}
+
+impl Default for Buffer {
+    fn default() -> Self {
+        Buffer {
+            path: PathBuf::from("tollgate-agent-data"),
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// `[destination]`: the central billing service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Destination {
+    /// Base URL (`http://127.0.0.1:8888`), or a full events URL ending in `/events`.
+    pub url: String,
+    /// The API it speaks.
+    pub api: Api,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Verify TLS certificates.
+    pub tls_verify: bool,
+    /// Gzip request bodies.
+    pub gzip: bool,
+    /// Per-request timeout.
+    pub timeout_ms: u64,
+}
+
+impl Default for Destination {
+    fn default() -> Self {
+        Destination {
+            url: "http://127.0.0.1:8888".into(),
+            api: Api::OpenmeterV1,
+            token: None,
+            tls_verify: true,
+            gzip: false,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[flush]`: batching and retries towards the destination.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Flush {
+    /// Events per request at most.
+    pub max_events: usize,
+    /// Body bytes per request at most (before gzip).
+    pub max_bytes: usize,
+    /// How often an idle flusher looks for work.
+    pub interval_ms: u64,
+    /// First retry delay.
+    pub retry_initial_ms: u64,
+    /// Retry delay cap.
+    pub retry_max_ms: u64,
+    /// On SIGTERM, keep flushing for up to this long.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Flush {
+    fn default() -> Self {
+        Flush {
+            max_events: 1000,
+            max_bytes: 1 << 20,
+            interval_ms: 100,
+            retry_initial_ms: 100,
+            retry_max_ms: 30_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[grpc]`.
+    pub grpc: Grpc,
+    /// `[http]`.
+    pub http: Http,
+    /// `[buffer]`.
+    pub buffer: Buffer,
+    /// `[destination]`.
+    pub destination: Destination,
+    /// `[flush]`.
+    pub flush: Flush,
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key has a bad value (or is unknown).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `file` (if any), applies env overrides from `env`, validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| {
+                    vec![ConfigError::Read {
+                        path: path.to_owned(),
+                        source,
+                    }]
+                })?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    vec![ConfigError::Invalid(format!(
+                        "{}: {}",
+                        path.display(),
+                        e.message()
+                    ))]
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut errors = Vec::new();
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("TOLLGATE_AGENT__") else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            if path.len() != 2 {
+                errors.push(ConfigError::Invalid(format!(
+                    "{key}: expected TOLLGATE_AGENT__<SECTION>__<KEY>"
+                )));
+                continue;
+            }
+            let section = table
+                .entry(path[0].clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = section {
+                t.insert(path[1].clone(), env_value(&value));
+            }
+        }
+        let config: Config = match serde_path_to_error::deserialize(toml::Value::Table(table)) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(ConfigError::Invalid(format!("{}: {}", e.path(), e.inner())));
+                return Err(errors);
+            }
+        };
+        errors.extend(config.validate());
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut bad =
+            |key: &str, why: String| errors.push(ConfigError::Invalid(format!("{key}: {why}")));
+        if !self.grpc.listen.is_empty() && self.grpc.listen.parse::<SocketAddr>().is_err() {
+            bad(
+                "grpc.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:7070",
+                    self.grpc.listen
+                ),
+            );
+        }
+        if self.grpc.listen.is_empty() && self.grpc.unix_socket.is_none() {
+            bad(
+                "grpc.listen",
+                "empty, and no grpc.unix_socket either: plugins could not connect".into(),
+            );
+        }
+        if self.buffer.max_bytes < 1 << 20 {
+            bad(
+                "buffer.max_bytes",
+                format!("{} is below the minimum of 1 MiB", self.buffer.max_bytes),
+            );
+        }
+        match reqwest::Url::parse(&self.destination.url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => bad(
+                "destination.url",
+                format!("{:?} is not an http(s) URL", self.destination.url),
+            ),
+        }
+        if self.flush.max_events == 0 {
+            bad("flush.max_events", "must be at least 1".into());
+        }
+        if self.flush.max_bytes < 1024 {
+            bad("flush.max_bytes", "must be at least 1024".into());
+        }
+        if self.flush.retry_initial_ms == 0 || self.flush.retry_max_ms < self.flush.retry_initial_ms
+        {
+            bad(
+                "flush.retry_max_ms",
+                "must be at least flush.retry_initial_ms, which must be > 0".into(),
+            );
+        }
+        if self.destination.timeout_ms == 0 {
+            bad("destination.timeout_ms", "must be > 0".into());
+        }
+        errors
+    }
+
+    /// The effective configuration as TOML, with the token masked.
+    pub fn to_toml_masked(&self) -> String {
+        let mut shown = self.clone();
+        if shown.destination.token.is_some() {
+            shown.destination.token = Some("********".into());
+        }
+        toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+}
+
+/// Env values are TOML scalars when they parse as one (`8`, `true`), else strings.
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table())
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<ConfigError>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_file_and_env_layer_in_order() {
+        let c = load(
+            "[buffer]\nmax_bytes = 2097152\n",
+            &[("TOLLGATE_AGENT__FLUSH__MAX_EVENTS", "50")],
+        )
+        .unwrap();
+        assert_eq!(c.buffer.max_bytes, 2 << 20);
+        assert_eq!(c.flush.max_events, 50);
+        assert_eq!(c.grpc.listen, "127.0.0.1:7070");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let errs = load("[buffer]\nmax_bytes = \"lots\"\n", &[]).unwrap_err();
+        assert!(
+            errs[0].to_string().starts_with("buffer.max_bytes"),
+            "{}",
+            errs[0]
+        );
+        let errs = load("[destinaton]\nurl = \"x\"\n", &[]).unwrap_err();
+        assert!(errs[0].to_string().contains("destinaton"), "{}", errs[0]);
+        let errs = load(
+            "[destination]\nurl = \"ftp://x\"\n[flush]\nmax_events = 0\n",
+            &[],
+        )
+        .unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter().any(|e| e.starts_with("destination.url")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|e| e.starts_with("flush.max_events")),
+            "{text:?}"
+        );
+    }
+}
