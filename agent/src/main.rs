@@ -53,7 +53,7 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
         /// The agent's admin URL.
-        #[arg(long, default_value = "http://127.0.0.1:7071")]
+        #[arg(long, global = true, default_value = "http://127.0.0.1:7071")]
         admin: String,
     },
 }

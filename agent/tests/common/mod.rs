@@ -1,0 +1,335 @@
+//! Shared pieces of the agent's integration tests: the real `tollgate-agent` binary with its own
+//! config and data directory, a gRPC publisher that behaves like the plugin (resends what was
+//! not acked), and a real HTTP receiver that records what it is sent and can misbehave on cue.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_proto::v1::batch_ack::Status;
+use tollgate_proto::v1::ingest_client::IngestClient;
+use tollgate_proto::{BatchAck, EventBatch, UsageEvent};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How the receiver answers.
+#[derive(Default)]
+pub struct Behaviour {
+    /// Answer 500 to this many requests.
+    pub fail_500: usize,
+    /// Answer 429 with `Retry-After: 1` to this many requests.
+    pub throttle_429: usize,
+    /// Refuse (400) any batch containing one of these ids; store nothing of it.
+    pub poison: HashSet<String>,
+    /// Sleep this long before answering.
+    pub delay: Duration,
+}
+
+#[derive(Default)]
+pub struct Received {
+    /// Every event received, in order, duplicates included.
+    pub events: Vec<serde_json::Value>,
+    pub requests: usize,
+    pub times: Vec<Instant>,
+    pub auth: Vec<Option<String>>,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Received>>,
+    pub behaviour: Arc<Mutex<Behaviour>>,
+}
+
+async fn ingest(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    let delay = r.behaviour.lock().unwrap().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let events: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                HeaderMap::new(),
+                format!("bad json: {e}"),
+            );
+        }
+    };
+    let mut b = r.behaviour.lock().unwrap();
+    let mut rec = r.received.lock().unwrap();
+    rec.requests += 1;
+    rec.times.push(Instant::now());
+    rec.auth.push(
+        headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned()),
+    );
+    if b.fail_500 > 0 {
+        b.fail_500 -= 1;
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            HeaderMap::new(),
+            "boom".into(),
+        );
+    }
+    if b.throttle_429 > 0 {
+        b.throttle_429 -= 1;
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "1".parse().unwrap());
+        return (StatusCode::TOO_MANY_REQUESTS, h, "slow down".into());
+    }
+    if let Some(bad) = events
+        .iter()
+        .find(|e| b.poison.contains(e["id"].as_str().unwrap_or("")))
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            HeaderMap::new(),
+            format!("invalid event {}", bad["id"]),
+        );
+    }
+    rec.events.extend(events);
+    (StatusCode::NO_CONTENT, HeaderMap::new(), String::new())
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        Self::start_on(0).await
+    }
+
+    pub async fn start_on(port: u16) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let r = Receiver {
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            behaviour: Arc::default(),
+        };
+        let app = Router::new()
+            .route("/api/v1/events", post(ingest))
+            .with_state(r.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Distinct ids received.
+    pub fn ids(&self) -> HashSet<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().events.len()
+    }
+
+    /// Waits until every id in `want` arrived (panics after `timeout`).
+    pub async fn wait_for_ids(&self, want: &HashSet<String>, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = self.ids();
+            let missing = want.difference(&have).count();
+            if missing == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{missing} of {} ids never arrived",
+                want.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A running `tollgate-agent`.
+pub struct Agent {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+pub fn agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tollgate-agent"))
+}
+
+/// Writes a config for `dir` delivering to `destination`, with extra TOML appended.
+pub fn write_config(dir: &Path, destination: &str, extra: &str) -> PathBuf {
+    let grpc = free_port();
+    let http = free_port();
+    let path = dir.join("agent.toml");
+    let mut table: toml::Table = format!(
+        "[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
+         [buffer]\npath = \"{}\"\n[destination]\nurl = \"{destination}\"\n\
+         [flush]\ninterval_ms = 20\nretry_initial_ms = 20\nretry_max_ms = 200\n",
+        dir.join("data").display()
+    )
+    .parse()
+    .unwrap();
+    let extra: toml::Table = extra.parse().unwrap();
+    for (section, values) in extra {
+        let target = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        target
+            .as_table_mut()
+            .unwrap()
+            .extend(values.as_table().unwrap().clone());
+    }
+    std::fs::write(&path, table.to_string()).unwrap();
+    path
+}
+
+impl Agent {
+    pub fn start(config: &Path) -> Agent {
+        let text = std::fs::read_to_string(config).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        let grpc: SocketAddr = table["grpc"]["listen"].as_str().unwrap().parse().unwrap();
+        let http: SocketAddr = table["http"]["listen"].as_str().unwrap().parse().unwrap();
+        let child = Command::new(agent_bin())
+            .args(["--config", config.to_str().unwrap()])
+            .env("TOLLGATE_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = Agent {
+            child,
+            grpc,
+            http,
+            dir: config.parent().unwrap().to_owned(),
+            config: config.to_owned(),
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.grpc).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "agent never listened on {}",
+                self.grpc
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("http://{}{path}", self.http))
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn event(id: &str) -> UsageEvent {
+    UsageEvent {
+        id: id.into(),
+        source: "kong-test".into(),
+        r#type: "kong.api_request".into(),
+        subject: "consumer:7".into(),
+        time: "2026-11-24T10:00:00.000Z".into(),
+        data: format!(r#"{{"request_method":"GET","n":"{id}"}}"#).into_bytes(),
+    }
+}
+
+/// Publishes `batches` on one stream; returns the acks (by sequence).
+pub async fn publish(
+    url: &str,
+    batches: Vec<EventBatch>,
+) -> Result<HashMap<u64, BatchAck>, String> {
+    let mut client = IngestClient::connect(url.to_owned())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(batches.len().max(1));
+    let n = batches.len();
+    for b in batches {
+        tx.send(b).await.unwrap();
+    }
+    drop(tx);
+    let mut acks = client
+        .publish(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let mut out = HashMap::new();
+    while out.len() < n {
+        match acks.message().await {
+            Ok(Some(a)) => {
+                out.insert(a.sequence, a);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+pub fn batch(sequence: u64, ids: impl IntoIterator<Item = String>) -> EventBatch {
+    EventBatch {
+        sequence,
+        events: ids.into_iter().map(|i| event(&i)).collect(),
+        destination: None,
+    }
+}
+
+pub fn durable(acks: &HashMap<u64, BatchAck>) -> usize {
+    acks.values()
+        .filter(|a| a.status() == Status::Durable)
+        .count()
+}
