@@ -46,7 +46,10 @@ async fn raw_sled(events: usize, batches_per_flush: usize) -> f64 {
         let mut batch = sled::Batch::default();
         for _ in 0..PER_BATCH {
             key += 1;
-            batch.insert(&key.to_be_bytes(), rmp_serde::to_vec_named(&stored(key as usize)).unwrap());
+            batch.insert(
+                &key.to_be_bytes(),
+                rmp_serde::to_vec_named(&stored(key as usize)).unwrap(),
+            );
         }
         tree.apply_batch(batch).unwrap();
         if (b + 1) % batches_per_flush == 0 {
@@ -85,8 +88,15 @@ async fn agent_grpc(events: usize, streams: usize, url: &str) -> f64 {
 }
 
 fn main() {
-    let events: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let events: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let raw_each = raw_sled(events, 1).await;
         let raw_grouped = raw_sled(events, 8).await;
@@ -94,14 +104,23 @@ fn main() {
         // The receiver is down during ingest so the backlog builds; then it comes up.
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let agent = Agent::start(&write_config(dir.path(), &format!("http://127.0.0.1:{port}"), "[flush]\nretry_max_ms = 100\n"));
+        let agent = Agent::start(&write_config(
+            dir.path(),
+            &format!("http://127.0.0.1:{port}"),
+            "[flush]\nretry_max_ms = 100\n",
+        ));
         let one = agent_grpc(events / 2, 1, &agent.grpc_url()).await;
         let four = agent_grpc(events / 2, 4, &agent.grpc_url()).await;
-        let backlog = (events / 2 / PER_BATCH) * PER_BATCH + (events / 2 / 4 / PER_BATCH) * PER_BATCH * 4;
+        let backlog =
+            (events / 2 / PER_BATCH) * PER_BATCH + (events / 2 / 4 / PER_BATCH) * PER_BATCH * 4;
         let receiver = Receiver::start_on(port).await;
         let t0 = Instant::now();
         while receiver.count() < backlog {
-            assert!(t0.elapsed() < Duration::from_secs(300), "flush stalled at {}", receiver.count());
+            assert!(
+                t0.elapsed() < Duration::from_secs(300),
+                "flush stalled at {}",
+                receiver.count()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let flush = backlog as f64 / t0.elapsed().as_secs_f64();
@@ -109,10 +128,25 @@ fn main() {
         println!("tollgate-agent durable ingest, {events} events, batches of {PER_BATCH}, 2 cores");
         println!("{:<44} {:>12}", "run", "events/s");
         println!("{:<44} {:>12.0}", "raw sled, flush per batch", raw_each);
-        println!("{:<44} {:>12.0}", "raw sled, one flush per 8 batches", raw_grouped);
-        println!("{:<44} {:>12.0}", "agent gRPC, 1 stream (acked durable)", one);
-        println!("{:<44} {:>12.0}", "agent gRPC, 4 streams (acked durable)", four);
-        println!("{:<44} {:>12.0}", "agent flush to local HTTP receiver (204)", flush);
-        println!("agent 4 streams / raw sled flush-per-batch: {:.2}x", four / raw_each);
+        println!(
+            "{:<44} {:>12.0}",
+            "raw sled, one flush per 8 batches", raw_grouped
+        );
+        println!(
+            "{:<44} {:>12.0}",
+            "agent gRPC, 1 stream (acked durable)", one
+        );
+        println!(
+            "{:<44} {:>12.0}",
+            "agent gRPC, 4 streams (acked durable)", four
+        );
+        println!(
+            "{:<44} {:>12.0}",
+            "agent flush to local HTTP receiver (204)", flush
+        );
+        println!(
+            "agent 4 streams / raw sled flush-per-batch: {:.2}x",
+            four / raw_each
+        );
     });
 }

@@ -27,7 +27,12 @@ use tollgate_e2e::kong::worker::Worker;
 
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
@@ -49,7 +54,8 @@ struct Run {
 async fn drive(workers: &[Arc<Worker>], per_worker: usize, pid: u32, metering: bool) -> Run {
     let plugin = Arc::new(metering_plugin(json!({})));
     let req = Arc::new(
-        KongRequest::get(KongVersion::V3_9, "/orders/42").with_consumer("5d1b8c3e-2a4f-4b6d-9e8a-7c6b5a4d3e2f", "alice"),
+        KongRequest::get(KongVersion::V3_9, "/orders/42")
+            .with_consumer("5d1b8c3e-2a4f-4b6d-9e8a-7c6b5a4d3e2f", "alice"),
     );
     // Warm the instances.
     for w in workers {
@@ -64,7 +70,16 @@ async fn drive(workers: &[Arc<Worker>], per_worker: usize, pid: u32, metering: b
             let id = w.instance_id(&plugin).await.unwrap();
             for _ in 0..per_worker {
                 if metering {
-                    w.run_phase(&plugin, "log", &RequestPdk { request: &req, phase: "log" }).await.unwrap();
+                    w.run_phase(
+                        &plugin,
+                        "log",
+                        &RequestPdk {
+                            request: &req,
+                            phase: "log",
+                        },
+                    )
+                    .await
+                    .unwrap();
                 } else {
                     w.rpc()
                         .call(
@@ -87,12 +102,23 @@ async fn drive(workers: &[Arc<Worker>], per_worker: usize, pid: u32, metering: b
     let ticks = cpu_ticks(pid) - ticks0;
     let events = workers.len() * per_worker;
     // USER_HZ is 100 on Linux.
-    Run { events, secs, cpu_us_per_event: ticks as f64 * 10_000.0 / events as f64 }
+    Run {
+        events,
+        secs,
+        cpu_us_per_event: ticks as f64 * 10_000.0 / events as f64,
+    }
 }
 
 fn main() {
-    let events: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let events: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let agent = RecordingAgent::start().await;
         let dir = tempfile::tempdir().unwrap();
