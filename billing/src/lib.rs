@@ -1,1 +1,16 @@
-//! `tollgate-billing`: an OpenMeter-compatible central service.
+//! `tollgate-billing`: an OpenMeter-compatible central metering and entitlement service in one
+//! binary with an embedded store, so Tollgate runs on one machine with no cloud account.
+//!
+//! * [`store`]: sled trees behind a narrow interface — events, dedup, per-minute usage, entities.
+//! * [`meter`]: meters and how one event contributes to them.
+//! * [`query`]: meter queries over the per-minute aggregates.
+//! * [`entitlement`]: customers, features, entitlements, grants and the balance engine.
+//! * [`api`]: the HTTP API on OpenMeter's paths.
+//! * [`config`]: the TOML config file.
+
+pub mod api;
+pub mod config;
+pub mod entitlement;
+pub mod meter;
+pub mod query;
+pub mod store;

@@ -1,2 +1,74 @@
 //! The `tollgate-billing` binary.
-fn main() {}
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tollgate_billing::api::{self, Api};
+use tollgate_billing::config::Config;
+use tollgate_billing::store::Store;
+
+/// OpenMeter-compatible metering and entitlements with an embedded store.
+#[derive(Parser, Debug)]
+#[command(name = "tollgate-billing", version)]
+struct Args {
+    /// TOML config file (listen, data_dir, api_tokens, meters).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Overrides `listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Overrides `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(anyhow::Error::msg)?,
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    let store = Arc::new(
+        Store::open(&config.data_dir)
+            .with_context(|| format!("opening {}", config.data_dir.display()))?,
+    );
+    for meter in config.meters.clone() {
+        api::ensure_meter(&store, meter).map_err(anyhow::Error::msg)?;
+    }
+    store.flush().await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    tracing::info!(addr = %config.listen, data = %config.data_dir.display(), "tollgate-billing listening");
+    let app = api::router(Api {
+        store: store.clone(),
+        tokens: Arc::new(config.api_tokens),
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await?;
+    store.flush().await?;
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! `tollgate-billing`'s config file (TOML): where to listen, where the data lives, optional Bearer
+//! tokens, and meters declared at start (like OpenMeter's `meters:` config list).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::meter::Meter;
+
+/// The config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listen address (loopback by default, port 8888 like OpenMeter).
+    pub listen: SocketAddr,
+    /// The sled directory.
+    pub data_dir: PathBuf,
+    /// Accepted Bearer tokens; none means no authentication.
+    pub api_tokens: Vec<String>,
+    /// Meters created at start if missing.
+    pub meters: Vec<Meter>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8888)),
+            data_dir: PathBuf::from("tollgate-billing-data"),
+            api_tokens: Vec::new(),
+            meters: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; errors name the key.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e))
+    }
+}

@@ -1,0 +1,262 @@
+//! Meter queries (`GET /api/v1/meters/{idOrSlug}/query`): per-minute aggregates folded into
+//! windows (MINUTE, HOUR, DAY, MONTH in a time zone) and group-by keys, as `MeterQueryResult`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use serde::Serialize;
+
+use crate::meter::{Aggregation, CompiledMeter};
+use crate::store::{MinuteAgg, Store, StoreError};
+
+/// Window sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WindowSize {
+    /// One minute.
+    Minute,
+    /// One hour.
+    Hour,
+    /// One day (in the query's time zone).
+    Day,
+    /// One calendar month (in the query's time zone).
+    Month,
+}
+
+impl std::str::FromStr for WindowSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "MINUTE" => Ok(WindowSize::Minute),
+            "HOUR" => Ok(WindowSize::Hour),
+            "DAY" => Ok(WindowSize::Day),
+            "MONTH" => Ok(WindowSize::Month),
+            other => Err(format!(
+                "windowSize must be MINUTE, HOUR, DAY or MONTH, not {other:?}"
+            )),
+        }
+    }
+}
+
+/// A query.
+#[derive(Debug, Clone)]
+pub struct MeterQuery {
+    /// Inclusive start.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive end.
+    pub to: Option<DateTime<Utc>>,
+    /// Window size; `None` for one total.
+    pub window_size: Option<WindowSize>,
+    /// Window time zone.
+    pub tz: Tz,
+    /// Subjects to include (all when empty).
+    pub subjects: Vec<String>,
+    /// Group-by keys (`subject` reserved).
+    pub group_by: Vec<String>,
+    /// Exact-match filters on group-by values.
+    pub filter_group_by: BTreeMap<String, String>,
+}
+
+/// One row of `MeterQueryResult.data`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterQueryRow {
+    /// Aggregated value.
+    pub value: f64,
+    /// Window start.
+    pub window_start: DateTime<Utc>,
+    /// Window end.
+    pub window_end: DateTime<Utc>,
+    /// Subject, when grouped by subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Group-by values.
+    pub group_by: BTreeMap<String, Option<String>>,
+}
+
+/// `MeterQueryResult`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeterQueryResult {
+    /// Start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<DateTime<Utc>>,
+    /// End.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<DateTime<Utc>>,
+    /// Window size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_size: Option<WindowSize>,
+    /// Rows.
+    pub data: Vec<MeterQueryRow>,
+}
+
+fn window_bounds(minute_ms: i64, size: WindowSize, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
+    let t = Utc
+        .timestamp_millis_opt(minute_ms)
+        .single()
+        .unwrap_or_default();
+    match size {
+        WindowSize::Minute => (t, t + chrono::Duration::minutes(1)),
+        WindowSize::Hour => {
+            let start = Utc
+                .timestamp_millis_opt(minute_ms.div_euclid(3_600_000) * 3_600_000)
+                .single()
+                .unwrap_or_default();
+            (start, start + chrono::Duration::hours(1))
+        }
+        WindowSize::Day | WindowSize::Month => {
+            let local = t.with_timezone(&tz).date_naive();
+            let (start, end) = if size == WindowSize::Day {
+                (local, local.succ_opt().unwrap_or(local))
+            } else {
+                let first = local.with_day(1).unwrap_or(local);
+                let next = if first.month() == 12 {
+                    first
+                        .with_year(first.year() + 1)
+                        .and_then(|d| d.with_month(1))
+                } else {
+                    first.with_month(first.month() + 1)
+                };
+                (first, next.unwrap_or(first))
+            };
+            let at_midnight = |d: chrono::NaiveDate| {
+                tz.from_local_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default())
+                    .earliest()
+                    .map(|x| x.with_timezone(&Utc))
+                    .unwrap_or_default()
+            };
+            (at_midnight(start), at_midnight(end))
+        }
+    }
+}
+
+/// The value of folded aggregates.
+pub fn value_of(aggregation: Aggregation, agg: &MinuteAgg) -> Decimal {
+    match aggregation {
+        Aggregation::Count => Decimal::from(agg.count),
+        Aggregation::Sum => agg.sum,
+        Aggregation::Avg if agg.count > 0 => agg.sum / Decimal::from(agg.count),
+        Aggregation::Avg => Decimal::ZERO,
+        Aggregation::Min => agg.min.unwrap_or_default(),
+        Aggregation::Max => agg.max.unwrap_or_default(),
+        Aggregation::Latest => agg.latest.map(|(_, v)| v).unwrap_or_default(),
+        Aggregation::UniqueCount => Decimal::from(agg.uniques.len()),
+    }
+}
+
+/// Runs `q` against `meter`.
+pub fn run(
+    store: &Store,
+    meter: &CompiledMeter,
+    q: &MeterQuery,
+) -> Result<MeterQueryResult, StoreError> {
+    let from_ms = q.from.map_or(i64::MIN, |t| t.timestamp_millis());
+    let to_ms = q.to.map_or(i64::MAX, |t| t.timestamp_millis());
+    let rows = store.usage(&meter.meter.slug, &q.subjects, from_ms, to_ms)?;
+    let by_subject = q.group_by.iter().any(|g| g == "subject") || !q.subjects.is_empty();
+    let keys: Vec<&String> = q.group_by.iter().filter(|g| *g != "subject").collect();
+    type Key = (i64, Option<String>, Vec<Option<String>>);
+    let mut folded: BTreeMap<Key, (MinuteAgg, i64, i64)> = BTreeMap::new();
+    for (subject, group, minute, agg) in rows {
+        if q.filter_group_by
+            .iter()
+            .any(|(k, v)| group.get(k) != Some(v))
+        {
+            continue;
+        }
+        let ws = match q.window_size {
+            Some(size) => window_bounds(minute, size, q.tz).0.timestamp_millis(),
+            None => i64::MIN,
+        };
+        let key = (
+            ws,
+            by_subject.then(|| subject.clone()),
+            keys.iter().map(|k| group.get(*k).cloned()).collect(),
+        );
+        let slot = folded
+            .entry(key)
+            .or_insert_with(|| (MinuteAgg::default(), i64::MAX, i64::MIN));
+        slot.0.merge(&agg);
+        slot.1 = slot.1.min(minute);
+        slot.2 = slot.2.max(minute + 60_000);
+    }
+    let data = folded
+        .into_iter()
+        .map(|((ws, subject, values), (agg, first, last))| {
+            let (start, end) = match q.window_size {
+                Some(size) => window_bounds(ws, size, q.tz),
+                None => (
+                    q.from.unwrap_or_else(|| {
+                        Utc.timestamp_millis_opt(first).single().unwrap_or_default()
+                    }),
+                    q.to.unwrap_or_else(|| {
+                        Utc.timestamp_millis_opt(last).single().unwrap_or_default()
+                    }),
+                ),
+            };
+            MeterQueryRow {
+                value: value_of(meter.meter.aggregation, &agg)
+                    .to_f64()
+                    .unwrap_or(0.0),
+                window_start: start,
+                window_end: end,
+                subject,
+                group_by: keys
+                    .iter()
+                    .zip(values)
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            }
+        })
+        .collect();
+    Ok(MeterQueryResult {
+        from: q.from,
+        to: q.to,
+        window_size: q.window_size,
+        data,
+    })
+}
+
+/// The result as CSV: `window_start,window_end,subject,<group keys…>,value`.
+pub fn to_csv(result: &MeterQueryResult, group_keys: &[String]) -> String {
+    let keys: Vec<&String> = group_keys.iter().filter(|g| *g != "subject").collect();
+    let mut out = String::from("window_start,window_end,subject");
+    for k in &keys {
+        out.push(',');
+        out.push_str(k);
+    }
+    out.push_str(",value\n");
+    let esc = |s: &str| {
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_owned()
+        }
+    };
+    for row in &result.data {
+        out.push_str(&format!(
+            "{},{},{}",
+            row.window_start
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            row.window_end
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            esc(row.subject.as_deref().unwrap_or(""))
+        ));
+        for k in &keys {
+            out.push(',');
+            out.push_str(&esc(row
+                .group_by
+                .get(k.as_str())
+                .cloned()
+                .flatten()
+                .as_deref()
+                .unwrap_or("")));
+        }
+        out.push_str(&format!(",{}\n", row.value));
+    }
+    out
+}
