@@ -264,7 +264,11 @@ pub struct Entitlement {
     #[serde(default)]
     pub preserve_overage_at_reset: bool,
     /// A grant of this amount at every reset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::float_option"
+    )]
     pub issue_after_reset: Option<Decimal>,
     /// Its priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -315,6 +319,7 @@ pub struct Grant {
     #[serde(default)]
     pub entitlement_id: String,
     /// Amount.
+    #[serde(with = "rust_decimal::serde::float")]
     pub amount: Decimal,
     /// 1..255, lower burns first.
     #[serde(default = "one")]
@@ -328,10 +333,14 @@ pub struct Grant {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
     /// Rollover floor.
-    #[serde(default)]
+    #[serde(default, with = "rust_decimal::serde::float")]
     pub min_rollover_amount: Decimal,
     /// Rollover cap (defaults to `amount`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::float_option"
+    )]
     pub max_rollover_amount: Option<Decimal>,
     /// Metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -396,16 +405,28 @@ pub struct EntitlementValue {
     /// Whether access is granted.
     pub has_access: bool,
     /// Metered: remaining balance.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::float_option"
+    )]
     pub balance: Option<Decimal>,
     /// Metered: usage in the current period.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::float_option"
+    )]
     pub usage: Option<Decimal>,
     /// Metered: usage not covered by grants.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::float_option"
+    )]
     pub overage: Option<Decimal>,
     /// Metered: grant amount available in the period.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::float_option"
+    )]
     pub total_available_grant_amount: Option<Decimal>,
     /// Static: the config string.
     #[serde(skip_serializing_if = "Option::is_none")]

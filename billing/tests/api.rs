@@ -1,0 +1,472 @@
+//! The real `tollgate-billing` binary over HTTP: OpenMeter's Python SDK as a third-party client,
+//! bad input that must store nothing, kill -9 durability of acknowledged events and of dedup, and
+//! balance arithmetic on worked examples written from OpenMeter's documented rules.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const TOKEN: &str = "om_test_token";
+
+struct Billing {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Billing {
+    fn start(dir: &Path) -> Billing {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let config = dir.join("billing.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{addr}\"\ndata_dir = \"{}\"\napi_tokens = [\"{TOKEN}\"]\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
+            .args(["--config", config.to_str().unwrap()])
+            .env("TOLLGATE_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let b = Billing {
+            child,
+            addr,
+            dir: dir.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "billing never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        b
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Billing {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn client() -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
+async fn post(b: &Billing, path: &str, body: Value) -> (u16, Value) {
+    let r = client().post(b.url(path)).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn get(b: &Billing, path: &str) -> (u16, Value) {
+    let r = client().get(b.url(path)).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn ingest(b: &Billing, events: Value) -> u16 {
+    client()
+        .post(b.url("/api/v1/events"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(events.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("TOLLGATE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv");
+    let py = venv.join("bin/python");
+    let has_sdk = py.exists()
+        && Command::new(&py)
+            .args(["-c", "import openmeter"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    if !has_sdk {
+        // A fresh clone: make the venv the way scripts/install-test-deps does.
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-test-deps");
+        let status = Command::new("bash").arg(script).status().unwrap();
+        assert!(
+            status.success(),
+            "installing the OpenMeter Python SDK failed"
+        );
+    }
+    py
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openmeter_python_sdk_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/conformance.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args([b.url(""), TOKEN.to_owned()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK conformance failed\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("conformance: all steps passed"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    let (s, _) = post(
+        &b,
+        "/api/v1/meters",
+        json!({"slug": "calls", "eventType": "kong.api_request", "aggregation": "COUNT"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let good = json!({"id": "g1", "source": "t", "specversion": "1.0", "type": "kong.api_request", "subject": "s"});
+
+    let r = client()
+        .post(b.url("/api/v1/events"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert!(r.text().await.unwrap().contains("malformed JSON"));
+
+    let r = client()
+        .post(b.url("/api/v1/events"))
+        .header("content-type", "text/plain")
+        .body(good.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("invalid content type"));
+
+    // One bad event in a batch: the whole request stores nothing.
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("subject");
+    let r = client()
+        .post(b.url("/api/v1/events"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(json!([good, missing]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("event 1: subject is required")
+    );
+
+    let huge = "x".repeat(9 << 20);
+    let r = client()
+        .post(b.url("/api/v1/events"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "bodies are limited");
+
+    let (s, body) = post(
+        &b,
+        "/api/v1/meters",
+        json!({"slug": "bad", "eventType": "x", "aggregation": "SUM", "valueProperty": "$[" }),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(
+        body["detail"].as_str().unwrap().contains("valueProperty"),
+        "{body}"
+    );
+    let (s, _) = get(&b, "/api/v1/meters/nope/query").await;
+    assert_eq!(s, 404);
+    let (s, body) = get(&b, "/api/v1/meters/calls/query?windowSize=WEEK").await;
+    assert_eq!(s, 400);
+    assert!(body["detail"].as_str().unwrap().contains("windowSize"));
+
+    let r = reqwest::Client::new()
+        .get(b.url("/api/v1/meters"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a token is required when configured");
+
+    let (_, q) = get(&b, "/api/v1/meters/calls/query").await;
+    assert_eq!(q["data"], json!([]), "nothing was stored: {q}");
+    let (_, events) = get(&b, "/api/v1/events").await;
+    assert_eq!(events, json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_and_dedup_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Billing::start(dir.path());
+    let (s, _) = post(
+        &b,
+        "/api/v1/meters",
+        json!({"slug": "calls", "eventType": "kong.api_request", "aggregation": "COUNT"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let batches: Vec<Value> = (0..20)
+        .map(|bi| {
+            Value::Array(
+                (0..50)
+                    .map(|i| json!({"id": format!("e-{bi}-{i}"), "source": "kong", "specversion": "1.0",
+                                     "type": "kong.api_request", "subject": "consumer:1", "time": "2026-11-01T10:00:00Z"}))
+                    .collect(),
+            )
+        })
+        .collect();
+    for batch in &batches {
+        assert_eq!(ingest(&b, batch.clone()).await, 204);
+    }
+    b.kill9();
+    let b = Billing::start(&b.dir.clone());
+    let (_, q) = get(&b, "/api/v1/meters/calls/query").await;
+    assert_eq!(
+        q["data"][0]["value"], 1000.0,
+        "every acknowledged event survived: {q}"
+    );
+    // The agent resends after a crash: dedup survived too.
+    for batch in &batches {
+        assert_eq!(ingest(&b, batch.clone()).await, 204);
+    }
+    let (_, q) = get(&b, "/api/v1/meters/calls/query").await;
+    assert_eq!(
+        q["data"][0]["value"], 1000.0,
+        "resent events are not counted twice: {q}"
+    );
+}
+
+/// Sets up meter `calls` (COUNT), customer `c` (subject `s`), feature `calls`, and a metered
+/// entitlement with `entitlement` fields; returns the base time T0 (a whole day, 10 days ago).
+async fn scenario(b: &Billing, entitlement: Value) -> chrono::DateTime<chrono::Utc> {
+    use chrono::{Duration as D, Timelike};
+    let t0 = (chrono::Utc::now() - D::days(10))
+        .with_hour(0)
+        .unwrap()
+        .with_minute(0)
+        .unwrap()
+        .with_second(0)
+        .unwrap()
+        .with_nanosecond(0)
+        .unwrap();
+    assert_eq!(
+        post(
+            b,
+            "/api/v1/meters",
+            json!({"slug": "calls", "eventType": "req", "aggregation": "COUNT"})
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        post(
+            b,
+            "/api/v1/customers",
+            json!({"name": "C", "key": "c", "usageAttribution": {"subjectKeys": ["s"]}})
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        post(
+            b,
+            "/api/v1/features",
+            json!({"key": "calls", "name": "Calls", "meterSlug": "calls"})
+        )
+        .await
+        .0,
+        201
+    );
+    let mut e = json!({"type": "metered", "featureKey": "calls", "usagePeriod": {"interval": "DAY", "anchor": t0},
+                       "measureUsageFrom": t0});
+    e.as_object_mut()
+        .unwrap()
+        .extend(entitlement.as_object().unwrap().clone());
+    let (s, body) = post(b, "/api/v2/customers/c/entitlements", e).await;
+    assert_eq!(s, 201, "{body}");
+    t0
+}
+
+async fn use_n(b: &Billing, at: chrono::DateTime<chrono::Utc>, n: usize) {
+    let events: Vec<Value> = (0..n)
+        .map(|_| json!({"id": uuid::Uuid::new_v4().to_string(), "source": "t", "specversion": "1.0", "type": "req", "subject": "s", "time": at}))
+        .collect();
+    assert_eq!(ingest(b, Value::Array(events)).await, 204);
+}
+
+async fn grant(b: &Billing, g: Value) {
+    let (s, body) = post(b, "/api/v2/customers/c/entitlements/calls/grants", g).await;
+    assert_eq!(s, 201, "{body}");
+}
+
+async fn value_at(b: &Billing, at: chrono::DateTime<chrono::Utc>) -> Value {
+    let t = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (s, v) = get(
+        b,
+        &format!(
+            "/api/v2/customers/c/entitlements/calls/value?time={}",
+            t.replace('+', "%2B")
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balance_burns_grants_by_priority_then_expiry_and_overage_denies_hard_limits() {
+    use chrono::Duration as D;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    let t0 = scenario(&b, json!({"isSoftLimit": false})).await;
+    // A: 100 at priority 2. B: 50 at priority 1 (burns first). C: 30 at priority 2 expiring
+    // after 1 hour (burns before A: same priority, earlier expiry).
+    grant(&b, json!({"amount": 100, "priority": 2, "effectiveAt": t0})).await;
+    grant(&b, json!({"amount": 50, "priority": 1, "effectiveAt": t0})).await;
+    grant(&b, json!({"amount": 30, "priority": 2, "effectiveAt": t0, "expiration": {"duration": "HOUR", "count": 1}})).await;
+    use_n(&b, t0 + D::minutes(10), 60).await;
+    let v = value_at(&b, t0 + D::minutes(20)).await;
+    // 60 = B 50 + C 10 → B 0, C 20, A 100.
+    assert_eq!(
+        (v["usage"].as_f64(), v["balance"].as_f64()),
+        (Some(60.0), Some(120.0)),
+        "{v}"
+    );
+    assert_eq!(v["totalAvailableGrantAmount"].as_f64(), Some(180.0));
+    // After C expires its 20 are gone: 100 left (all A).
+    let v = value_at(&b, t0 + D::hours(2)).await;
+    assert_eq!(v["balance"].as_f64(), Some(100.0), "{v}");
+    // 130 more: A burns to 0, 30 overage; a hard limit denies.
+    use_n(&b, t0 + D::hours(3), 130).await;
+    let v = value_at(&b, t0 + D::hours(4)).await;
+    assert_eq!(v["balance"].as_f64(), Some(0.0), "{v}");
+    assert_eq!(v["overage"].as_f64(), Some(30.0), "{v}");
+    assert_eq!(v["hasAccess"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollover_at_reset_is_clamped_and_soft_limits_keep_access() {
+    use chrono::Duration as D;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    let t0 = scenario(&b, json!({"isSoftLimit": true})).await;
+    // 100 that rolls over at most 30 and at least 5 each daily reset.
+    grant(&b, json!({"amount": 100, "priority": 1, "effectiveAt": t0, "maxRolloverAmount": 30, "minRolloverAmount": 5})).await;
+    use_n(&b, t0 + D::hours(1), 60).await;
+    let v = value_at(&b, t0 + D::hours(12)).await;
+    assert_eq!(v["balance"].as_f64(), Some(40.0), "{v}");
+    // Day 2: min(30, max(40, 5)) = 30 rolled over; 10 used → 20.
+    use_n(&b, t0 + D::days(1) + D::hours(1), 10).await;
+    let v = value_at(&b, t0 + D::days(1) + D::hours(2)).await;
+    assert_eq!(
+        (v["usage"].as_f64(), v["balance"].as_f64()),
+        (Some(10.0), Some(20.0)),
+        "{v}"
+    );
+    // Day 2: 50 more → 0 balance, 30 overage, soft limit keeps access.
+    use_n(&b, t0 + D::days(1) + D::hours(3), 50).await;
+    let v = value_at(&b, t0 + D::days(1) + D::hours(4)).await;
+    assert_eq!(
+        (v["balance"].as_f64(), v["overage"].as_f64()),
+        (Some(0.0), Some(30.0)),
+        "{v}"
+    );
+    assert_eq!(v["hasAccess"], true, "soft limits never deny");
+    // Day 3: min(30, max(0, 5)) = 5; overage not preserved.
+    let v = value_at(&b, t0 + D::days(2) + D::hours(1)).await;
+    assert_eq!(
+        (
+            v["balance"].as_f64(),
+            v["overage"].as_f64(),
+            v["usage"].as_f64()
+        ),
+        (Some(5.0), Some(0.0), Some(0.0)),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_after_reset_and_manual_reset() {
+    use chrono::Duration as D;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    let t0 = scenario(&b, json!({"issueAfterReset": 10})).await;
+    use_n(&b, t0 + D::hours(1), 4).await;
+    let v = value_at(&b, t0 + D::hours(2)).await;
+    assert_eq!(v["balance"].as_f64(), Some(6.0), "{v}");
+    // The next day starts with a fresh 10 (issueAfterReset does not roll over).
+    let v = value_at(&b, t0 + D::days(1) + D::hours(1)).await;
+    assert_eq!(v["balance"].as_f64(), Some(10.0), "{v}");
+    // A manual reset now: usage counts from the reset.
+    use_n(&b, chrono::Utc::now() - D::minutes(5), 3).await;
+    let v = value_at(&b, chrono::Utc::now()).await;
+    assert_eq!(v["usage"].as_f64(), Some(3.0), "{v}");
+    let (s, _) = post(
+        &b,
+        "/api/v2/customers/c/entitlements/calls/reset",
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let v = value_at(&b, chrono::Utc::now()).await;
+    assert_eq!(
+        (v["usage"].as_f64(), v["balance"].as_f64()),
+        (Some(0.0), Some(10.0)),
+        "{v}"
+    );
+}
