@@ -48,6 +48,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 async fn metrics(State(s): State<AdminState>) -> Response {
     s.metrics.queue_depth.set(s.buffer.depth() as i64);
     s.metrics.queue_bytes.set(s.buffer.bytes() as i64);
+    s.metrics.queue_max_bytes.set(s.buffer.max_bytes() as i64);
     let age = s
         .buffer
         .oldest_received_ms()

@@ -117,6 +117,7 @@ impl Ingest for IngestService {
                 });
                 match stored {
                     Ok(Append::Stored) => {
+                        high_water_warning(&buffer);
                         let buffer = buffer.clone();
                         let metrics = metrics.clone();
                         let tx = tx.clone();
@@ -152,6 +153,23 @@ impl Ingest for IngestService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// At most one "80 % full" log line per minute.
+fn high_water_warning(buffer: &DiskBuffer) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    if buffer.bytes() * 5 < buffer.max_bytes() * 4 {
+        return;
+    }
+    let now = chrono::Utc::now().timestamp();
+    if LAST.swap(now, Ordering::Relaxed) + 60 <= now {
+        tracing::warn!(
+            bytes = buffer.bytes(),
+            max_bytes = buffer.max_bytes(),
+            "disk buffer is over 80 % full: is the destination down?"
+        );
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Bytes queued on disk.
     pub queue_bytes: Gauge,
+    /// `buffer.max_bytes`, so alerts can compare `queue_bytes` against it (warn at 80 %).
+    pub queue_max_bytes: Gauge,
     /// Age of the oldest queued event.
     pub oldest_event_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Latency of each successful delivery request.
@@ -49,6 +51,7 @@ impl Default for Metrics {
             quarantined: Counter::default(),
             queue_depth: Gauge::default(),
             queue_bytes: Gauge::default(),
+            queue_max_bytes: Gauge::default(),
             oldest_event_age_seconds: Gauge::default(),
             flush_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             registry: Registry::default(),

@@ -80,6 +80,37 @@ async fn server_errors_are_retried_and_retry_after_is_honoured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_slower_than_the_timeout_is_retried_until_it_answers() {
+    let receiver = Receiver::start().await;
+    receiver.behaviour.lock().unwrap().delay = Duration::from_millis(1500);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&write_config(
+        dir.path(),
+        &receiver.url(),
+        "[destination]\ntimeout_ms = 300\n",
+    ));
+    let sent = ids("slow", 20);
+    assert_eq!(
+        durable(
+            &publish(&agent.grpc_url(), vec![batch(1, sent.clone())])
+                .await
+                .unwrap()
+        ),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (_, metrics) = agent.get("/metrics").await;
+    assert!(
+        !metrics.contains("tollgate_agent_delivery_retries_total 0"),
+        "timeouts counted as retries: {metrics}"
+    );
+    receiver.behaviour.lock().unwrap().delay = Duration::ZERO;
+    receiver
+        .wait_for_ids(&sent.into_iter().collect(), Duration::from_secs(20))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_is_dead_lettered_and_the_rest_flows() {
     let receiver = Receiver::start().await;
     receiver

@@ -219,7 +219,7 @@ impl Agent {
         let http: SocketAddr = table["http"]["listen"].as_str().unwrap().parse().unwrap();
         let child = Command::new(agent_bin())
             .args(["--config", config.to_str().unwrap()])
-            .env("TOLLGATE_LOG", "warn")
+            .env("TOLLGATE_LOG", "error")
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
