@@ -20,7 +20,7 @@ use crate::entitlement::{
 };
 use crate::meter::{CompiledMeter, Meter};
 use crate::query::{self, MeterQuery};
-use crate::store::{Ingested, Store};
+use crate::store::Store;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
@@ -273,16 +273,11 @@ async fn ingest(api: &Api, headers: &HeaderMap, body: &Bytes) -> Result<(), Prob
         .enumerate()
         .map(|(i, e)| validate_event(i, e, now))
         .collect::<Result<_, _>>()?;
-    let mut new = 0;
-    for (e, time) in checked {
-        if api
-            .store
-            .ingest(e, time.timestamp_millis(), now.timestamp_millis())?
-            == Ingested::New
-        {
-            new += 1;
-        }
-    }
+    let batch = checked
+        .into_iter()
+        .map(|(e, t)| (e, t.timestamp_millis()))
+        .collect();
+    let new = api.store.ingest(batch, now.timestamp_millis())?;
     // Acknowledge only what is on disk.
     api.store.flush().await?;
     tracing::debug!(new, "ingested");

@@ -98,15 +98,6 @@ impl MinuteAgg {
 /// One usage row read back: subject, group, minute start (ms), aggregates.
 pub type UsageRow = (String, BTreeMap<String, String>, i64, MinuteAgg);
 
-/// Result of ingesting one event.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Ingested {
-    /// Stored and counted.
-    New,
-    /// Seen before (same source and id): nothing changed.
-    Duplicate,
-}
-
 /// The store.
 pub struct Store {
     db: sled::Db,
@@ -252,52 +243,56 @@ impl Store {
         Ok(())
     }
 
-    /// Stores one event with its usage, unless (`source`, `id`) was seen: one transaction.
-    /// Not durable until [`Store::flush`].
-    pub fn ingest(
-        &self,
-        event: Value,
-        time_ms: i64,
-        ingested_ms: i64,
-    ) -> Result<Ingested, StoreError> {
-        let source = event["source"].as_str().unwrap_or_default();
-        let id = event["id"].as_str().unwrap_or_default();
-        let mut dedup_key = Vec::with_capacity(source.len() + id.len() + 1);
-        dedup_key.extend_from_slice(source.as_bytes());
-        dedup_key.push(0);
-        dedup_key.extend_from_slice(id.as_bytes());
-        let stored = StoredEvent {
-            event,
-            ingested_ms,
-            time_ms,
-        };
+    /// Stores a request's events with their usage, skipping any (`source`, `id`) already seen
+    /// (in the store or earlier in the batch): one transaction for the whole batch, so a batch is
+    /// counted entirely or not at all. Not durable until [`Store::flush`]. Returns how many were
+    /// new.
+    pub fn ingest(&self, events: Vec<(Value, i64)>, ingested_ms: i64) -> Result<usize, StoreError> {
         let meters = self.meters();
-        let contributions: Vec<(Vec<u8>, MinuteAgg)> = meters
-            .iter()
-            .filter_map(|m| contribution(m, &stored))
-            .collect();
-        let seq = self.db.generate_id()?;
-        let record = encode(&stored);
+        let mut prepared = Vec::with_capacity(events.len());
+        for (event, time_ms) in events {
+            let source = event["source"].as_str().unwrap_or_default();
+            let id = event["id"].as_str().unwrap_or_default();
+            let mut dedup_key = Vec::with_capacity(source.len() + id.len() + 1);
+            dedup_key.extend_from_slice(source.as_bytes());
+            dedup_key.push(0);
+            dedup_key.extend_from_slice(id.as_bytes());
+            let stored = StoredEvent {
+                event,
+                ingested_ms,
+                time_ms,
+            };
+            let contributions: Vec<(Vec<u8>, MinuteAgg)> = meters
+                .iter()
+                .filter_map(|m| contribution(m, &stored))
+                .collect();
+            let seq = self.db.generate_id()?;
+            prepared.push((dedup_key, seq, encode(&stored), contributions));
+        }
         let result =
             (&self.dedup, &self.events, &self.usage).transaction(|(dedup, events, usage)| {
-                if dedup.get(&dedup_key)?.is_some() {
-                    return Ok(Ingested::Duplicate);
+                let mut new = 0;
+                for (dedup_key, seq, record, contributions) in &prepared {
+                    if dedup.get(dedup_key)?.is_some() {
+                        continue;
+                    }
+                    new += 1;
+                    dedup.insert(dedup_key.as_slice(), &seq.to_be_bytes())?;
+                    events.insert(&seq.to_be_bytes(), record.as_slice())?;
+                    for (key, agg) in contributions {
+                        let merged = match usage.get(key)? {
+                            Some(old) => {
+                                let mut a: MinuteAgg =
+                                    decode(&old).map_err(ConflictableTransactionError::Abort)?;
+                                a.merge(agg);
+                                a
+                            }
+                            None => agg.clone(),
+                        };
+                        usage.insert(key.as_slice(), encode(&merged))?;
+                    }
                 }
-                dedup.insert(dedup_key.as_slice(), &seq.to_be_bytes())?;
-                events.insert(&seq.to_be_bytes(), record.as_slice())?;
-                for (key, agg) in &contributions {
-                    let merged = match usage.get(key)? {
-                        Some(old) => {
-                            let mut a: MinuteAgg =
-                                decode(&old).map_err(ConflictableTransactionError::Abort)?;
-                            a.merge(agg);
-                            a
-                        }
-                        None => agg.clone(),
-                    };
-                    usage.insert(key.as_slice(), encode(&merged))?;
-                }
-                Ok(Ingested::New)
+                Ok(new)
             });
         Ok(result?)
     }
@@ -305,7 +300,7 @@ impl Store {
     /// Stored events, newest first, filtered.
     pub fn list_events(
         &self,
-        filter: impl Fn(&StoredEvent) -> bool,
+        mut filter: impl FnMut(&StoredEvent) -> bool,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut out = Vec::new();
