@@ -21,7 +21,7 @@ fn event(i: usize, t0: i64) -> Value {
     let time = chrono::DateTime::from_timestamp_millis(t0 + minute as i64 * 60_000).unwrap();
     json!({"id": format!("b-{i}"), "source": "bench", "specversion": "1.0", "type": "kong.llm_request",
            "subject": format!("consumer:{}", i % 100), "time": time,
-           "data": {"tokens": (i % 50) + 1, "model": if i % 2 == 0 { "gpt-4o" } else { "claude" }, "type": "request"}})
+           "data": {"tokens": (i % 50) + 1, "model": if i.is_multiple_of(2) { "gpt-4o" } else { "claude" }, "type": "request"}})
 }
 
 fn main() {
