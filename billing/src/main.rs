@@ -23,11 +23,37 @@ struct Args {
     /// Overrides `data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Validate FILE (keys, meters, JSONPaths) and print the meters it declares.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Sub::CheckConfig { file }) = &args.command {
+        let config = Config::load(file).map_err(anyhow::Error::msg)?;
+        for m in &config.meters {
+            tollgate_billing::meter::CompiledMeter::new(m.clone())
+                .map_err(|e| anyhow::anyhow!("meters.{}.{e}", m.slug))?;
+            println!("meter {}: {:?} of {}", m.slug, m.aggregation, m.event_type);
+        }
+        println!(
+            "{}: ok (listen {}, data_dir {})",
+            file.display(),
+            config.listen,
+            config.data_dir.display()
+        );
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")

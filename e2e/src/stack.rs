@@ -1,0 +1,230 @@
+//! The whole Tollgate stack as real processes on loopback: `tollgate-billing`, `tollgate-agent`
+//! and the `tollgate` plugin server, configured from the files in `kong-config/` with only ports
+//! and data directories overridden, each on a free port in its own folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root (where `kong-config/` lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Path of a workspace binary: next to the running executable (`target/<profile>/`), built with
+/// cargo first if it is not there.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        let release = dir.ends_with("release");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--bin", name])
+            .current_dir(workspace_root());
+        if release {
+            cmd.arg("--release");
+        }
+        let _ = cmd.status();
+    }
+    path
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A child process killed (-9) when dropped.
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    /// Its command line, for restarts.
+    pub cmd: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(bin: &Path, args: &[String]) -> std::io::Result<Proc> {
+        let child = Command::new(bin)
+            .args(args)
+            .env(
+                "TOLLGATE_LOG",
+                std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()?;
+        let mut cmd = vec![bin.display().to_string()];
+        cmd.extend(args.iter().cloned());
+        Ok(Proc { child, cmd })
+    }
+
+    /// kill -9 and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// kill -9, then start the same command again.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.kill9();
+        let (bin, args) = self
+            .cmd
+            .split_first()
+            .ok_or_else(|| std::io::Error::other("empty command"))?;
+        self.child = Command::new(bin)
+            .args(args)
+            .env(
+                "TOLLGATE_LOG",
+                std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()?;
+        Ok(())
+    }
+
+    /// Stops with SIGTERM and waits.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until `addr` accepts TCP connections.
+pub fn wait_tcp(addr: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{addr} never listened"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Waits until a Unix socket accepts connections.
+pub fn wait_unix(path: &Path, timeout: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        if Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{} never listened", path.display()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// billing + agent + plugin server.
+pub struct Stack {
+    /// `tollgate-billing`.
+    pub billing: Proc,
+    /// `tollgate-agent`.
+    pub agent: Proc,
+    /// `tollgate`.
+    pub plugin: Proc,
+    /// Billing's address.
+    pub billing_addr: SocketAddr,
+    /// Agent gRPC address.
+    pub agent_grpc: SocketAddr,
+    /// Agent admin HTTP address.
+    pub agent_http: SocketAddr,
+    /// Kong's prefix: the plugin's socket is `<prefix>/tollgate.socket`.
+    pub kong_prefix: PathBuf,
+}
+
+impl Stack {
+    /// Starts all three under `dir` from `kong-config/tollgate-billing.toml` and
+    /// `kong-config/tollgate-agent.toml`.
+    pub fn start(dir: &Path) -> std::io::Result<Stack> {
+        let config = workspace_root().join("kong-config");
+        let billing_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let agent_grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let agent_http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let kong_prefix = dir.join("kong");
+        std::fs::create_dir_all(&kong_prefix)?;
+        let s = |p: &Path| p.display().to_string();
+        let billing = Proc::spawn(
+            &binary("tollgate-billing"),
+            &[
+                "--config".into(),
+                s(&config.join("tollgate-billing.toml")),
+                "--listen".into(),
+                billing_addr.to_string(),
+                "--data-dir".into(),
+                s(&dir.join("billing-data")),
+            ],
+        )?;
+        wait_tcp(billing_addr, Duration::from_secs(20))?;
+        let agent = Proc::spawn(
+            &binary("tollgate-agent"),
+            &[
+                "--config".into(),
+                s(&config.join("tollgate-agent.toml")),
+                "--grpc-listen".into(),
+                agent_grpc.to_string(),
+                "--http-listen".into(),
+                agent_http.to_string(),
+                "--data-dir".into(),
+                s(&dir.join("agent-data")),
+                "--destination-url".into(),
+                format!("http://{billing_addr}"),
+            ],
+        )?;
+        wait_tcp(agent_grpc, Duration::from_secs(20))?;
+        let plugin = Proc::spawn(
+            &binary("tollgate"),
+            &[
+                "-kong-prefix".into(),
+                s(&kong_prefix),
+                "--agent".into(),
+                format!("http://{agent_grpc}"),
+            ],
+        )?;
+        wait_unix(
+            &kong_prefix.join("tollgate.socket"),
+            Duration::from_secs(20),
+        )?;
+        Ok(Stack {
+            billing,
+            agent,
+            plugin,
+            billing_addr,
+            agent_grpc,
+            agent_http,
+            kong_prefix,
+        })
+    }
+
+    /// The plugin server's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.kong_prefix.join("tollgate.socket")
+    }
+
+    /// A URL on the billing service.
+    pub fn billing_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.billing_addr)
+    }
+}
