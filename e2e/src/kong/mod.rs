@@ -15,5 +15,6 @@ pub mod msgpack;
 pub mod pdk;
 pub mod process;
 pub mod rpc;
+pub mod schema;
 pub mod serialize;
 pub mod worker;
