@@ -5,5 +5,6 @@
 //! itself cannot run here. Everything it talks to is the real binary over a real socket.
 //! [`stack`] starts those binaries — billing, agent, plugin server — from `kong-config/`.
 
+pub mod deck;
 pub mod kong;
 pub mod stack;

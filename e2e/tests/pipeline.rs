@@ -29,28 +29,7 @@ fn deck_plugins(file: &str) -> Vec<PluginEntity> {
     let path = tollgate_e2e::stack::workspace_root()
         .join("kong-config/deck")
         .join(file);
-    let doc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut found = Vec::new();
-    fn walk(v: &Value, out: &mut Vec<PluginEntity>) {
-        match v {
-            Value::Object(m) => {
-                if m.get("name").and_then(Value::as_str) == Some("tollgate") {
-                    out.push(PluginEntity {
-                        name: "tollgate".into(),
-                        id: uuid::Uuid::new_v4().to_string(),
-                        config: m.get("config").cloned().unwrap_or(Value::Null),
-                        route_id: None,
-                        service_id: None,
-                        seq: 1,
-                    });
-                }
-                m.values().for_each(|c| walk(c, out));
-            }
-            Value::Array(a) => a.iter().for_each(|c| walk(c, out)),
-            _ => {}
-        }
-    }
-    walk(&doc, &mut found);
+    let found = tollgate_e2e::deck::plugins(&path, "tollgate").unwrap();
     assert!(!found.is_empty(), "{file} declares tollgate");
     found
 }

@@ -1,0 +1,258 @@
+//! `tollgate-demo`: the README's first command. Starts `tollgate-billing`, `tollgate-agent` and
+//! the `tollgate` plugin server on loopback from `kong-config/`, sets up a demo catalog (a customer
+//! per Kong consumer, a feature with a limit), plays Kong's side with the protocol driver — a
+//! traffic mix of API and LLM requests from every Kong version's serialize shape — then prints the
+//! usage per customer and meter as billing sees it and who is over their limit, and leaves the
+//! services running until Ctrl-C (or exits at once with `--exit`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tollgate_e2e::kong::pdk::RequestPdk;
+use tollgate_e2e::kong::serialize::{AiCall, KongRequest, KongVersion};
+use tollgate_e2e::kong::worker::Worker;
+use tollgate_e2e::stack::{Stack, workspace_root};
+
+const CONSUMERS: [(&str, &str, u64); 3] = [
+    ("5d1b8c3e-2a4f-4b6d-9e8a-7c6b5a4d3e2f", "acme", 100),
+    ("0b7e4c1a-9d2f-4e3b-8a6c-5f4e3d2c1b0a", "globex", 1000),
+    ("9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "initech", 1000),
+];
+
+async fn post(url: &str, body: Value) -> anyhow::Result<Value> {
+    let r = reqwest::Client::new().post(url).json(&body).send().await?;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("POST {url}: {status}: {v}");
+    }
+    Ok(v)
+}
+
+async fn get(url: &str) -> anyhow::Result<Value> {
+    Ok(reqwest::get(url).await?.json().await?)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let exit = std::env::args().any(|a| a == "--exit");
+    let requests: usize = std::env::args()
+        .skip_while(|a| a != "--requests")
+        .nth(1)
+        .map(|n| n.parse())
+        .transpose()
+        .context("--requests takes a number")?
+        .unwrap_or(3000);
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-demo-")
+        .tempdir()?;
+
+    println!(
+        "Tollgate demo: metering Kong traffic into a self-hosted, OpenMeter-compatible billing service.\n"
+    );
+    println!(
+        "1. Starting the three services from kong-config/ (data under {}):",
+        dir.path().display()
+    );
+    let stack = Stack::start(dir.path()).context("starting billing, agent and plugin server")?;
+    println!(
+        "   tollgate-billing  http://{}      OpenMeter API, meters api_requests + llm_tokens",
+        stack.billing_addr
+    );
+    println!(
+        "   tollgate-agent    grpc {}  admin http://{}  durable buffer on disk",
+        stack.agent_grpc, stack.agent_http
+    );
+    println!(
+        "   tollgate          {}   the Kong plugin server",
+        stack.socket().display()
+    );
+
+    println!(
+        "\n2. Demo catalog at billing: a customer per Kong consumer, feature `api_calls` with a monthly limit."
+    );
+    let billing = |p: &str| stack.billing_url(p);
+    post(
+        &billing("/api/v1/features"),
+        json!({"key": "api_calls", "name": "API calls", "meterSlug": "api_requests"}),
+    )
+    .await?;
+    for (id, name, limit) in CONSUMERS {
+        post(&billing("/api/v1/customers"), json!({"name": name, "key": name, "usageAttribution": {"subjectKeys": [format!("consumer:{id}")]}})).await?;
+        post(
+            &billing(&format!("/api/v2/customers/{name}/entitlements")),
+            json!({"type": "metered", "featureKey": "api_calls", "usagePeriod": {"interval": "MONTH"}, "issueAfterReset": limit}),
+        )
+        .await?;
+        println!("   customer {name:<8} subject consumer:{id}  limit {limit} API calls / month");
+    }
+
+    let deck = workspace_root().join("kong-config/deck");
+    let api = tollgate_e2e::deck::plugins(&deck.join("01-consumers-key-auth.yaml"), "tollgate")?
+        .remove(0);
+    let ai = tollgate_e2e::deck::plugins(&deck.join("03-ai-gateway.yaml"), "tollgate")?.remove(0);
+    println!(
+        "\n3. Playing Kong: {requests} requests from 3 consumers over 4 nginx workers, Kong 3.4 to 3.9+ log shapes,"
+    );
+    println!(
+        "   every 4th an AI Gateway chat call (decK: kong-config/deck/01-consumers-key-auth.yaml, 03-ai-gateway.yaml)."
+    );
+    let bar = ProgressBar::new(requests as u64);
+    bar.set_style(
+        ProgressStyle::with_template("   [{bar:40}] {pos}/{len} requests  {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let worker = Arc::new(Worker::new(stack.socket()));
+        let (api, ai, bar) = (api.clone(), ai.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for k in (w..requests).step_by(4) {
+                let (id, name, _) = CONSUMERS[k % 7 % 3];
+                let mut req = KongRequest::get(KongVersion::ALL[k % 5], &format!("/orders/{k}"))
+                    .with_consumer(id, name);
+                req.started_at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or_default();
+                let plugin = if k.is_multiple_of(4) {
+                    req = req.with_ai(AiCall {
+                        plugin: "ai-proxy".into(),
+                        provider: "openai".into(),
+                        request_model: "gpt-4o".into(),
+                        response_model: "gpt-4o-2024-08-06".into(),
+                        prompt_tokens: 200 + (k % 50) as u64,
+                        completion_tokens: 80 + (k % 30) as u64,
+                        cost: Some(0.0013),
+                    });
+                    &ai
+                } else {
+                    &api
+                };
+                if worker
+                    .run_phase(
+                        plugin,
+                        "log",
+                        &RequestPdk {
+                            request: &req,
+                            phase: "log",
+                        },
+                    )
+                    .await
+                    .is_err()
+                {
+                    failed += 1;
+                }
+                bar.inc(1);
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await?;
+    }
+    bar.finish();
+    println!(
+        "   {} log phases in {:.1}s ({} failed)",
+        requests,
+        started.elapsed().as_secs_f64(),
+        failed
+    );
+
+    println!("\n4. Waiting for the agent to deliver everything to billing ...");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let expected_api = (requests - failed) as f64;
+    loop {
+        let v = get(&billing("/api/v1/meters/api_requests/query")).await?;
+        let total = v["data"][0]["value"].as_f64().unwrap_or(0.0);
+        if total >= expected_api {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("billing has {total} of {expected_api} API requests after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    println!("\n5. Usage per customer, as billing's meters see it:\n");
+    println!(
+        "   {:<9} {:>13} {:>15} {:>15} {:>11} {:>9}",
+        "customer", "api_requests", "prompt tokens", "output tokens", "limit", "access"
+    );
+    let mut over = Vec::new();
+    for (id, name, limit) in CONSUMERS {
+        let subject = format!("consumer:{id}");
+        let calls = get(&billing(&format!(
+            "/api/v1/meters/api_requests/query?subject={subject}"
+        )))
+        .await?;
+        let tokens = get(&billing(&format!(
+            "/api/v1/meters/llm_tokens/query?subject={subject}&groupBy=type"
+        )))
+        .await?;
+        let mut by_type: BTreeMap<String, f64> = BTreeMap::new();
+        for row in tokens["data"].as_array().into_iter().flatten() {
+            by_type.insert(
+                row["groupBy"]["type"].as_str().unwrap_or("").to_owned(),
+                row["value"].as_f64().unwrap_or(0.0),
+            );
+        }
+        let value = get(&billing(&format!(
+            "/api/v2/customers/{name}/entitlements/api_calls/value"
+        )))
+        .await?;
+        let access = value["hasAccess"].as_bool().unwrap_or(false);
+        if !access {
+            over.push((name, value.clone()));
+        }
+        println!(
+            "   {:<9} {:>13} {:>15} {:>15} {:>11} {:>9}",
+            name,
+            calls["data"][0]["value"].as_f64().unwrap_or(0.0),
+            by_type.get("request").copied().unwrap_or(0.0),
+            by_type.get("response").copied().unwrap_or(0.0),
+            limit,
+            if access { "yes" } else { "BLOCKED" }
+        );
+    }
+    for (name, v) in &over {
+        println!(
+            "\n   {name} is over its limit: usage {}, balance {}, overage {} — hasAccess=false at billing.",
+            v["usage"], v["balance"], v["overage"]
+        );
+        println!(
+            "   Billing denies it now. Blocking it at the gateway (a 429 from the access phase, decided from"
+        );
+        println!("   the agent's cached value) is tollgate-enforcement, the next piece of work.");
+    }
+
+    println!("\n6. Try it yourself while the services run:");
+    println!(
+        "   curl -s {}",
+        billing("/api/v1/meters/api_requests/query?groupBy=subject")
+    );
+    println!(
+        "   curl -s {}",
+        billing("/api/v2/customers/acme/entitlements/api_calls/value")
+    );
+    println!(
+        "   curl -s http://{}/metrics | grep tollgate_agent_events",
+        stack.agent_http
+    );
+    if exit {
+        println!("\nDone (--exit): stopping the services.");
+        return Ok(());
+    }
+    println!("\nPress Ctrl-C to stop the services.");
+    tokio::signal::ctrl_c().await?;
+    println!("Stopping.");
+    Ok(())
+}
