@@ -349,6 +349,31 @@ async fn a_plugin_destination_gets_its_own_queue_and_token() {
     assert_eq!(default.count(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_bodies_when_configured() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&write_config(
+        dir.path(),
+        &receiver.url(),
+        "[destination]\ngzip = true\n",
+    ));
+    let sent = ids("gz", 40);
+    assert_eq!(
+        durable(
+            &publish(&agent.grpc_url(), vec![batch(1, sent.clone())])
+                .await
+                .unwrap()
+        ),
+        1
+    );
+    receiver
+        .wait_for_ids(&sent.into_iter().collect(), Duration::from_secs(10))
+        .await;
+    let rec = receiver.received.lock().unwrap();
+    assert_eq!(rec.gzipped, rec.requests, "every request was gzip-encoded");
+}
+
 #[test]
 fn check_config_prints_the_effective_config_or_each_error_with_its_key() {
     let dir = tempfile::tempdir().unwrap();

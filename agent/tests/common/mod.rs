@@ -51,6 +51,8 @@ pub struct Received {
     pub requests: usize,
     pub times: Vec<Instant>,
     pub auth: Vec<Option<String>>,
+    /// Requests that arrived gzip-encoded.
+    pub gzipped: usize,
 }
 
 #[derive(Clone)]
@@ -65,6 +67,17 @@ async fn ingest(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> i
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let body = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+        use std::io::Read;
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        r.received.lock().unwrap().gzipped += 1;
+        Bytes::from(out)
+    } else {
+        body
+    };
     let events: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
