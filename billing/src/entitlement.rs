@@ -342,6 +342,9 @@ pub struct Grant {
         with = "rust_decimal::serde::float_option"
     )]
     pub max_rollover_amount: Option<Decimal>,
+    /// The grant refills to `amount` at every recurrence boundary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recurrence: Option<UsagePeriod>,
     /// Metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
@@ -373,6 +376,9 @@ impl Grant {
         if self.amount < Decimal::ZERO {
             return Err("amount: must not be negative".into());
         }
+        if let Some(r) = &self.recurrence {
+            Interval::parse(&r.interval).map_err(|m| format!("recurrence.interval: {m}"))?;
+        }
         if let Some(e) = &self.expiration {
             let step = match e.duration.as_str() {
                 "HOUR" => Interval::Fixed(Duration::hours(1)),
@@ -389,6 +395,26 @@ impl Grant {
             self.expires_at = Some(step.step(self.effective_at, e.count as i64));
         }
         Ok(())
+    }
+
+    /// Recurrence boundaries of this grant in `(from, to)`.
+    fn recurrences_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let Some(r) = &self.recurrence else {
+            return Vec::new();
+        };
+        let Ok(interval) = Interval::parse(&r.interval) else {
+            return Vec::new();
+        };
+        let anchor = r.anchor.unwrap_or(self.effective_at);
+        let mut out = Vec::new();
+        let (mut t, _) = interval.period_at(anchor, from.max(self.effective_at));
+        while t < to {
+            if t > from && t > self.effective_at {
+                out.push(t);
+            }
+            t = interval.step(t, 1);
+        }
+        out
     }
 
     fn active_at(&self, t: DateTime<Utc>) -> bool {
@@ -448,7 +474,7 @@ impl EntitlementValue {
 }
 
 /// Usage of a feature for some subjects in `[from, to)`.
-fn usage_between(
+pub fn usage_between(
     store: &Store,
     feature: &Feature,
     subjects: &[String],
@@ -488,7 +514,8 @@ struct LiveGrant {
     balance: Decimal,
 }
 
-/// The value of `ent` at `at` for `subjects`.
+/// The value of `ent` at `at` for `subjects`: usage counts at minute resolution, so the minute
+/// `at` falls in is included.
 pub fn value(
     store: &Store,
     ent: &Entitlement,
@@ -497,6 +524,35 @@ pub fn value(
     grants: &[Grant],
     at: DateTime<Utc>,
 ) -> Result<EntitlementValue, StoreError> {
+    let until =
+        DateTime::from_timestamp_millis(minute_of(at.timestamp_millis()) + 60_000).unwrap_or(at);
+    value_until(store, ent, feature, subjects, grants, until, at)
+}
+
+/// The value at the instant `at`, counting usage strictly before `at` (for history windows:
+/// the balance at a window's start, after any grant that starts or refills exactly then).
+pub fn value_at_instant(
+    store: &Store,
+    ent: &Entitlement,
+    feature: &Feature,
+    subjects: &[String],
+    grants: &[Grant],
+    at: DateTime<Utc>,
+) -> Result<EntitlementValue, StoreError> {
+    value_until(store, ent, feature, subjects, grants, at, at)
+}
+
+/// Usage in `[.., until)`, grants as they stand at `check_at`.
+fn value_until(
+    store: &Store,
+    ent: &Entitlement,
+    feature: &Feature,
+    subjects: &[String],
+    grants: &[Grant],
+    until: DateTime<Utc>,
+    check_at: DateTime<Utc>,
+) -> Result<EntitlementValue, StoreError> {
+    let at = until;
     match ent.kind.as_str() {
         "boolean" => {
             return Ok(EntitlementValue {
@@ -513,9 +569,6 @@ pub fn value(
         }
         _ => {}
     }
-    // Usage counts at minute resolution: the minute `at` falls in is included.
-    let at =
-        DateTime::from_timestamp_millis(minute_of(at.timestamp_millis()) + 60_000).unwrap_or(at);
     let measure_from = ent.measure_usage_from.unwrap_or(ent.created_at);
     let measure_from = DateTime::from_timestamp_millis(minute_of(measure_from.timestamp_millis()))
         .unwrap_or(measure_from);
@@ -567,6 +620,7 @@ pub fn value(
                     expires_at: None,
                     min_rollover_amount: Decimal::ZERO,
                     max_rollover_amount: Some(Decimal::ZERO),
+                    recurrence: None,
                     metadata: None,
                     created_at: start,
                     voided_at: None,
@@ -591,11 +645,24 @@ pub fn value(
                     cuts.push(t);
                 }
             }
+            cuts.extend(g.recurrences_between(period_start, period_end));
         }
         cuts.sort();
         cuts.dedup();
         for w in cuts.windows(2) {
             let (s, e) = (w[0], w[1]);
+            // Recurring grants refill at their own boundaries.
+            for g in live.iter_mut() {
+                if g.grant
+                    .recurrences_between(
+                        s - Duration::milliseconds(1),
+                        s + Duration::milliseconds(1),
+                    )
+                    .contains(&s)
+                {
+                    g.balance = g.grant.amount;
+                }
+            }
             for g in grants {
                 if g.active_at(s) && !added.contains(&g.id) {
                     added.insert(g.id.clone());
@@ -653,9 +720,32 @@ pub fn value(
         period_usage = Decimal::ZERO;
         period_start = boundary;
     }
+    // What happens exactly at `check_at`: grants that start, grants that refill.
+    if check_at >= at {
+        for g in grants {
+            if g.active_at(check_at) && !added.contains(&g.id) {
+                available += g.amount;
+                live.push(LiveGrant {
+                    grant: g.clone(),
+                    balance: g.amount,
+                });
+            }
+        }
+        for g in live.iter_mut() {
+            if g.grant
+                .recurrences_between(
+                    check_at - Duration::milliseconds(1),
+                    check_at + Duration::milliseconds(1),
+                )
+                .contains(&check_at)
+            {
+                g.balance = g.grant.amount;
+            }
+        }
+    }
     let balance: Decimal = live
         .iter()
-        .filter(|g| g.grant.active_at(at - Duration::minutes(1)))
+        .filter(|g| g.grant.active_at(check_at))
         .map(|g| g.balance)
         .sum();
     Ok(EntitlementValue {

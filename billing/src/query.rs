@@ -94,7 +94,8 @@ pub struct MeterQueryResult {
     pub data: Vec<MeterQueryRow>,
 }
 
-fn window_bounds(minute_ms: i64, size: WindowSize, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
+/// The window of `size` in `tz` that contains the minute starting at `minute_ms`.
+pub fn window_bounds(minute_ms: i64, size: WindowSize, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
     let t = Utc
         .timestamp_millis_opt(minute_ms)
         .single()

@@ -470,3 +470,52 @@ async fn issue_after_reset_and_manual_reset() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recurring_grants_refill_and_history_shows_each_window() {
+    use chrono::Duration as D;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    // A monthly usage period, and a grant of 10 that refills every day.
+    let t0 = scenario(&b, json!({"usagePeriod": {"interval": "MONTH"}})).await;
+    grant(&b, json!({"amount": 10, "priority": 1, "effectiveAt": t0, "recurrence": {"interval": "DAY", "anchor": t0}})).await;
+    use_n(&b, t0 + D::hours(1), 8).await;
+    let v = value_at(&b, t0 + D::hours(2)).await;
+    assert_eq!(v["balance"].as_f64(), Some(2.0), "{v}");
+    use_n(&b, t0 + D::days(1) + D::hours(1), 3).await;
+    let v = value_at(&b, t0 + D::days(1) + D::hours(2)).await;
+    assert_eq!(
+        (v["usage"].as_f64(), v["balance"].as_f64()),
+        (Some(11.0), Some(7.0)),
+        "refilled to 10, then 3 used: {v}"
+    );
+
+    let q = |t: chrono::DateTime<chrono::Utc>| {
+        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            .replace('+', "%2B")
+    };
+    let (s, h) = get(
+        &b,
+        &format!(
+            "/api/v2/customers/c/entitlements/calls/history?windowSize=DAY&from={}&to={}",
+            q(t0),
+            q(t0 + D::days(2))
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{h}");
+    let w = h["windowedHistory"].as_array().unwrap();
+    assert_eq!(w.len(), 2, "{h}");
+    assert_eq!(
+        (w[0]["usage"].as_f64(), w[0]["balanceAtStart"].as_f64()),
+        (Some(8.0), Some(10.0)),
+        "{h}"
+    );
+    assert_eq!(
+        (w[1]["usage"].as_f64(), w[1]["balanceAtStart"].as_f64()),
+        (Some(3.0), Some(10.0)),
+        "refilled at the day boundary: {h}"
+    );
+    let (s, _) = get(&b, "/api/v2/customers/c/entitlements/calls/history").await;
+    assert_eq!(s, 400, "windowSize is required");
+}
