@@ -14,7 +14,6 @@
 //! API event's id as `api_request_id` like Kong's. `time` comes from `started_at`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Map, Value};
 use tollgate_proto::UsageEvent;
 
 use crate::config::{AttributeSource, MeteringConfig, SubjectSource};
@@ -54,10 +53,17 @@ pub fn meter(entry: &LogEntry<'_>, config: &MeteringConfig, source: &str) -> Met
     let attributes = custom_attributes(entry, config);
     let mut events = Vec::with_capacity(3);
     if config.meter_api_requests {
-        let mut data = api_data(entry);
-        data.insert("subject_type".into(), subject_type.into());
-        data.extend(attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
-        events.push(event(&api_id, source, API_REQUEST, &subject, &time, data));
+        let mut data = DataWriter::new(&attributes);
+        api_data(entry, &mut data);
+        data.str("subject_type", Some(subject_type));
+        events.push(event(
+            &api_id,
+            source,
+            API_REQUEST,
+            &subject,
+            &time,
+            data.finish(),
+        ));
     }
     if config.meter_ai_token_usage {
         let status = entry.response.as_ref().and_then(|r| r.status);
@@ -65,38 +71,111 @@ pub fn meter(entry: &LogEntry<'_>, config: &MeteringConfig, source: &str) -> Met
         let service_id = entry.service.as_ref().and_then(|s| s.id.as_deref());
         for usage in serialize::ai_usages(entry.ai) {
             for kind in ["request", "response"] {
-                let mut data = llm_data(&usage, kind, &api_id, status, route_id, service_id);
-                data.insert("subject_type".into(), subject_type.into());
-                data.extend(attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+                let mut data = DataWriter::new(&attributes);
+                llm_data(
+                    &usage, kind, &api_id, status, route_id, service_id, &mut data,
+                );
+                data.str("subject_type", Some(subject_type));
                 let id = if usage.plugin_name.is_empty() || usage.plugin_name == "proxy" {
                     format!("{api_id}:{kind}")
                 } else {
                     format!("{api_id}:{}:{kind}", usage.plugin_name)
                 };
-                events.push(event(&id, source, LLM_REQUEST, &subject, &time, data));
+                events.push(event(
+                    &id,
+                    source,
+                    LLM_REQUEST,
+                    &subject,
+                    &time,
+                    data.finish(),
+                ));
             }
         }
     }
     Metered::Events(events)
 }
 
-fn event(
-    id: &str,
-    source: &str,
-    ty: &str,
-    subject: &str,
-    time: &str,
-    data: Map<String, Value>,
-) -> UsageEvent {
+fn event(id: &str, source: &str, ty: &str, subject: &str, time: &str, data: Vec<u8>) -> UsageEvent {
     UsageEvent {
         id: id.to_owned(),
         source: source.to_owned(),
         r#type: ty.to_owned(),
         subject: subject.to_owned(),
         time: time.to_owned(),
-        // Serialising a map of JSON values cannot fail.
-        data: serde_json::to_vec(&data).unwrap_or_default(),
+        data,
     }
+}
+
+/// Writes an event's `data` object straight into JSON bytes: no intermediate map, no per-field
+/// allocation. Custom attributes win over built-in fields of the same name (as a later map insert
+/// would), so built-in fields whose name an attribute uses are skipped, and attributes go last.
+struct DataWriter<'a> {
+    out: Vec<u8>,
+    attributes: &'a [(String, String)],
+}
+
+impl<'a> DataWriter<'a> {
+    fn new(attributes: &'a [(String, String)]) -> Self {
+        let mut out = Vec::with_capacity(512);
+        out.push(b'{');
+        DataWriter { out, attributes }
+    }
+
+    fn key(&mut self, key: &str) -> bool {
+        if self.attributes.iter().any(|(k, _)| k == key) {
+            return false;
+        }
+        if self.out.len() > 1 {
+            self.out.push(b',');
+        }
+        write_json_str(&mut self.out, key);
+        self.out.push(b':');
+        true
+    }
+
+    fn str(&mut self, key: &str, value: Option<&str>) {
+        if let Some(v) = value
+            && self.key(key)
+        {
+            write_json_str(&mut self.out, v);
+        }
+    }
+
+    fn int(&mut self, key: &str, value: Option<i64>) {
+        if let Some(v) = value
+            && self.key(key)
+        {
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        }
+    }
+
+    fn num(&mut self, key: &str, value: Option<f64>) {
+        if let Some(v) = value.filter(|v| v.is_finite())
+            && self.key(key)
+        {
+            self.out
+                .extend_from_slice(ryu::Buffer::new().format(v).as_bytes());
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        for (k, v) in self.attributes {
+            if self.out.len() > 1 {
+                self.out.push(b',');
+            }
+            write_json_str(&mut self.out, k);
+            self.out.push(b':');
+            write_json_str(&mut self.out, v);
+        }
+        self.out.push(b'}');
+        self.out
+    }
+}
+
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Serialising a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// The subject and its `subject_type`, or `None` when the configured source has no value.
@@ -142,7 +221,7 @@ fn resolve_subject(
     found.filter(|(v, _)| !v.is_empty())
 }
 
-fn custom_attributes(entry: &LogEntry<'_>, config: &MeteringConfig) -> Vec<(String, Value)> {
+fn custom_attributes(entry: &LogEntry<'_>, config: &MeteringConfig) -> Vec<(String, String)> {
     let request = entry.request.as_ref();
     config
         .attributes
@@ -152,86 +231,64 @@ fn custom_attributes(entry: &LogEntry<'_>, config: &MeteringConfig) -> Vec<(Stri
                 AttributeSource::Header => request.and_then(|r| r.headers),
                 AttributeSource::Query => request.and_then(|r| r.querystring),
             };
-            serialize::lookup(map, &a.look_up_value_in)
-                .map(|v| (a.event_property_name.clone(), Value::String(v)))
+            serialize::lookup(map, &a.look_up_value_in).map(|v| (a.event_property_name.clone(), v))
         })
         .collect()
 }
 
-fn put_str(data: &mut Map<String, Value>, key: &str, value: Option<&str>) {
-    if let Some(v) = value {
-        data.insert(key.into(), Value::String(v.to_owned()));
-    }
+fn as_int(v: Option<f64>) -> Option<i64> {
+    v.map(|f| f as i64)
 }
 
-fn put_int(data: &mut Map<String, Value>, key: &str, value: Option<f64>) {
-    if let Some(v) = value {
-        data.insert(key.into(), Value::from(v as i64));
-    }
-}
-
-fn put_num(data: &mut Map<String, Value>, key: &str, value: Option<f64>) {
-    if let Some(v) = value.and_then(serde_json::Number::from_f64) {
-        data.insert(key.into(), Value::Number(v));
-    }
-}
-
-fn api_data(entry: &LogEntry<'_>) -> Map<String, Value> {
-    let mut d = Map::new();
+fn api_data(entry: &LogEntry<'_>, d: &mut DataWriter<'_>) {
     let request = entry.request.as_ref();
-    put_str(&mut d, "client_ip", entry.client_ip.as_deref());
+    d.str("client_ip", entry.client_ip.as_deref());
     let host = serialize::lookup(request.and_then(|r| r.headers), "host")
         .or_else(|| request.and_then(|r| r.url.as_deref()).and_then(host_of_url));
-    put_str(&mut d, "request_host", host.as_deref());
-    put_str(
-        &mut d,
-        "request_method",
-        request.and_then(|r| r.method.as_deref()),
-    );
+    d.str("request_host", host.as_deref());
+    d.str("request_method", request.and_then(|r| r.method.as_deref()));
     let path = request
         .and_then(|r| r.uri.as_deref())
         .map(|u| u.split_once('?').map_or(u, |(p, _)| p));
-    put_str(&mut d, "request_uri", path);
-    put_int(&mut d, "request_size_bytes", request.and_then(|r| r.size));
+    d.str("request_uri", path);
+    d.int("request_size_bytes", as_int(request.and_then(|r| r.size)));
     let agent = serialize::lookup(request.and_then(|r| r.headers), "user-agent");
-    put_str(&mut d, "request_user_agent", agent.as_deref());
-    put_int(
-        &mut d,
+    d.str("request_user_agent", agent.as_deref());
+    d.int(
         "response_size_bytes",
-        entry.response.as_ref().and_then(|r| r.size),
+        as_int(entry.response.as_ref().and_then(|r| r.size)),
     );
-    put_int(
-        &mut d,
+    d.int(
         "response_http_status",
-        entry.response.as_ref().and_then(|r| r.status),
+        as_int(entry.response.as_ref().and_then(|r| r.status)),
     );
     if let Some(route) = &entry.route {
-        put_str(&mut d, "route_id", route.id.as_deref());
-        put_str(&mut d, "route_name", route.name.as_deref());
+        d.str("route_id", route.id.as_deref());
+        d.str("route_name", route.name.as_deref());
     }
     if let Some(service) = &entry.service {
-        put_str(&mut d, "service_id", service.id.as_deref());
-        put_str(&mut d, "service_name", service.name.as_deref());
-        put_int(&mut d, "service_port", service.port);
-        put_str(&mut d, "service_protocol", service.protocol.as_deref());
+        d.str("service_id", service.id.as_deref());
+        d.str("service_name", service.name.as_deref());
+        d.int("service_port", as_int(service.port));
+        d.str("service_protocol", service.protocol.as_deref());
     }
-    if let Some(status) = entry.upstream_status.as_ref().and_then(|s| s.as_int()) {
-        d.insert("upstream_status".into(), Value::from(status));
-    }
+    d.int(
+        "upstream_status",
+        entry.upstream_status.as_ref().and_then(|s| s.as_int()),
+    );
     // Our additions.
     if let Some(consumer) = &entry.consumer {
-        put_str(&mut d, "consumer_id", consumer.id.as_deref());
-        put_str(&mut d, "consumer_username", consumer.username.as_deref());
+        d.str("consumer_id", consumer.id.as_deref());
+        d.str("consumer_username", consumer.username.as_deref());
     }
     if let Some(l) = &entry.latencies {
-        put_num(&mut d, "latency_kong_ms", l.kong);
-        put_num(&mut d, "latency_upstream_ms", l.proxy.filter(|p| *p >= 0.0));
-        put_num(&mut d, "latency_request_ms", l.request);
-        put_num(&mut d, "latency_receive_ms", l.receive);
+        d.num("latency_kong_ms", l.kong);
+        d.num("latency_upstream_ms", l.proxy.filter(|p| *p >= 0.0));
+        d.num("latency_request_ms", l.request);
+        d.num("latency_receive_ms", l.receive);
     }
-    put_str(&mut d, "response_source", entry.source.as_deref());
-    put_str(&mut d, "workspace_name", entry.workspace_name.as_deref());
-    d
+    d.str("response_source", entry.source.as_deref());
+    d.str("workspace_name", entry.workspace_name.as_deref());
 }
 
 fn llm_data(
@@ -241,9 +298,9 @@ fn llm_data(
     status: Option<f64>,
     route_id: Option<&str>,
     service_id: Option<&str>,
-) -> Map<String, Value> {
-    let mut d = Map::new();
-    d.insert("type".into(), kind.into());
+    d: &mut DataWriter<'_>,
+) {
+    d.str("type", Some(kind));
     let (tokens, model) = if kind == "request" {
         (
             usage.prompt_tokens,
@@ -261,29 +318,52 @@ fn llm_data(
                 .or(usage.request_model.as_deref()),
         )
     };
-    d.insert("tokens".into(), Value::from(tokens));
-    put_str(&mut d, "model", model);
-    put_str(&mut d, "provider", usage.provider.as_deref());
-    put_str(&mut d, "ai_plugin_id", usage.plugin_id.as_deref());
+    d.int("tokens", Some(tokens));
+    d.str("model", model);
+    d.str("provider", usage.provider.as_deref());
+    d.str("ai_plugin_id", usage.plugin_id.as_deref());
     let plugin_name = match usage.plugin_name.as_str() {
         "" | "proxy" => None,
         name => Some(name),
     };
-    put_str(&mut d, "ai_plugin_name", plugin_name);
-    d.insert("api_request_id".into(), api_id.into());
-    put_str(&mut d, "cache_status", usage.cache_status.as_deref());
-    put_int(&mut d, "http_status", status);
-    put_str(&mut d, "route_id", route_id);
-    put_str(&mut d, "service_id", service_id);
+    d.str("ai_plugin_name", plugin_name);
+    d.str("api_request_id", Some(api_id));
+    d.str("cache_status", usage.cache_status.as_deref());
+    d.int("http_status", as_int(status));
+    d.str("route_id", route_id);
+    d.str("service_id", service_id);
     // Our additions.
-    d.insert("total_tokens".into(), Value::from(usage.total_tokens));
-    put_num(&mut d, "cost", usage.cost);
-    put_num(&mut d, "llm_latency_ms", usage.llm_latency_ms);
-    d
+    d.int("total_tokens", Some(usage.total_tokens));
+    d.num("cost", usage.cost);
+    d.num("llm_latency_ms", usage.llm_latency_ms);
 }
 
 fn host_of_url(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     Some(rest[..end].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_valid_json_and_attributes_win_over_built_in_fields() {
+        let attrs = vec![
+            ("request_method".to_owned(), "custom \"quoted\"".to_owned()),
+            ("team".to_owned(), "a".to_owned()),
+        ];
+        let mut d = DataWriter::new(&attrs);
+        d.str("request_method", Some("GET"));
+        d.int("tokens", Some(42));
+        d.num("cost", Some(0.25));
+        d.num("nan", Some(f64::NAN));
+        d.str("absent", None);
+        let v: serde_json::Value = serde_json::from_slice(&d.finish()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"request_method": "custom \"quoted\"", "team": "a", "tokens": 42, "cost": 0.25})
+        );
+    }
 }
