@@ -668,6 +668,20 @@ impl Owner {
     }
 }
 
+/// The v1 subject paths: the customer whose usage attribution holds the subject (as OpenMeter
+/// resolves subjects since customers), else the bare subject.
+fn subject_owner(api: &Api, s: String) -> Result<Owner, Problem> {
+    let customer = api
+        .store
+        .list_entities::<Customer>("customer")?
+        .into_iter()
+        .find(|c| c.subjects().contains(&s));
+    Ok(match customer {
+        Some(c) => Owner::Customer(c),
+        None => Owner::Subject(s),
+    })
+}
+
 fn customer_owner(api: &Api, c: &str) -> Result<Owner, Problem> {
     Ok(Owner::Customer(customer_by(api, c)?.ok_or_else(|| {
         not_found(format!("customer {c} not found"))
@@ -828,7 +842,7 @@ async fn subject_value(
     Path((s, f)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> R {
-    value_of(&api, &Owner::Subject(s), &f, &raw).await
+    value_of(&api, &subject_owner(&api, s)?, &f, &raw).await
 }
 
 async fn customer_access(State(api): State<Api>, Path(c): Path<String>) -> R {
@@ -889,7 +903,7 @@ async fn get_customer_entitlement(
 }
 
 async fn list_subject_entitlements(State(api): State<Api>, Path(s): Path<String>) -> R {
-    let items: Vec<Entitlement> = entitlements_of(&api, &Owner::Subject(s))?
+    let items: Vec<Entitlement> = entitlements_of(&api, &subject_owner(&api, s)?)?
         .into_iter()
         .map(with_period)
         .collect();
@@ -901,7 +915,7 @@ async fn create_subject_entitlement(
     Path(s): Path<String>,
     body: Bytes,
 ) -> R {
-    create_entitlement(&api, Owner::Subject(s), &body).await
+    create_entitlement(&api, subject_owner(&api, s)?, &body).await
 }
 
 async fn create_grant(api: &Api, owner: Owner, e: &str, body: &Bytes) -> R {
@@ -952,11 +966,11 @@ async fn create_subject_grant(
     Path((s, e)): Path<(String, String)>,
     body: Bytes,
 ) -> R {
-    create_grant(&api, Owner::Subject(s), &e, &body).await
+    create_grant(&api, subject_owner(&api, s)?, &e, &body).await
 }
 
 async fn list_subject_grants(State(api): State<Api>, Path((s, e)): Path<(String, String)>) -> R {
-    list_grants(&api, Owner::Subject(s), &e).await
+    list_grants(&api, subject_owner(&api, s)?, &e).await
 }
 
 async fn reset(api: &Api, owner: Owner, e: &str, body: &Bytes) -> R {
@@ -1008,7 +1022,7 @@ async fn reset_subject_entitlement(
     Path((s, e)): Path<(String, String)>,
     body: Bytes,
 ) -> R {
-    reset(&api, Owner::Subject(s), &e, &body).await
+    reset(&api, subject_owner(&api, s)?, &e, &body).await
 }
 
 /// `WindowedBalanceHistory`: per window, usage and the balance at its start; per usage period
@@ -1130,5 +1144,5 @@ async fn subject_history(
     Path((s, e)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> R {
-    history(&api, Owner::Subject(s), &e, &raw).await
+    history(&api, subject_owner(&api, s)?, &e, &raw).await
 }

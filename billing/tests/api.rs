@@ -397,6 +397,17 @@ async fn balance_burns_grants_by_priority_then_expiry_and_overage_denies_hard_li
     assert_eq!(v["balance"].as_f64(), Some(0.0), "{v}");
     assert_eq!(v["overage"].as_f64(), Some(30.0), "{v}");
     assert_eq!(v["hasAccess"], false);
+    // The v1 subject path finds the customer's entitlement through its usage attribution.
+    let t = (t0 + D::hours(4))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        .replace('+', "%2B");
+    let (s, v1) = get(
+        &b,
+        &format!("/api/v1/subjects/s/entitlements/calls/value?time={t}"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v1}");
+    assert_eq!(v1["overage"].as_f64(), Some(30.0), "{v1}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
