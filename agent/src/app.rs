@@ -10,11 +10,16 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tollgate_proto::v1::entitlements_server::EntitlementsServer;
 use tollgate_proto::v1::ingest_server::IngestServer;
 
 use crate::admin::{AdminState, router};
 use crate::buffer::DiskBuffer;
 use crate::config::Config;
+use crate::entitlements::http::EntitlementApi;
+use crate::entitlements::sync::Syncer;
+use crate::entitlements::watch::WatchService;
+use crate::entitlements::{self, Cache};
 use crate::ingest::IngestService;
 use crate::metrics::Metrics;
 use crate::sink::{Flusher, client};
@@ -36,23 +41,64 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = client(&config).context("building the HTTP client")?;
+
+    // Entitlements: the cache, its syncer, the Watch service and the local endpoint.
+    let mut entitlements = None;
+    if config.entitlements.enabled {
+        let (cache, new_subjects) = Cache::new(
+            &config.entitlements.features,
+            config.entitlements.stale_after_ms as i64,
+        );
+        let cache = Arc::new(cache);
+        let base = if config.entitlements.url.is_empty() {
+            config.destination.url.clone()
+        } else {
+            config.entitlements.url.clone()
+        };
+        let syncer = Syncer {
+            cache: cache.clone(),
+            client: http.clone(),
+            base,
+            token: config
+                .entitlements
+                .token
+                .clone()
+                .or_else(|| config.destination.token.clone()),
+            interval: std::time::Duration::from_millis(config.entitlements.sync_interval_ms),
+        };
+        let (refresh_tx, refresh_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(
+            syncer
+                .clone()
+                .run(new_subjects, refresh_rx, stop_rx.clone()),
+        );
+        entitlements = Some((cache, syncer, refresh_tx));
+    }
+    let cache = entitlements.as_ref().map(|(c, _, _)| c.clone());
     let mut flushers = JoinSet::new();
     for id in buffer.queue_ids() {
-        if let Some(f) = Flusher::for_queue(
+        if let Some(mut f) = Flusher::for_queue(
             id,
             http.clone(),
             config.clone(),
             buffer.clone(),
             metrics.clone(),
         ) {
+            f.entitlements = cache.clone();
             flushers.spawn(f.run(stop_rx.clone()));
         }
     }
 
     // gRPC: TCP and/or Unix socket, both stopping on the same signal.
     let (grpc_stop_tx, grpc_stop_rx) = watch::channel(false);
-    let service = IngestServer::new(IngestService::new(buffer.clone(), metrics.clone()))
-        .max_decoding_message_size(64 << 20);
+    let mut ingest = IngestService::new(buffer.clone(), metrics.clone());
+    if let Some(c) = &cache {
+        ingest = ingest.with_entitlements(c.clone());
+    }
+    let service = IngestServer::new(ingest).max_decoding_message_size(64 << 20);
+    let watch_service = entitlements.as_ref().map(|(c, _, refresh)| {
+        EntitlementsServer::new(WatchService::new(c.clone(), refresh.clone()))
+    });
     let mut servers = JoinSet::new();
     if !config.grpc.listen.is_empty() {
         let listener = TcpListener::bind(&config.grpc.listen)
@@ -63,6 +109,7 @@ pub async fn run(
         servers.spawn(
             tonic::transport::Server::builder()
                 .add_service(service.clone())
+                .add_optional_service(watch_service.clone())
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 }),
@@ -80,6 +127,7 @@ pub async fn run(
         servers.spawn(
             tonic::transport::Server::builder()
                 .add_service(service.clone())
+                .add_optional_service(watch_service.clone())
                 .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 }),
@@ -87,11 +135,17 @@ pub async fn run(
     }
 
     let ready = Arc::new(AtomicBool::new(true));
-    let admin = router(AdminState {
+    let mut admin = router(AdminState {
         buffer: buffer.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
     });
+    if let Some((cache, syncer, _)) = &entitlements {
+        admin = admin.merge(entitlements::http::router(EntitlementApi {
+            cache: cache.clone(),
+            syncer: syncer.clone(),
+        }));
+    }
     let admin_listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot bind {}", config.http.listen))?;
@@ -106,23 +160,25 @@ pub async fn run(
     });
 
     let spawner = {
-        let (http, config, buffer, metrics, stop_rx) = (
+        let (http, config, buffer, metrics, stop_rx, cache) = (
             http.clone(),
             config.clone(),
             buffer.clone(),
             metrics.clone(),
             stop_rx.clone(),
+            cache.clone(),
         );
         tokio::spawn(async move {
             let mut flushers = JoinSet::new();
             while let Some(id) = new_queues.recv().await {
-                if let Some(f) = Flusher::for_queue(
+                if let Some(mut f) = Flusher::for_queue(
                     id,
                     http.clone(),
                     config.clone(),
                     buffer.clone(),
                     metrics.clone(),
                 ) {
+                    f.entitlements = cache.clone();
                     tracing::info!(queue = id, url = %f.target.url, "new destination");
                     flushers.spawn(f.run(stop_rx.clone()));
                 }

@@ -136,6 +136,37 @@ impl Default for Flush {
     }
 }
 
+/// `[entitlements]`: the cache of entitlement values served to plugins and applications.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Entitlements {
+    /// Sync and serve entitlements.
+    pub enabled: bool,
+    /// Central service base URL; empty means `destination.url`.
+    pub url: String,
+    /// Bearer token; none means `destination.token`.
+    pub token: Option<String>,
+    /// Feature keys to track from the start (plugins add theirs when they watch).
+    pub features: Vec<String>,
+    /// How often every value is refreshed.
+    pub sync_interval_ms: u64,
+    /// Values older than this are flagged stale.
+    pub stale_after_ms: u64,
+}
+
+impl Default for Entitlements {
+    fn default() -> Self {
+        Entitlements {
+            enabled: true,
+            url: String::new(),
+            token: None,
+            features: Vec::new(),
+            sync_interval_ms: 5_000,
+            stale_after_ms: 60_000,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -150,6 +181,8 @@ pub struct Config {
     pub destination: Destination,
     /// `[flush]`.
     pub flush: Flush,
+    /// `[entitlements]`.
+    pub entitlements: Entitlements,
 }
 
 /// A configuration problem, naming the key.
@@ -271,6 +304,19 @@ impl Config {
                 "must be at least flush.retry_initial_ms, which must be > 0".into(),
             );
         }
+        if self.entitlements.sync_interval_ms < 100 {
+            bad(
+                "entitlements.sync_interval_ms",
+                "must be at least 100".into(),
+            );
+        }
+        if !self.entitlements.url.is_empty() && reqwest::Url::parse(&self.entitlements.url).is_err()
+        {
+            bad(
+                "entitlements.url",
+                format!("{:?} is not a URL", self.entitlements.url),
+            );
+        }
         if self.destination.timeout_ms == 0 {
             bad("destination.timeout_ms", "must be > 0".into());
         }
@@ -282,6 +328,9 @@ impl Config {
         let mut shown = self.clone();
         if shown.destination.token.is_some() {
             shown.destination.token = Some("********".into());
+        }
+        if shown.entitlements.token.is_some() {
+            shown.entitlements.token = Some("********".into());
         }
         toml::to_string_pretty(&shown).unwrap_or_default()
     }

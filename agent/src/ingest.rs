@@ -16,18 +16,30 @@ use tollgate_proto::{BatchAck, EventBatch, UsageEvent};
 use tonic::{Request, Response, Status as RpcStatus, Streaming};
 
 use crate::buffer::{Append, DiskBuffer, PluginDestination};
+use crate::entitlements::Cache;
 use crate::metrics::Metrics;
 
 /// The Ingest service.
 pub struct IngestService {
     buffer: Arc<DiskBuffer>,
     metrics: Arc<Metrics>,
+    entitlements: Option<Arc<Cache>>,
 }
 
 impl IngestService {
     /// A service storing into `buffer`.
     pub fn new(buffer: Arc<DiskBuffer>, metrics: Arc<Metrics>) -> Self {
-        IngestService { buffer, metrics }
+        IngestService {
+            buffer,
+            metrics,
+            entitlements: None,
+        }
+    }
+
+    /// Also tells the entitlement cache which subjects send traffic and what usage is buffered.
+    pub fn with_entitlements(mut self, cache: Arc<Cache>) -> Self {
+        self.entitlements = Some(cache);
+        self
     }
 }
 
@@ -91,6 +103,7 @@ impl Ingest for IngestService {
         let (tx, rx) = mpsc::channel::<Result<BatchAck, RpcStatus>>(64);
         let buffer = self.buffer.clone();
         let metrics = self.metrics.clone();
+        let entitlements = self.entitlements.clone();
         tokio::spawn(async move {
             while let Some(batch) = batches.next().await {
                 let Ok(batch) = batch else { break };
@@ -118,6 +131,17 @@ impl Ingest for IngestService {
                 match stored {
                     Ok(Append::Stored) => {
                         high_water_warning(&buffer);
+                        if let Some(cache) = &entitlements {
+                            for e in &batch.events {
+                                cache.observe(&e.subject);
+                            }
+                            cache.account(
+                                batch.events.iter().map(|e| {
+                                    (e.subject.as_str(), e.r#type.as_str(), e.data.as_slice())
+                                }),
+                                false,
+                            );
+                        }
                         let buffer = buffer.clone();
                         let metrics = metrics.clone();
                         let tx = tx.clone();

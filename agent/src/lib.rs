@@ -6,6 +6,8 @@
 //! * [`ingest`]: the gRPC source (`tollgate.v1.Ingest`), acking once durable.
 //! * [`buffer`]: the sled disk buffer: per-destination queues, group commit, dead letters.
 //! * [`sink`]: the HTTP flushers: batching, retries, bisection of poison events.
+//! * [`entitlements`]: the entitlement cache synced from the central service, local accounting,
+//!   the `Watch` stream to plugins and the local entitlement endpoint.
 //! * [`admin`]: health, readiness, metrics and dead-letter endpoints on loopback HTTP.
 //! * [`config`] and [`metrics`]: settings and counters.
 //! * [`app`]: wiring them into a running agent with graceful shutdown.
@@ -14,6 +16,7 @@ pub mod admin;
 pub mod app;
 pub mod buffer;
 pub mod config;
+pub mod entitlements;
 pub mod ingest;
 pub mod metrics;
 pub mod sink;

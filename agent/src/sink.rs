@@ -108,6 +108,8 @@ pub struct Flusher {
     pub buffer: Arc<DiskBuffer>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Told what was delivered, for local entitlement accounting.
+    pub entitlements: Option<Arc<crate::entitlements::Cache>>,
 }
 
 impl Flusher {
@@ -135,6 +137,7 @@ impl Flusher {
             config,
             buffer,
             metrics,
+            entitlements: None,
         })
     }
 
@@ -206,6 +209,14 @@ impl Flusher {
             match self.send(part).await {
                 Attempt::Delivered => {
                     self.metrics.sent.inc_by(part.len() as u64);
+                    if let Some(cache) = &self.entitlements {
+                        cache.account(
+                            part.iter().map(|(_, e)| {
+                                (e.subject.as_str(), e.ty.as_str(), e.data.as_bytes())
+                            }),
+                            true,
+                        );
+                    }
                     self.buffer
                         .remove(self.queue, part)
                         .map_err(|e| (e.to_string(), None))?;

@@ -54,9 +54,10 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(bin: &Path, args: &[String]) -> std::io::Result<Proc> {
+    fn spawn(bin: &Path, args: &[String], env: &[(&str, &str)]) -> std::io::Result<Proc> {
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .env(
                 "TOLLGATE_LOG",
                 std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "error".into()),
@@ -159,6 +160,11 @@ impl Stack {
     /// Starts all three under `dir` from `kong-config/tollgate-billing.toml` and
     /// `kong-config/tollgate-agent.toml`.
     pub fn start(dir: &Path) -> std::io::Result<Stack> {
+        Self::start_with_agent_env(dir, &[])
+    }
+
+    /// As [`Stack::start`], with extra environment for the agent (`TOLLGATE_AGENT__…` overrides).
+    pub fn start_with_agent_env(dir: &Path, agent_env: &[(&str, &str)]) -> std::io::Result<Stack> {
         let config = workspace_root().join("kong-config");
         let billing_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let agent_grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -176,6 +182,7 @@ impl Stack {
                 "--data-dir".into(),
                 s(&dir.join("billing-data")),
             ],
+            &[],
         )?;
         wait_tcp(billing_addr, Duration::from_secs(20))?;
         let agent = Proc::spawn(
@@ -192,6 +199,7 @@ impl Stack {
                 "--destination-url".into(),
                 format!("http://{billing_addr}"),
             ],
+            agent_env,
         )?;
         wait_tcp(agent_grpc, Duration::from_secs(20))?;
         let plugin = Proc::spawn(
@@ -202,6 +210,7 @@ impl Stack {
                 "--agent".into(),
                 format!("http://{agent_grpc}"),
             ],
+            &[],
         )?;
         wait_unix(
             &kong_prefix.join("tollgate.socket"),

@@ -1,0 +1,114 @@
+//! The local entitlement endpoint (on the agent's loopback HTTP server): answers from the cache,
+//! reading through to the central service on a miss, so an application can ask the sidecar "may
+//! customer X use feature Y, and how much is left?" with no network hop.
+//!
+//! * `GET /v1/entitlements/{subject}`: every tracked feature of the subject.
+//! * `GET /v1/entitlements/{subject}/{feature}`: one value.
+//! * `GET /api/v1/subjects/{subject}/entitlements/{feature}/value`: the same in OpenMeter's
+//!   `EntitlementValue` shape, so OpenMeter's SDKs can point at the sidecar.
+//!
+//! Unknown subject or feature → 404 problem+json.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use super::sync::Syncer;
+use super::{Cache, LocalValue};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct EntitlementApi {
+    /// The cache.
+    pub cache: Arc<Cache>,
+    /// For read-through on a miss.
+    pub syncer: Syncer,
+}
+
+/// The routes.
+pub fn router(api: EntitlementApi) -> Router {
+    Router::new()
+        .route("/v1/entitlements/{subject}", get(all_for_subject))
+        .route("/v1/entitlements/{subject}/{feature}", get(one))
+        .route(
+            "/api/v1/subjects/{subject}/entitlements/{feature}/value",
+            get(openmeter_value),
+        )
+        .with_state(api)
+}
+
+fn not_found(detail: String) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        json!({"type": "about:blank", "title": "Not Found", "status": 404, "detail": detail})
+            .to_string(),
+    )
+        .into_response()
+}
+
+async fn lookup(api: &EntitlementApi, subject: &str, feature: &str) -> Option<LocalValue> {
+    if let Some(v) = api.cache.get(subject, feature) {
+        return Some(v);
+    }
+    // Read-through: learn the feature and the subject, fetch now.
+    if api.cache.track_features(&[feature.to_owned()]) {
+        api.syncer.load_meters().await;
+    }
+    api.cache.observe(subject);
+    let token = api.cache.fetch_started(subject, feature);
+    let synced = api.syncer.fetch(subject, feature).await.ok()?;
+    api.cache.store(subject, feature, synced, token);
+    api.cache.get(subject, feature)
+}
+
+async fn one(
+    State(api): State<EntitlementApi>,
+    Path((subject, feature)): Path<(String, String)>,
+) -> Response {
+    match lookup(&api, &subject, &feature).await {
+        Some(v) if v.kind != "none" => axum::Json(v).into_response(),
+        _ => not_found(format!(
+            "no entitlement for feature {feature} of subject {subject}"
+        )),
+    }
+}
+
+async fn all_for_subject(
+    State(api): State<EntitlementApi>,
+    Path(subject): Path<String>,
+) -> Response {
+    let values: Vec<LocalValue> = api
+        .cache
+        .for_subject(&subject)
+        .into_iter()
+        .filter(|v| v.kind != "none")
+        .collect();
+    if values.is_empty() {
+        return not_found(format!("no entitlements known for subject {subject}"));
+    }
+    axum::Json(values).into_response()
+}
+
+async fn openmeter_value(
+    State(api): State<EntitlementApi>,
+    Path((subject, feature)): Path<(String, String)>,
+) -> Response {
+    match lookup(&api, &subject, &feature).await {
+        Some(v) if v.kind == "metered" => axum::Json(json!({
+            "hasAccess": v.has_access, "balance": v.balance, "usage": v.usage, "overage": v.overage,
+        }))
+        .into_response(),
+        Some(v) if v.kind != "none" => {
+            axum::Json(json!({"hasAccess": v.has_access})).into_response()
+        }
+        _ => not_found(format!(
+            "no entitlement for feature {feature} of subject {subject}"
+        )),
+    }
+}
