@@ -75,16 +75,32 @@ pub async fn run(
         entitlements = Some((cache, syncer, refresh_tx));
     }
     let cache = entitlements.as_ref().map(|(c, _, _)| c.clone());
-    let mut flushers = JoinSet::new();
-    for id in buffer.queue_ids() {
-        if let Some(mut f) = Flusher::for_queue(
-            id,
+    // One flusher per queue, now and for every destination a plugin names later.
+    let flusher_for = {
+        let (http, config, buffer, metrics, cache) = (
             http.clone(),
             config.clone(),
             buffer.clone(),
             metrics.clone(),
-        ) {
-            f.entitlements = cache.clone();
+            cache.clone(),
+        );
+        move |id: u32| {
+            Flusher::for_queue(
+                id,
+                http.clone(),
+                config.clone(),
+                buffer.clone(),
+                metrics.clone(),
+            )
+            .map(|mut f| {
+                f.entitlements = cache.clone();
+                f
+            })
+        }
+    };
+    let mut flushers = JoinSet::new();
+    for id in buffer.queue_ids() {
+        if let Some(f) = flusher_for(id) {
             flushers.spawn(f.run(stop_rx.clone()));
         }
     }
@@ -160,25 +176,11 @@ pub async fn run(
     });
 
     let spawner = {
-        let (http, config, buffer, metrics, stop_rx, cache) = (
-            http.clone(),
-            config.clone(),
-            buffer.clone(),
-            metrics.clone(),
-            stop_rx.clone(),
-            cache.clone(),
-        );
+        let stop_rx = stop_rx.clone();
         tokio::spawn(async move {
             let mut flushers = JoinSet::new();
             while let Some(id) = new_queues.recv().await {
-                if let Some(mut f) = Flusher::for_queue(
-                    id,
-                    http.clone(),
-                    config.clone(),
-                    buffer.clone(),
-                    metrics.clone(),
-                ) {
-                    f.entitlements = cache.clone();
+                if let Some(f) = flusher_for(id) {
                     tracing::info!(queue = id, url = %f.target.url, "new destination");
                     flushers.spawn(f.run(stop_rx.clone()));
                 }

@@ -8,3 +8,4 @@
 pub mod deck;
 pub mod kong;
 pub mod stack;
+pub mod traffic;

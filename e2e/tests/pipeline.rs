@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tollgate_e2e::kong::pdk::RequestPdk;
-use tollgate_e2e::kong::serialize::{AiCall, KongRequest, KongVersion};
 use tollgate_e2e::kong::worker::{PluginEntity, Worker};
 use tollgate_e2e::stack::{Stack, wait_tcp, wait_unix};
 
@@ -56,45 +55,22 @@ async fn traffic(
         tasks.push(tokio::spawn(async move {
             let mut metered = Vec::new();
             for i in (w..n).step_by(3) {
-                let k = offset + i;
-                let version = KongVersion::ALL[k % 5];
-                let (id, name) = CONSUMERS[k % 3];
-                let is_ai = k.is_multiple_of(4);
-                let mut req =
-                    KongRequest::get(version, &format!("/orders/{k}")).with_consumer(id, name);
-                let plugin = if is_ai {
-                    req = req.with_ai(AiCall {
-                        plugin: "ai-proxy".into(),
-                        provider: "openai".into(),
-                        request_model: "gpt-4o".into(),
-                        response_model: "gpt-4o-2024-08-06".into(),
-                        prompt_tokens: 100 + (k % 7) as u64,
-                        completion_tokens: 20 + (k % 5) as u64,
-                        cost: Some(0.0004),
-                    });
-                    &ai
-                } else {
-                    &api
-                };
+                let g = tollgate_e2e::traffic::request(offset + i, &CONSUMERS, None);
+                let plugin = if g.ai { &ai } else { &api };
                 // A failed log phase is a request Kong did not meter (it logs and moves on).
                 if worker
                     .run_phase(
                         plugin,
                         "log",
                         &RequestPdk {
-                            request: &req,
+                            request: &g.request,
                             phase: "log",
                         },
                     )
                     .await
                     .is_ok()
                 {
-                    let tokens = if is_ai && version != KongVersion::V3_4 {
-                        120 + (k % 7) + (k % 5)
-                    } else {
-                        0
-                    };
-                    metered.push((format!("consumer:{id}"), tokens as f64));
+                    metered.push((g.subject, g.tokens as f64));
                 }
             }
             metered

@@ -13,14 +13,13 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tollgate_e2e::kong::pdk::RequestPdk;
-use tollgate_e2e::kong::serialize::{AiCall, KongRequest, KongVersion};
 use tollgate_e2e::kong::worker::Worker;
 use tollgate_e2e::stack::{Stack, workspace_root};
 
 const CONSUMERS: [(&str, &str, u64); 3] = [
     ("5d1b8c3e-2a4f-4b6d-9e8a-7c6b5a4d3e2f", "acme", 100),
-    ("0b7e4c1a-9d2f-4e3b-8a6c-5f4e3d2c1b0a", "globex", 1000),
-    ("9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "initech", 1000),
+    ("0b7e4c1a-9d2f-4e3b-8a6c-5f4e3d2c1b0a", "globex", 5000),
+    ("9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "initech", 5000),
 ];
 
 async fn post(url: &str, body: Value) -> anyhow::Result<Value> {
@@ -112,36 +111,23 @@ async fn main() -> anyhow::Result<()> {
     for w in 0..4 {
         let worker = Arc::new(Worker::new(stack.socket()));
         let (api, ai, bar) = (api.clone(), ai.clone(), bar.clone());
+        let consumers: Vec<(&str, &str)> =
+            CONSUMERS.iter().map(|(id, name, _)| (*id, *name)).collect();
         tasks.push(tokio::spawn(async move {
             let mut failed = 0;
             for k in (w..requests).step_by(4) {
-                let (id, name, _) = CONSUMERS[k % 7 % 3];
-                let mut req = KongRequest::get(KongVersion::ALL[k % 5], &format!("/orders/{k}"))
-                    .with_consumer(id, name);
-                req.started_at_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or_default();
-                let plugin = if k.is_multiple_of(4) {
-                    req = req.with_ai(AiCall {
-                        plugin: "ai-proxy".into(),
-                        provider: "openai".into(),
-                        request_model: "gpt-4o".into(),
-                        response_model: "gpt-4o-2024-08-06".into(),
-                        prompt_tokens: 200 + (k % 50) as u64,
-                        completion_tokens: 80 + (k % 30) as u64,
-                        cost: Some(0.0013),
-                    });
-                    &ai
-                } else {
-                    &api
-                };
+                let g = tollgate_e2e::traffic::request(
+                    k,
+                    &consumers,
+                    Some(tollgate_e2e::traffic::now_ms()),
+                );
+                let plugin = if g.ai { &ai } else { &api };
                 if worker
                     .run_phase(
                         plugin,
                         "log",
                         &RequestPdk {
-                            request: &req,
+                            request: &g.request,
                             phase: "log",
                         },
                     )
