@@ -32,6 +32,10 @@ async fn post(url: &str, body: Value) -> anyhow::Result<Value> {
     Ok(v)
 }
 
+fn age_ms(synced_at_ms: i64) -> i64 {
+    tollgate_e2e::traffic::now_ms() as i64 - synced_at_ms
+}
+
 async fn get(url: &str) -> anyhow::Result<Value> {
     Ok(reqwest::get(url).await?.json().await?)
 }
@@ -214,10 +218,27 @@ async fn main() -> anyhow::Result<()> {
             "\n   {name} is over its limit: usage {}, balance {}, overage {} — hasAccess=false at billing.",
             v["usage"], v["balance"], v["overage"]
         );
+        let id = CONSUMERS
+            .iter()
+            .find(|c| c.1 == *name)
+            .map(|c| c.0)
+            .unwrap_or_default();
+        let local = get(&format!(
+            "http://{}/v1/entitlements/consumer:{id}/api_calls",
+            stack.agent_http
+        ))
+        .await?;
         println!(
-            "   Billing denies it now. Blocking it at the gateway (a 429 from the access phase, decided from"
+            "   The sidecar agrees, from its cache: has_access={} balance={} usage={} (synced {} ms ago).",
+            local["has_access"],
+            local["balance"],
+            local["usage"],
+            age_ms(local["synced_at_ms"].as_i64().unwrap_or(0)),
         );
-        println!("   the agent's cached value) is tollgate-enforcement, the next piece of work.");
+        println!(
+            "   Blocking it at the gateway (a 429 from Kong's access phase, decided from that cache) is"
+        );
+        println!("   tollgate-enforcement, the next piece of work.");
     }
 
     println!("\n6. Try it yourself while the services run:");
@@ -228,6 +249,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "   curl -s {}",
         billing("/api/v2/customers/acme/entitlements/api_calls/value")
+    );
+    println!(
+        "   curl -s http://{}/v1/entitlements/consumer:{}/api_calls",
+        stack.agent_http, CONSUMERS[0].0
     );
     println!(
         "   curl -s http://{}/metrics | grep tollgate_agent_events",
