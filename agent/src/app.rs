@@ -112,8 +112,12 @@ pub async fn run(
         ingest = ingest.with_entitlements(c.clone());
     }
     let service = IngestServer::new(ingest).max_decoding_message_size(64 << 20);
-    let watch_service = entitlements.as_ref().map(|(c, _, refresh)| {
-        EntitlementsServer::new(WatchService::new(c.clone(), refresh.clone()))
+    let watch_service = entitlements.as_ref().map(|(c, syncer, refresh)| {
+        EntitlementsServer::new(WatchService::new(
+            c.clone(),
+            refresh.clone(),
+            syncer.clone(),
+        ))
     });
     let mut servers = JoinSet::new();
     if !config.grpc.listen.is_empty() {

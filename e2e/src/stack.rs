@@ -227,6 +227,30 @@ impl Stack {
         })
     }
 
+    /// Starts `tollgate --plugin enforcement` (Kong's second plugin-server entry) on
+    /// `<prefix>/tollgate-enforcement.socket`.
+    pub fn start_enforcement(&self) -> std::io::Result<Proc> {
+        let proc = Proc::spawn(
+            &binary("tollgate"),
+            &[
+                "--plugin".into(),
+                "enforcement".into(),
+                "-kong-prefix".into(),
+                self.kong_prefix.display().to_string(),
+                "--agent".into(),
+                format!("http://{}", self.agent_grpc),
+            ],
+            &[],
+        )?;
+        wait_unix(&self.enforcement_socket(), Duration::from_secs(20))?;
+        Ok(proc)
+    }
+
+    /// The enforcement plugin server's socket.
+    pub fn enforcement_socket(&self) -> PathBuf {
+        self.kong_prefix.join("tollgate-enforcement.socket")
+    }
+
     /// The plugin server's socket.
     pub fn socket(&self) -> PathBuf {
         self.kong_prefix.join("tollgate.socket")

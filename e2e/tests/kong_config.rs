@@ -25,27 +25,41 @@ fn plugin_entries<'v>(v: &'v Value, name: &str, out: &mut Vec<&'v Value>) {
 }
 
 #[test]
-fn every_deck_file_passes_the_dumped_schema() {
-    let info = query_info(&binary("tollgate"), &["-dump"]).unwrap();
+fn every_deck_file_passes_the_dumped_schemas() {
+    let metering = query_info(&binary("tollgate"), &["-dump"]).unwrap();
+    let enforcement =
+        query_info(&binary("tollgate"), &["--plugin", "enforcement", "-dump"]).unwrap();
+    assert_eq!(enforcement.name, "tollgate-enforcement");
+    assert_eq!(enforcement.phases, vec!["access"]);
     let dir = workspace_root().join("kong-config/deck");
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let doc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(doc["_format_version"], "3.0", "{}", path.display());
-        let mut configs = Vec::new();
-        plugin_entries(&doc, &info.name, &mut configs);
-        for config in configs {
-            let errors = validate_plugin_config(&info.schema, config);
-            assert!(errors.is_empty(), "{}: {errors:?}", path.display());
-            checked += 1;
+        for info in [&metering, &enforcement] {
+            let mut configs = Vec::new();
+            plugin_entries(&doc, &info.name, &mut configs);
+            for config in configs {
+                let errors = validate_plugin_config(&info.schema, config);
+                assert!(
+                    errors.is_empty(),
+                    "{}: {}: {errors:?}",
+                    path.display(),
+                    info.name
+                );
+                checked += 1;
+            }
         }
     }
-    assert!(checked >= 3, "only {checked} tollgate entries found");
+    assert!(checked >= 6, "only {checked} tollgate entries found");
     // And the validator does refuse what Kong would.
     let bad: Value =
         serde_json::json!({"subject": {"look_up_value_in": "cookie"}, "meter_api_request": true});
-    assert_eq!(validate_plugin_config(&info.schema, &bad).len(), 2);
+    assert_eq!(validate_plugin_config(&metering.schema, &bad).len(), 2);
+    let bad: Value =
+        serde_json::json!({"customer": {}, "feature": {"key": "x"}, "fail_policy": "maybe"});
+    assert_eq!(validate_plugin_config(&enforcement.schema, &bad).len(), 1);
 }
 
 #[test]

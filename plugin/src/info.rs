@@ -11,17 +11,77 @@ pub const METERING_PLUGIN: &str = "tollgate";
 /// and so do we (its work is in `log`, after every other plugin has set its serialize values).
 pub const METERING_PRIORITY: i64 = 16;
 
+/// The enforcement plugin's name, served by the same binary under its own plugin-server entry.
+pub const ENFORCEMENT_PLUGIN: &str = "tollgate-enforcement";
+
+/// Priority of the enforcement plugin: Kong's `entitlement-enforcement` runs at 915, after
+/// authentication (1000+) has set the consumer and before most other access-phase plugins.
+pub const ENFORCEMENT_PRIORITY: i64 = 915;
+
 /// The plugin-info document for `-dump`: `{"Protocol":"MsgPack:1","Plugins":[{…}]}`.
-pub fn dump() -> Value {
+pub fn dump(plugin: &str) -> Value {
+    let (priority, phases, schema) = if plugin == ENFORCEMENT_PLUGIN {
+        (
+            ENFORCEMENT_PRIORITY,
+            json!(["access"]),
+            enforcement_schema(),
+        )
+    } else {
+        (METERING_PRIORITY, json!(["log"]), metering_schema())
+    };
     json!({
         "Protocol": "MsgPack:1",
         "Plugins": [{
-            "Name": METERING_PLUGIN,
-            "Priority": METERING_PRIORITY,
+            "Name": plugin,
+            "Priority": priority,
             "Version": env!("CARGO_PKG_VERSION"),
-            "Phases": ["log"],
-            "Schema": metering_schema(),
+            "Phases": phases,
+            "Schema": schema,
         }]
+    })
+}
+
+/// The `tollgate-enforcement` config schema, with the field names of Kong's
+/// `entitlement-enforcement` plugin.
+pub fn enforcement_schema() -> Value {
+    json!({
+        "name": ENFORCEMENT_PLUGIN,
+        "fields": [
+            field("protocols", json!({
+                "type": "set",
+                "elements": {"type": "string", "one_of": ["grpc", "grpcs", "http", "https"]},
+                "default": ["grpc", "grpcs", "http", "https"],
+            })),
+            field("config", json!({
+                "type": "record",
+                "fields": [
+                    field("customer", json!({
+                        "type": "record",
+                        "required": true,
+                        "fields": [
+                            field("look_up_value_in", json!({"type": "string", "default": "consumer", "required": true, "one_of": ["consumer", "header", "query"]})),
+                            field("field", json!({"type": "string"})),
+                        ]
+                    })),
+                    field("feature", json!({
+                        "type": "record",
+                        "required": true,
+                        "fields": [field("key", json!({"type": "string", "required": true}))]
+                    })),
+                    field("fail_policy", json!({"type": "string", "default": "allow", "one_of": ["allow", "deny"]})),
+                    field("deny_unknown_customers", json!({"type": "boolean", "default": true})),
+                    field("max_stale_seconds", json!({"type": "number", "default": 60, "between": [1, 86400]})),
+                    field("response_codes", json!({
+                        "type": "record",
+                        "fields": [
+                            field("usage_limit_reached", json!({"type": "integer", "default": 429, "between": [400, 599]})),
+                            field("no_access", json!({"type": "integer", "default": 403, "between": [400, 599]})),
+                            field("unavailable", json!({"type": "integer", "default": 503, "between": [400, 599]})),
+                        ]
+                    })),
+                ]
+            })),
+        ]
     })
 }
 

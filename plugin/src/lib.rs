@@ -9,9 +9,11 @@
 //! * [`serialize`]: reading `kong.log.serialize()` in every Kong version's shape.
 //! * [`events`]: building `kong.api_request` and `kong.llm_request` CloudEvents.
 //! * [`publisher`]: the bounded queue and the gRPC stream to the agent, acked once durable.
+//! * [`enforcement`]: `tollgate-enforcement`, the access-phase decision from the agent's snapshot.
 //! * [`info`]: what `tollgate -dump` prints, including the config schema Kong validates against.
 
 pub mod config;
+pub mod enforcement;
 pub mod events;
 pub mod info;
 pub mod publisher;

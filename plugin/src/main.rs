@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use tollgate::enforcement::Snapshot;
 use tollgate::publisher::{AgentAddr, Publisher, PublisherConfig};
 use tollgate::{info, server};
 
@@ -15,6 +16,11 @@ struct Args {
     /// Print Kong's plugin-info JSON and exit (Kong's query command: `tollgate -dump`).
     #[arg(long)]
     dump: bool,
+    /// Which plugin to serve: `metering` (`tollgate`, log phase) or `enforcement`
+    /// (`tollgate-enforcement`, access phase). Default: `enforcement` when started as
+    /// `tollgate-enforcement` (a symlink), else `metering`.
+    #[arg(long, value_parser = ["metering", "enforcement"])]
+    plugin: Option<String>,
     /// Kong's prefix; the socket is `<prefix>/tollgate.socket`.
     #[arg(long, env = "KONG_PREFIX", default_value = "/usr/local/kong")]
     kong_prefix: PathBuf,
@@ -52,8 +58,15 @@ fn normalise_args() -> Vec<String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse_from(normalise_args());
+    let invoked_as = std::env::args().next().unwrap_or_default();
+    let plugin = match args.plugin.as_deref() {
+        Some("enforcement") => info::ENFORCEMENT_PLUGIN,
+        Some(_) => info::METERING_PLUGIN,
+        None if invoked_as.ends_with(info::ENFORCEMENT_PLUGIN) => info::ENFORCEMENT_PLUGIN,
+        None => info::METERING_PLUGIN,
+    };
     if args.dump {
-        println!("{}", info::dump());
+        println!("{}", info::dump(plugin));
         return Ok(());
     }
     // Kong copies our stdout/stderr into its error log, prefixed with our name and pid.
@@ -66,10 +79,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let agent: AgentAddr = args.agent.parse().map_err(anyhow::Error::msg)?;
-    let socket = args.socket.unwrap_or_else(|| {
-        args.kong_prefix
-            .join(format!("{}.socket", info::METERING_PLUGIN))
-    });
+    let socket = args
+        .socket
+        .unwrap_or_else(|| args.kong_prefix.join(format!("{plugin}.socket")));
     let source = args.source.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -87,14 +99,21 @@ fn main() -> anyhow::Result<()> {
     }
     .context("starting the runtime")?;
     runtime.block_on(async move {
+        let agent_addr = agent.clone();
         let mut config = PublisherConfig::new(agent);
         config.queue_capacity = args.queue_capacity;
         let publisher = Publisher::start(config);
-        let state = server::State::new(publisher.clone(), source);
+        let snapshot = (plugin == info::ENFORCEMENT_PLUGIN).then(|| {
+            let snapshot = Snapshot::new(agent_addr.clone());
+            let name = format!("{plugin}@{}", std::process::id());
+            tokio::spawn(snapshot.clone().run(name));
+            snapshot
+        });
+        let state = server::State::serving(plugin, publisher.clone(), source, snapshot);
         let listener = server::bind(&socket)
             .await
             .with_context(|| format!("cannot serve {}", socket.display()))?;
-        tracing::info!(socket = %socket.display(), agent = %args.agent, "tollgate plugin server ready");
+        tracing::info!(plugin, socket = %socket.display(), agent = %args.agent, "tollgate plugin server ready");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = server::serve(listener, state.clone()) => {}

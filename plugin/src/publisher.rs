@@ -181,7 +181,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn connect(addr: &AgentAddr) -> Result<Channel, tonic::transport::Error> {
+/// A channel to the agent at `addr`.
+pub async fn connect(addr: &AgentAddr) -> Result<Channel, tonic::transport::Error> {
     match addr {
         AgentAddr::Tcp(url) => Endpoint::from_shared(url.clone())?.connect().await,
         AgentAddr::Unix(path) => {

@@ -21,8 +21,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tollgate_proto::Destination;
 
 use crate::config::MeteringConfig;
+use crate::enforcement::{CustomerSource, Decision, EnforcementConfig, Snapshot};
 use crate::events::{self, Metered};
-use crate::info::METERING_PLUGIN;
+use crate::info::{ENFORCEMENT_PLUGIN, METERING_PLUGIN};
 use crate::publisher::Publisher;
 use crate::serialize;
 use crate::wire::{self, Decoder};
@@ -34,8 +35,18 @@ pub const EVENT_TTL: Duration = Duration::from_secs(60);
 struct Instance {
     name: String,
     config_json: String,
-    config: MeteringConfig,
-    destination: Option<Arc<Destination>>,
+    kind: InstanceKind,
+}
+
+/// What an instance does.
+enum InstanceKind {
+    /// `tollgate`: meter in the log phase.
+    Metering {
+        config: MeteringConfig,
+        destination: Option<Arc<Destination>>,
+    },
+    /// `tollgate-enforcement`: decide in the access phase.
+    Enforcement(EnforcementConfig),
 }
 
 /// An event between `HandleEvent` and its final `ret`.
@@ -57,6 +68,10 @@ pub struct ServerStats {
     pub instances_started: AtomicU64,
     /// Instances closed.
     pub instances_closed: AtomicU64,
+    /// Access-phase requests allowed.
+    pub allowed: AtomicU64,
+    /// Access-phase requests denied.
+    pub denied: AtomicU64,
 }
 
 /// Process-wide protocol state.
@@ -68,6 +83,10 @@ pub struct State {
     publisher: Publisher,
     source: String,
     pid: u32,
+    /// The plugin this server serves (`tollgate` or `tollgate-enforcement`).
+    plugin: &'static str,
+    /// The entitlement snapshot (enforcement only).
+    snapshot: Option<Arc<Snapshot>>,
     /// Counters.
     pub stats: ServerStats,
 }
@@ -79,6 +98,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl State {
     /// New state delivering through `publisher`, stamping events with CloudEvents `source`.
     pub fn new(publisher: Publisher, source: String) -> Arc<State> {
+        Self::serving(METERING_PLUGIN, publisher, source, None)
+    }
+
+    /// State serving `plugin`; enforcement decides from `snapshot`.
+    pub fn serving(
+        plugin: &'static str,
+        publisher: Publisher,
+        source: String,
+        snapshot: Option<Arc<Snapshot>>,
+    ) -> Arc<State> {
         // Instance ids start at a value unlikely to be one a Kong worker cached from a previous
         // run of this server; the serverPid notice makes Kong drop those anyway.
         let base = i64::from(std::process::id() % 10_000) * 100_000 + 1;
@@ -90,6 +119,8 @@ impl State {
             publisher,
             source,
             pid: std::process::id(),
+            plugin,
+            snapshot,
             stats: ServerStats::default(),
         })
     }
@@ -113,13 +144,13 @@ impl State {
     }
 
     /// Answers one RPC call.
-    pub fn dispatch(&self, method: &str, params: &[Value]) -> Result<Value, String> {
+    pub async fn dispatch(&self, method: &str, params: &[Value]) -> Result<Value, String> {
         let arg = params.first().unwrap_or(&Value::Nil);
         match method {
             "plugin.StartInstance" => self.start_instance(arg),
             "plugin.CloseInstance" => self.close_instance(arg),
             "plugin.HandleEvent" => self.handle_event(arg),
-            m if m.starts_with("plugin.Step") => self.step(arg),
+            m if m.starts_with("plugin.Step") => self.step(arg).await,
             other => Err(format!("unknown method {other}")),
         }
     }
@@ -128,25 +159,37 @@ impl State {
         let name = map_get(arg, "Name")
             .and_then(as_str)
             .ok_or("StartInstance: missing Name")?;
-        if name != METERING_PLUGIN {
+        if name != self.plugin {
             return Err(format!(
-                "StartInstance: this server serves {METERING_PLUGIN}, not {name}"
+                "StartInstance: this server serves {}, not {name}",
+                self.plugin
             ));
         }
         let config_json = map_get(arg, "Config")
             .and_then(as_str)
             .unwrap_or("{}")
             .to_owned();
-        let config =
-            MeteringConfig::from_json(config_json.as_bytes()).map_err(|e| e.to_string())?;
+        let kind = if self.plugin == ENFORCEMENT_PLUGIN {
+            let config = EnforcementConfig::from_json(config_json.as_bytes())?;
+            if let Some(snapshot) = &self.snapshot {
+                snapshot.want(&config.feature);
+            }
+            InstanceKind::Enforcement(config)
+        } else {
+            let config =
+                MeteringConfig::from_json(config_json.as_bytes()).map_err(|e| e.to_string())?;
+            let destination = config.destination.clone().map(Arc::new);
+            InstanceKind::Metering {
+                config,
+                destination,
+            }
+        };
         let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        let destination = config.destination.clone().map(Arc::new);
-        tracing::info!(id, seq = config.seq, plugin_id = ?config.plugin_id, "instance started");
+        tracing::info!(id, plugin = self.plugin, "instance started");
         let instance = Arc::new(Instance {
             name: name.to_owned(),
             config_json,
-            config,
-            destination,
+            kind,
         });
         let reply = instance_reply(id, &instance);
         lock(&self.instances).insert(id, instance);
@@ -176,10 +219,22 @@ impl State {
             .cloned()
             .ok_or_else(|| format!("no plugin instance #{id}"))?;
         let event_id = self.next_event.fetch_add(1, Ordering::Relaxed);
-        if phase != "log" {
+        let call = match (&instance.kind, phase) {
+            (InstanceKind::Metering { .. }, "log") => pdk_call("kong.log.serialize", Vec::new()),
+            (InstanceKind::Enforcement(config), "access") => match config.source {
+                CustomerSource::Consumer => pdk_call("kong.client.get_consumer", Vec::new()),
+                CustomerSource::Header => pdk_call(
+                    "kong.request.get_header",
+                    vec![Value::from(config.field.as_deref().unwrap_or(""))],
+                ),
+                CustomerSource::Query => pdk_call(
+                    "kong.request.get_query_arg",
+                    vec![Value::from(config.field.as_deref().unwrap_or(""))],
+                ),
+            },
             // Not a phase we list in -dump: nothing to do.
-            return Ok(step_reply(event_id, Value::from("ret")));
-        }
+            _ => return Ok(step_reply(event_id, Value::from("ret"))),
+        };
         lock(&self.events).insert(
             event_id,
             PendingEvent {
@@ -187,14 +242,83 @@ impl State {
                 started: Instant::now(),
             },
         );
-        let call = Value::Map(vec![
-            (Value::from("Method"), Value::from("kong.log.serialize")),
-            (Value::from("Args"), Value::Array(Vec::new())),
-        ]);
         Ok(step_reply(event_id, call))
     }
 
-    fn step(&self, arg: &Value) -> Result<Value, String> {
+    /// The access-phase decision for the PDK answer `data` (a consumer map, or a header/query
+    /// value): `ret`, or `kong.response.exit(status, body, headers)`.
+    async fn enforce(
+        &self,
+        event_id: i64,
+        config: &EnforcementConfig,
+        data: Option<&Value>,
+    ) -> Value {
+        let subject = match config.source {
+            CustomerSource::Consumer => data
+                .and_then(|c| map_get(c, "id"))
+                .and_then(as_str)
+                .map(|id| format!("consumer:{id}")),
+            _ => data
+                .and_then(as_str)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+        };
+        let decision = match &self.snapshot {
+            Some(s) => {
+                if let Some(subject) = &subject
+                    && s.needs_lookup(subject, &config.feature, config.max_stale_ms)
+                {
+                    s.lookup_cold(subject, &config.feature).await;
+                }
+                s.decide(subject.as_deref(), config)
+            }
+            None => Decision::Allow,
+        };
+        match decision {
+            Decision::Allow => {
+                self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+                step_reply(event_id, Value::from("ret"))
+            }
+            Decision::Deny {
+                status,
+                reason,
+                balance,
+            } => {
+                self.stats.denied.fetch_add(1, Ordering::Relaxed);
+                let message = match reason {
+                    "usage_limit_reached" => "Usage limit reached for this feature",
+                    "no_access" => "No access to this feature",
+                    "unknown_customer" => "Unknown customer",
+                    _ => "Entitlements are unavailable",
+                };
+                let body = Value::Map(vec![
+                    (Value::from("message"), Value::from(message)),
+                    (Value::from("reason"), Value::from(reason)),
+                    (Value::from("feature"), Value::from(config.feature.as_str())),
+                ]);
+                let headers = Value::Map(vec![
+                    (
+                        Value::from("X-Tollgate-Feature"),
+                        Value::from(config.feature.as_str()),
+                    ),
+                    (Value::from("X-Tollgate-Reason"), Value::from(reason)),
+                    (
+                        Value::from("X-Tollgate-Balance"),
+                        Value::from(balance.to_string()),
+                    ),
+                ]);
+                step_reply(
+                    event_id,
+                    pdk_call(
+                        "kong.response.exit",
+                        vec![Value::from(status), body, headers],
+                    ),
+                )
+            }
+        }
+    }
+
+    async fn step(&self, arg: &Value) -> Result<Value, String> {
         let event_id = map_get(arg, "EventId")
             .and_then(as_int)
             .ok_or("Step: missing EventId")?;
@@ -202,14 +326,21 @@ impl State {
             .remove(&event_id)
             .ok_or_else(|| format!("Step: no event #{event_id} in progress"))?;
         let data = map_get(arg, "Data");
+        let (config, destination) = match &pending.instance.kind {
+            InstanceKind::Enforcement(config) => {
+                return Ok(self.enforce(event_id, config, data).await);
+            }
+            InstanceKind::Metering {
+                config,
+                destination,
+            } => (config, destination),
+        };
         let json = data.and_then(as_str_or_bin);
         match json.map(|j| serialize::parse(j).map_err(|e| e.to_string())) {
             Some(Ok(entry)) => {
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                match events::meter(&entry, &pending.instance.config, &self.source) {
-                    Metered::Events(list) => self
-                        .publisher
-                        .submit(list, pending.instance.destination.clone()),
+                match events::meter(&entry, config, &self.source) {
+                    Metered::Events(list) => self.publisher.submit(list, destination.clone()),
                     Metered::NoSubject => {
                         self.stats.no_subject.fetch_add(1, Ordering::Relaxed);
                     }
@@ -239,6 +370,13 @@ fn instance_reply(id: i64, instance: &Instance) -> Value {
             Value::from("Config"),
             Value::from(instance.config_json.as_str()),
         ),
+    ])
+}
+
+fn pdk_call(method: &str, args: Vec<Value>) -> Value {
+    Value::Map(vec![
+        (Value::from("Method"), Value::from(method)),
+        (Value::from("Args"), Value::Array(args)),
     ])
 }
 
@@ -357,7 +495,7 @@ async fn connection(mut stream: UnixStream, state: Arc<State>) {
                 let _ = stream.write_all(&out).await;
                 return;
             };
-            let result = state.dispatch(method, params);
+            let result = state.dispatch(method, params).await;
             if let Err(e) = &result {
                 tracing::debug!(method, error = %e, "call failed");
             }

@@ -52,26 +52,31 @@ fn not_found(detail: String) -> Response {
         .into_response()
 }
 
-async fn lookup(api: &EntitlementApi, subject: &str, feature: &str) -> Option<LocalValue> {
-    if let Some(v) = api.cache.get(subject, feature) {
+/// The cached value, or a read-through: learn the feature and the subject, fetch now.
+pub async fn lookup(
+    cache: &Cache,
+    syncer: &Syncer,
+    subject: &str,
+    feature: &str,
+) -> Option<LocalValue> {
+    if let Some(v) = cache.get(subject, feature) {
         return Some(v);
     }
-    // Read-through: learn the feature and the subject, fetch now.
-    if api.cache.track_features(&[feature.to_owned()]) {
-        api.syncer.load_meters().await;
+    if cache.track_features(&[feature.to_owned()]) {
+        syncer.load_meters().await;
     }
-    api.cache.observe(subject);
-    let token = api.cache.fetch_started(subject, feature);
-    let synced = api.syncer.fetch(subject, feature).await.ok()?;
-    api.cache.store(subject, feature, synced, token);
-    api.cache.get(subject, feature)
+    cache.observe(subject);
+    let token = cache.fetch_started(subject, feature);
+    let synced = syncer.fetch(subject, feature).await.ok()?;
+    cache.store(subject, feature, synced, token);
+    cache.get(subject, feature)
 }
 
 async fn one(
     State(api): State<EntitlementApi>,
     Path((subject, feature)): Path<(String, String)>,
 ) -> Response {
-    match lookup(&api, &subject, &feature).await {
+    match lookup(&api.cache, &api.syncer, &subject, &feature).await {
         Some(v) if v.kind != "none" => axum::Json(v).into_response(),
         _ => not_found(format!(
             "no entitlement for feature {feature} of subject {subject}"
@@ -99,7 +104,7 @@ async fn openmeter_value(
     State(api): State<EntitlementApi>,
     Path((subject, feature)): Path<(String, String)>,
 ) -> Response {
-    match lookup(&api, &subject, &feature).await {
+    match lookup(&api.cache, &api.syncer, &subject, &feature).await {
         Some(v) if v.kind == "metered" => axum::Json(json!({
             "hasAccess": v.has_access, "balance": v.balance, "usage": v.usage, "overage": v.overage,
         }))

@@ -10,9 +10,10 @@ use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::entitlements_server::Entitlements;
-use tollgate_proto::v1::{EntitlementUpdate, WatchRequest};
+use tollgate_proto::v1::{EntitlementUpdate, LookupRequest, LookupResponse, WatchRequest};
 use tonic::{Request, Response, Status};
 
+use super::sync::Syncer;
 use super::{Cache, now_ms, to_wire};
 
 /// The Entitlements service.
@@ -20,12 +21,18 @@ pub struct WatchService {
     cache: Arc<Cache>,
     /// Asks the syncer for a full refresh (new features).
     refresh: mpsc::UnboundedSender<()>,
+    /// For lookups of subjects not seen yet.
+    syncer: Syncer,
 }
 
 impl WatchService {
     /// A service over `cache`.
-    pub fn new(cache: Arc<Cache>, refresh: mpsc::UnboundedSender<()>) -> Self {
-        WatchService { cache, refresh }
+    pub fn new(cache: Arc<Cache>, refresh: mpsc::UnboundedSender<()>, syncer: Syncer) -> Self {
+        WatchService {
+            cache,
+            refresh,
+            syncer,
+        }
     }
 }
 
@@ -45,6 +52,25 @@ fn snapshot(cache: &Cache, features: &[String]) -> EntitlementUpdate {
 
 #[tonic::async_trait]
 impl Entitlements for WatchService {
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        let req = request.into_inner();
+        let value =
+            super::http::lookup(&self.cache, &self.syncer, &req.subject, &req.feature_key).await;
+        Ok(Response::new(match value {
+            Some(v) if v.kind != "none" => LookupResponse {
+                found: true,
+                entitlement: Some(to_wire(&v)),
+            },
+            _ => LookupResponse {
+                found: false,
+                entitlement: None,
+            },
+        }))
+    }
+
     type WatchStream = Pin<Box<dyn Stream<Item = Result<EntitlementUpdate, Status>> + Send>>;
 
     async fn watch(
