@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tollgate_e2e::kong::pdk::RequestPdk;
-use tollgate_e2e::kong::worker::Worker;
+use tollgate_e2e::kong::worker::{PhaseOutcome, Worker};
 use tollgate_e2e::stack::{Stack, workspace_root};
 
 const CONSUMERS: [(&str, &str, u64); 3] = [
@@ -69,6 +69,13 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "   tollgate-agent    grpc {}  admin http://{}  durable buffer on disk",
         stack.agent_grpc, stack.agent_http
+    );
+    let _enforcement = stack
+        .start_enforcement()
+        .context("starting the enforcement plugin server")?;
+    println!(
+        "   tollgate-enforcement {}   blocks at the limit in Kong's access phase",
+        stack.enforcement_socket().display()
     );
     println!(
         "   tollgate          {}   the Kong plugin server",
@@ -235,10 +242,33 @@ async fn main() -> anyhow::Result<()> {
             local["usage"],
             age_ms(local["synced_at_ms"].as_i64().unwrap_or(0)),
         );
-        println!(
-            "   Blocking it at the gateway (a 429 from Kong's access phase, decided from that cache) is"
-        );
-        println!("   tollgate-enforcement, the next piece of work.");
+        // Kong's access phase for this customer's next request, through tollgate-enforcement
+        // configured from kong-config/deck/04-route-limit.yaml.
+        let enforce =
+            tollgate_e2e::deck::plugins(&deck.join("04-route-limit.yaml"), "tollgate-enforcement")?
+                .remove(0);
+        let worker = Worker::new(stack.enforcement_socket());
+        let req =
+            tollgate_e2e::traffic::request(0, &[(id, name)], Some(tollgate_e2e::traffic::now_ms()))
+                .request;
+        match worker
+            .run_phase(
+                &enforce,
+                "access",
+                &RequestPdk {
+                    request: &req,
+                    phase: "access",
+                },
+            )
+            .await?
+        {
+            PhaseOutcome::Exited { status, body, .. } => println!(
+                "   Its next request through Kong is blocked in the access phase: HTTP {status} {body}"
+            ),
+            PhaseOutcome::Returned => println!(
+                "   Its next request through Kong would still pass (the snapshot has not caught up)."
+            ),
+        }
     }
 
     println!("\n6. Try it yourself while the services run:");
