@@ -202,6 +202,7 @@ impl Stack {
             agent_env,
         )?;
         wait_tcp(agent_grpc, Duration::from_secs(20))?;
+        wait_tcp(agent_http, Duration::from_secs(20))?;
         let plugin = Proc::spawn(
             &binary("tollgate"),
             &[
