@@ -215,7 +215,7 @@ impl Snapshot {
     /// this plugin admitted that the agent has not seen yet (learnt by a cold lookup while the
     /// stream was connecting), and dropping it would forget them. Old entries age out by
     /// `synced_at` (the staleness check).
-    fn apply(&self, entries: Vec<Entitlement>) {
+    pub fn apply(&self, entries: Vec<Entitlement>) {
         let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
         for e in entries {
             let key = (e.subject.clone(), e.feature_key.clone());
