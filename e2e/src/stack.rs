@@ -138,6 +138,16 @@ pub fn wait_unix(path: &Path, timeout: Duration) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A further gateway node: agent and both plugin servers.
+pub struct Gateway {
+    /// Its agent.
+    pub agent: Proc,
+    /// Its metering and enforcement plugin servers.
+    pub plugins: Vec<Proc>,
+    /// Its Kong prefix (sockets).
+    pub kong_prefix: PathBuf,
+}
+
 /// billing + agent + plugin server.
 pub struct Stack {
     /// `tollgate-billing`.
@@ -224,6 +234,63 @@ impl Stack {
             billing_addr,
             agent_grpc,
             agent_http,
+            kong_prefix,
+        })
+    }
+
+    /// Another gateway node against the same billing service: its own agent, metering and
+    /// enforcement plugin servers under `dir`.
+    pub fn add_gateway(&self, dir: &Path, agent_env: &[(&str, &str)]) -> std::io::Result<Gateway> {
+        let config = workspace_root().join("kong-config");
+        let agent_grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let agent_http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let kong_prefix = dir.join("kong");
+        std::fs::create_dir_all(&kong_prefix)?;
+        let s = |p: &Path| p.display().to_string();
+        let agent = Proc::spawn(
+            &binary("tollgate-agent"),
+            &[
+                "--config".into(),
+                s(&config.join("tollgate-agent.toml")),
+                "--grpc-listen".into(),
+                agent_grpc.to_string(),
+                "--http-listen".into(),
+                agent_http.to_string(),
+                "--data-dir".into(),
+                s(&dir.join("agent-data")),
+                "--destination-url".into(),
+                format!("http://{}", self.billing_addr),
+            ],
+            agent_env,
+        )?;
+        wait_tcp(agent_grpc, Duration::from_secs(20))?;
+        wait_tcp(agent_http, Duration::from_secs(20))?;
+        let mut plugins = Vec::new();
+        for plugin in ["metering", "enforcement"] {
+            plugins.push(Proc::spawn(
+                &binary("tollgate"),
+                &[
+                    "--plugin".into(),
+                    plugin.into(),
+                    "-kong-prefix".into(),
+                    s(&kong_prefix),
+                    "--agent".into(),
+                    format!("http://{agent_grpc}"),
+                ],
+                &[],
+            )?);
+        }
+        wait_unix(
+            &kong_prefix.join("tollgate.socket"),
+            Duration::from_secs(20),
+        )?;
+        wait_unix(
+            &kong_prefix.join("tollgate-enforcement.socket"),
+            Duration::from_secs(20),
+        )?;
+        Ok(Gateway {
+            agent,
+            plugins,
             kong_prefix,
         })
     }

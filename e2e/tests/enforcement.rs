@@ -322,3 +322,119 @@ async fn with_the_agent_gone_the_fail_policy_decides_once_the_snapshot_is_stale(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Admits requests on one gateway until `stop`, metering each admitted one; returns how many.
+async fn gateway_traffic(
+    access_socket: std::path::PathBuf,
+    log_socket: std::path::PathBuf,
+    limit: PluginEntity,
+    meter: PluginEntity,
+    offset: usize,
+    stop: Arc<AtomicBool>,
+) -> (usize, usize) {
+    let (access, log) = (Worker::new(access_socket), Worker::new(log_socket));
+    let (mut admitted, mut sent) = (0, 0);
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let req = request(offset + i);
+        i += 1;
+        sent += 1;
+        if access
+            .run_phase(
+                &limit,
+                "access",
+                &RequestPdk {
+                    request: &req,
+                    phase: "access",
+                },
+            )
+            .await
+            .unwrap()
+            == PhaseOutcome::Returned
+        {
+            admitted += 1;
+            log.run_phase(
+                &meter,
+                "log",
+                &RequestPdk {
+                    request: &req,
+                    phase: "log",
+                },
+            )
+            .await
+            .unwrap();
+        }
+    }
+    (admitted, sent)
+}
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_overshoot_within_the_stated_bound() {
+    const LIMIT: usize = 300;
+    const SYNC_MS: u64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let sync = SYNC_MS.to_string();
+    let env = [(
+        "TOLLGATE_AGENT__ENTITLEMENTS__SYNC_INTERVAL_MS",
+        sync.as_str(),
+    )];
+    let stack = Stack::start_with_agent_env(&dir.path().join("a"), &env).unwrap();
+    let _enforcement = stack.start_enforcement().unwrap();
+    let second = stack.add_gateway(&dir.path().join("b"), &env).unwrap();
+    let billing = |p: &str| stack.billing_url(p);
+    post(
+        &billing("/api/v1/features"),
+        json!({"key": "api_calls", "name": "API calls", "meterSlug": "api_requests"}),
+    )
+    .await;
+    post(&billing("/api/v1/customers"), json!({"name": "ACME", "key": "acme", "usageAttribution": {"subjectKeys": [format!("consumer:{ACME}")]}})).await;
+    post(
+        &billing("/api/v2/customers/acme/entitlements"),
+        json!({"type": "metered", "featureKey": "api_calls", "usagePeriod": {"interval": "MONTH"}, "issueAfterReset": LIMIT}),
+    )
+    .await;
+    let meter = deck("tollgate").remove(0);
+    let limit = deck("tollgate-enforcement").remove(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let a = tokio::spawn(gateway_traffic(
+        stack.enforcement_socket(),
+        stack.socket(),
+        limit.clone(),
+        meter.clone(),
+        0,
+        stop.clone(),
+    ));
+    let b = tokio::spawn(gateway_traffic(
+        second.kong_prefix.join("tollgate-enforcement.socket"),
+        second.kong_prefix.join("tollgate.socket"),
+        limit,
+        meter,
+        1_000_000,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let ((admitted_a, sent_a), (admitted_b, sent_b)) = (a.await.unwrap(), b.await.unwrap());
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted = admitted_a + admitted_b;
+    let rate = (sent_a + sent_b) as f64 / elapsed;
+    // The README's bound: (N−1) × total request rate × (sync interval + flush interval).
+    let flush_ms = 100.0;
+    let bound = (2.0 - 1.0) * rate * (SYNC_MS as f64 + flush_ms) / 1000.0;
+    let overshoot = admitted.saturating_sub(LIMIT) as f64;
+    eprintln!(
+        "admitted {admitted} ({admitted_a} + {admitted_b}) of limit {LIMIT}; rate {rate:.0} req/s; overshoot {overshoot} ≤ bound {bound:.0}"
+    );
+    assert!(
+        admitted >= LIMIT,
+        "the limit itself is reachable: {admitted}"
+    );
+    assert!(
+        overshoot <= bound,
+        "overshoot {overshoot} over the bound {bound:.0}"
+    );
+}
