@@ -438,3 +438,86 @@ async fn two_gateways_overshoot_within_the_stated_bound() {
         "overshoot {overshoot} over the bound {bound:.0}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_billing_down_the_fail_policy_decides_once_values_are_stale_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stack = Stack::start_with_agent_env(
+        dir.path(),
+        &[("TOLLGATE_AGENT__ENTITLEMENTS__SYNC_INTERVAL_MS", "300")],
+    )
+    .unwrap();
+    let _enforcement = stack.start_enforcement().unwrap();
+    let billing = |p: &str| stack.billing_url(p);
+    post(
+        &billing("/api/v1/features"),
+        json!({"key": "api_calls", "name": "API calls", "meterSlug": "api_requests"}),
+    )
+    .await;
+    post(&billing("/api/v1/customers"), json!({"name": "ACME", "key": "acme", "usageAttribution": {"subjectKeys": [format!("consumer:{ACME}")]}})).await;
+    post(&billing("/api/v2/customers/acme/entitlements"), json!({"type": "metered", "featureKey": "api_calls", "usagePeriod": {"interval": "MONTH"}, "issueAfterReset": 1000})).await;
+    let mut deny = deck("tollgate-enforcement").remove(0);
+    deny.config["fail_policy"] = json!("deny");
+    deny.config["max_stale_seconds"] = json!(1);
+    let access = Worker::new(stack.enforcement_socket());
+    let req = request(1);
+    assert_eq!(
+        access
+            .run_phase(
+                &deny,
+                "access",
+                &RequestPdk {
+                    request: &req,
+                    phase: "access"
+                }
+            )
+            .await
+            .unwrap(),
+        PhaseOutcome::Returned
+    );
+
+    // The agent is up but cannot refresh: its values age past max_stale_seconds.
+    stack.billing.kill9();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let out = access
+        .run_phase(
+            &deny,
+            "access",
+            &RequestPdk {
+                request: &req,
+                phase: "access",
+            },
+        )
+        .await
+        .unwrap();
+    let PhaseOutcome::Exited { status, .. } = out else {
+        panic!("stale values with fail_policy deny must deny: {out:?}")
+    };
+    assert_eq!(status, 503);
+
+    stack.billing.restart().unwrap();
+    tollgate_e2e::stack::wait_tcp(stack.billing_addr, Duration::from_secs(20)).unwrap();
+    let started = Instant::now();
+    loop {
+        if access
+            .run_phase(
+                &deny,
+                "access",
+                &RequestPdk {
+                    request: &req,
+                    phase: "access",
+                },
+            )
+            .await
+            .unwrap()
+            == PhaseOutcome::Returned
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no recovery after billing came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
