@@ -217,6 +217,17 @@ async fn the_agent_serves_synced_values_minus_local_usage() {
     )
     .await;
     assert_eq!(central["hasAccess"], false);
+    // The sidecar's v2 customer path, for OpenMeter's SDKs pointed at it.
+    let (s, v2) = get(&agent(
+        "/api/v2/customers/acme/entitlements/api_calls/value",
+    ))
+    .await;
+    assert_eq!(s, 200, "{v2}");
+    assert_eq!(
+        (v2["hasAccess"].as_bool(), v2["usage"].as_f64()),
+        (Some(false), Some(110.0)),
+        "{v2}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,10 @@
 //! * `GET /api/v1/subjects/{subject}/entitlements/{feature}/value`: the same in OpenMeter's
 //!   `EntitlementValue` shape, so OpenMeter's SDKs can point at the sidecar.
 //!
+//! * `GET /api/v2/customers/{customer}/entitlements/{feature}/value`: OpenMeter's v2 customer value,
+//!   read through to the central service and adjusted by the local usage of the customer's
+//!   subjects (from its `usageAttribution.subjectKeys`).
+//!
 //! Unknown subject or feature → 404 problem+json.
 
 use std::sync::Arc;
@@ -38,6 +42,10 @@ pub fn router(api: EntitlementApi) -> Router {
         .route(
             "/api/v1/subjects/{subject}/entitlements/{feature}/value",
             get(openmeter_value),
+        )
+        .route(
+            "/api/v2/customers/{customer}/entitlements/{feature}/value",
+            get(customer_value),
         )
         .with_state(api)
 }
@@ -116,4 +124,58 @@ async fn openmeter_value(
             "no entitlement for feature {feature} of subject {subject}"
         )),
     }
+}
+
+async fn customer_value(
+    State(api): State<EntitlementApi>,
+    Path((customer, feature)): Path<(String, String)>,
+) -> Response {
+    let value_path = [
+        "api",
+        "v2",
+        "customers",
+        customer.as_str(),
+        "entitlements",
+        feature.as_str(),
+        "value",
+    ];
+    let customer_path = ["api", "v1", "customers", customer.as_str()];
+    let (value, customer_doc) = tokio::join!(
+        api.syncer.json(&value_path),
+        api.syncer.json(&customer_path)
+    );
+    let Ok(mut value) = value else {
+        return not_found(format!(
+            "no entitlement for feature {feature} of customer {customer}"
+        ));
+    };
+    let subjects: Vec<String> = customer_doc
+        .ok()
+        .and_then(|c| {
+            let mut s: Vec<String> = c["usageAttribution"]["subjectKeys"]
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            s.extend(c["key"].as_str().map(str::to_owned));
+            Some(s)
+        })
+        .unwrap_or_default();
+    let local: f64 = subjects
+        .iter()
+        .map(|s| api.cache.buffered_usage(s, &feature))
+        .sum();
+    if local > 0.0
+        && let (Some(balance), Some(usage)) = (value["balance"].as_f64(), value["usage"].as_f64())
+    {
+        let left = (balance - local).max(0.0);
+        value["balance"] = json!(left);
+        value["usage"] = json!(usage + local);
+        value["overage"] =
+            json!(value["overage"].as_f64().unwrap_or(0.0) + (local - balance).max(0.0));
+        if left <= 0.0 {
+            value["hasAccess"] = json!(false);
+        }
+    }
+    axum::Json(value).into_response()
 }

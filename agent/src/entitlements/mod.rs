@@ -287,6 +287,14 @@ impl Cache {
         }
     }
 
+    /// Usage of `feature` held here for `subject` and not delivered yet: what a value fetched from
+    /// the central service right now cannot contain.
+    pub fn buffered_usage(&self, subject: &str, feature: &str) -> f64 {
+        lock(&self.entries)
+            .get(&(subject.to_owned(), feature.to_owned()))
+            .map_or(0.0, |e| (e.ingested - e.delivered).max(0.0))
+    }
+
     /// The value for `(subject, feature)`, if ever synced.
     pub fn get(&self, subject: &str, feature: &str) -> Option<LocalValue> {
         let entries = lock(&self.entries);

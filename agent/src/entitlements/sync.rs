@@ -132,7 +132,8 @@ impl Syncer {
         }
     }
 
-    async fn json(&self, segments: &[&str]) -> Result<Value, String> {
+    /// GET a JSON document from the central service.
+    pub async fn json(&self, segments: &[&str]) -> Result<Value, String> {
         let resp = self
             .get(self.url(segments)?)
             .send()
