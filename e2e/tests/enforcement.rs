@@ -521,3 +521,61 @@ async fn with_billing_down_the_fail_policy_decides_once_values_are_stale_then_re
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_limit_never_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start_with_agent_env(
+        dir.path(),
+        &[("TOLLGATE_AGENT__ENTITLEMENTS__SYNC_INTERVAL_MS", "300")],
+    )
+    .unwrap();
+    let _enforcement = stack.start_enforcement().unwrap();
+    let billing = |p: &str| stack.billing_url(p);
+    post(
+        &billing("/api/v1/features"),
+        json!({"key": "api_calls", "name": "API calls", "meterSlug": "api_requests"}),
+    )
+    .await;
+    post(&billing("/api/v1/customers"), json!({"name": "ACME", "key": "acme", "usageAttribution": {"subjectKeys": [format!("consumer:{ACME}")]}})).await;
+    post(
+        &billing("/api/v2/customers/acme/entitlements"),
+        json!({"type": "metered", "featureKey": "api_calls", "usagePeriod": {"interval": "MONTH"}, "issueAfterReset": 5, "isSoftLimit": true}),
+    )
+    .await;
+    let meter = deck("tollgate").remove(0);
+    let limit = deck("tollgate-enforcement").remove(0);
+    let (access, log) = (
+        Worker::new(stack.enforcement_socket()),
+        Worker::new(stack.socket()),
+    );
+    for i in 0..20 {
+        let req = request(i);
+        let out = access
+            .run_phase(
+                &limit,
+                "access",
+                &RequestPdk {
+                    request: &req,
+                    phase: "access",
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            PhaseOutcome::Returned,
+            "request {i} of a soft limit of 5 was blocked"
+        );
+        log.run_phase(
+            &meter,
+            "log",
+            &RequestPdk {
+                request: &req,
+                phase: "log",
+            },
+        )
+        .await
+        .unwrap();
+    }
+}

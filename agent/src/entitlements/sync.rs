@@ -171,13 +171,29 @@ impl Syncer {
         let has_access = v["hasAccess"].as_bool().unwrap_or(false);
         let metered = v.get("balance").is_some_and(|b| !b.is_null());
         let balance = v["balance"].as_f64().unwrap_or(0.0);
+        // The value does not say whether the limit is soft; the entitlement does.
+        let soft_limit = if metered {
+            match self
+                .json(&["api", "v1", "subjects", subject, "entitlements"])
+                .await
+            {
+                Ok(Value::Array(list)) => list
+                    .iter()
+                    .find(|e| e["featureKey"].as_str() == Some(feature))
+                    .and_then(|e| e["isSoftLimit"].as_bool())
+                    .unwrap_or(has_access && balance <= 0.0),
+                _ => has_access && balance <= 0.0,
+            }
+        } else {
+            false
+        };
         Ok(Synced {
             metered,
             has_access,
             balance,
             usage: v["usage"].as_f64().unwrap_or(0.0),
             overage: v["overage"].as_f64().unwrap_or(0.0),
-            soft_limit: metered && has_access && balance <= 0.0,
+            soft_limit,
             synced_at_ms: now_ms(),
             missing: !metered && !has_access && v.get("config").is_none(),
         })
