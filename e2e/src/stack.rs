@@ -54,7 +54,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(bin: &Path, args: &[String], env: &[(&str, &str)]) -> std::io::Result<Proc> {
+    /// Spawns `bin args…` with extra environment.
+    pub fn spawn(bin: &Path, args: &[String], env: &[(&str, &str)]) -> std::io::Result<Proc> {
         let child = Command::new(bin)
             .args(args)
             .envs(env.iter().copied())

@@ -1,0 +1,384 @@
+//! `tollgate` beside Kong's official external plugin servers — npm `kong-pdk` (JS) and PyPI
+//! `kong-pdk` (Python) — each doing the same work in the log phase (call `kong.log.serialize`,
+//! parse it, build the `kong.api_request` CloudEvent, queue it), all driven by the same Kong-side
+//! driver at the same concurrency and event count, in the same run.
+//!
+//! `tollgate` runs with a real `tollgate-agent` behind it (which delivers to a local receiver that
+//! answers 204). The official servers keep their events in a bounded in-memory list, as Kong's own
+//! plugin does. Reported per server: events/s, server CPU µs per event (utime+stime from /proc,
+//! children included), p50/p99 of the log-phase exchange as the driver sees it, peak RSS and RSS at
+//! the end.
+//!
+//! Installs the two SDKs under `target/pdk-bench/` on first use (npm and pip from the registries).
+//! Run: `cargo bench -p tollgate-e2e --bench pdk_servers [-- EVENTS]` (default 20,000; build the
+//! workspace binaries first with `cargo build --release --workspace --bins`).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate_e2e::kong::pdk::RequestPdk;
+use tollgate_e2e::kong::process::PluginServer;
+use tollgate_e2e::kong::serialize::{KongRequest, KongVersion};
+use tollgate_e2e::kong::worker::{PluginEntity, Worker};
+use tollgate_e2e::stack::{Proc, binary, free_port, wait_tcp, workspace_root};
+
+const JS_PLUGIN: &str = r#"
+// The same work as tollgate's log handler: serialize, parse, build the CloudEvent, queue it.
+const queue = []
+class Plugin {
+  constructor(config) { this.config = config }
+  async log(kong) {
+    const entry = JSON.parse(await kong.log.serialize())
+    const req = entry.request || {}
+    const consumer = entry.consumer
+    if (!consumer || !consumer.id) return
+    const event = {
+      specversion: "1.0", id: req.id, source: "kong", type: "kong.api_request",
+      subject: "consumer:" + consumer.id, time: new Date(entry.started_at).toISOString(),
+      data: {
+        request_method: req.method, request_uri: (req.uri || "").split("?")[0],
+        request_size_bytes: req.size, response_http_status: (entry.response || {}).status,
+        response_size_bytes: (entry.response || {}).size, client_ip: entry.client_ip,
+        route_id: (entry.route || {}).id, route_name: (entry.route || {}).name,
+        service_id: (entry.service || {}).id, service_name: (entry.service || {}).name,
+        consumer_username: consumer.username, subject_type: "consumer_id",
+      },
+    }
+    queue.push(JSON.stringify(event))
+    if (queue.length > 100000) queue.shift()
+  }
+}
+module.exports = { Plugin, Schema: [], Version: "0.1.0", Priority: 16 }
+"#;
+
+const PY_PLUGIN: &str = r#"
+# The same work as tollgate's log handler: serialize, parse, build the CloudEvent, queue it.
+import collections, datetime, json
+version = "0.1.0"
+priority = 16
+Schema = []
+queue = collections.deque(maxlen=100000)
+
+class Plugin(object):
+    def __init__(self, config):
+        self.config = config
+
+    def log(self, kong):
+        # Lua-style PDK calls return (value, error).
+        entry = json.loads(kong.log.serialize()[0])
+        req = entry.get("request") or {}
+        consumer = entry.get("consumer")
+        if not consumer or not consumer.get("id"):
+            return
+        resp = entry.get("response") or {}
+        route = entry.get("route") or {}
+        service = entry.get("service") or {}
+        event = {
+            "specversion": "1.0", "id": req.get("id"), "source": "kong", "type": "kong.api_request",
+            "subject": "consumer:" + consumer["id"],
+            "time": datetime.datetime.fromtimestamp(entry["started_at"] / 1000, datetime.timezone.utc).isoformat(),
+            "data": {
+                "request_method": req.get("method"), "request_uri": (req.get("uri") or "").split("?")[0],
+                "request_size_bytes": req.get("size"), "response_http_status": resp.get("status"),
+                "response_size_bytes": resp.get("size"), "client_ip": entry.get("client_ip"),
+                "route_id": route.get("id"), "route_name": route.get("name"),
+                "service_id": service.get("id"), "service_name": service.get("name"),
+                "consumer_username": consumer.get("username"), "subject_type": "consumer_id",
+            },
+        }
+        queue.append(json.dumps(event))
+"#;
+
+fn install(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let js = dir.join("node_modules/.bin/kong-js-pluginserver");
+    if !js.exists() {
+        let ok = Command::new("npm")
+            .args(["install", "--silent", "--prefix"])
+            .arg(dir)
+            .arg("kong-pdk@0.6.0")
+            .status()
+            .unwrap();
+        assert!(ok.success(), "npm install kong-pdk failed");
+    }
+    let py = dir.join("venv/bin/kong-python-pluginserver");
+    if !py.exists() {
+        assert!(
+            Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(dir.join("venv"))
+                .status()
+                .unwrap()
+                .success()
+        );
+        let ok = Command::new(dir.join("venv/bin/pip"))
+            .args(["install", "-q", "kong-pdk==0.36"])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pip install kong-pdk failed");
+    }
+    (js, py)
+}
+
+/// utime + stime of `pid` and its children, in µs.
+fn cpu_us(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut pids = vec![pid];
+    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    for p in pids {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            && let Some((_, rest)) = stat.rsplit_once(')')
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            total += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    total * 10_000
+}
+
+fn rss_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+struct Row {
+    name: &'static str,
+    events_per_s: f64,
+    cpu_us: f64,
+    p50_us: u64,
+    p99_us: u64,
+    peak_rss: u64,
+    end_rss: u64,
+}
+
+async fn drive(name: &'static str, socket: PathBuf, pid: u32, plugin: &str, events: usize) -> Row {
+    let entity = PluginEntity {
+        name: plugin.into(),
+        id: uuid::Uuid::new_v4().to_string(),
+        config: serde_json::json!({}),
+        route_id: None,
+        service_id: None,
+        seq: 1,
+    };
+    let req = Arc::new(
+        KongRequest::get(KongVersion::V3_9, "/orders/42")
+            .with_consumer("5d1b8c3e-2a4f-4b6d-9e8a-7c6b5a4d3e2f", "alice"),
+    );
+    let workers: Vec<Arc<Worker>> = (0..4).map(|_| Arc::new(Worker::new(&socket))).collect();
+    for w in &workers {
+        w.run_phase(
+            &entity,
+            "log",
+            &RequestPdk {
+                request: &req,
+                phase: "log",
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let cpu0 = cpu_us(pid);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in &workers {
+        let (w, entity, req) = (w.clone(), entity.clone(), req.clone());
+        let n = events / workers.len();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(n);
+            for _ in 0..n {
+                let s = Instant::now();
+                w.run_phase(
+                    &entity,
+                    "log",
+                    &RequestPdk {
+                        request: &req,
+                        phase: "log",
+                    },
+                )
+                .await
+                .unwrap();
+                lat.push(s.elapsed().as_micros() as u64);
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_us(pid) - cpu0;
+    lat.sort_unstable();
+    Row {
+        name,
+        events_per_s: lat.len() as f64 / secs,
+        cpu_us: cpu as f64 / lat.len() as f64,
+        p50_us: lat[lat.len() / 2],
+        p99_us: lat[lat.len() * 99 / 100],
+        peak_rss: rss_kib(pid, "VmHWM:"),
+        end_rss: rss_kib(pid, "VmRSS:"),
+    }
+}
+
+fn main() {
+    let events: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20_000);
+    let root = workspace_root();
+    let (js_bin, py_bin) = install(&root.join("target/pdk-bench"));
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(plugins.join("meter.js"), JS_PLUGIN).unwrap();
+    std::fs::write(plugins.join("meter.py"), PY_PLUGIN).unwrap();
+    let prefix = dir.path().join("kong");
+    std::fs::create_dir_all(&prefix).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    rt.block_on(async {
+        // A receiver for the agent: 204 to everything.
+        let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink_addr = sink.local_addr().unwrap();
+        let app = axum_like_sink();
+        tokio::spawn(async move { hyper_serve(sink, app).await });
+
+        // tollgate with a real agent.
+        let agent_grpc: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let agent_http: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let _agent = Proc::spawn(
+            &binary("tollgate-agent"),
+            &[
+                "--grpc-listen".into(),
+                agent_grpc.to_string(),
+                "--http-listen".into(),
+                agent_http.to_string(),
+                "--data-dir".into(),
+                dir.path().join("agent-data").display().to_string(),
+                "--destination-url".into(),
+                format!("http://{sink_addr}"),
+            ],
+            &[],
+        )
+        .unwrap();
+        wait_tcp(agent_grpc, Duration::from_secs(20)).unwrap();
+        let tollgate = PluginServer::spawn(
+            &binary("tollgate"),
+            &[
+                "-kong-prefix".into(),
+                prefix.display().to_string(),
+                "--agent".into(),
+                format!("http://{agent_grpc}"),
+            ],
+            &prefix.join("tollgate.socket"),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        rows.push(
+            drive(
+                "tollgate (Rust, + tollgate-agent)",
+                prefix.join("tollgate.socket"),
+                tollgate.pid(),
+                "tollgate",
+                events,
+            )
+            .await,
+        );
+
+        let js = PluginServer::spawn(
+            &js_bin,
+            &[
+                "-d".into(),
+                plugins.display().to_string(),
+                "--sock-name".into(),
+                "js.sock".into(),
+                "--kong-prefix".into(),
+                prefix.display().to_string(),
+            ],
+            &prefix.join("js.sock"),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        rows.push(
+            drive(
+                "kong-pdk JS 0.6.0 (node)",
+                prefix.join("js.sock"),
+                js.pid(),
+                "meter",
+                events,
+            )
+            .await,
+        );
+
+        let py = PluginServer::spawn(
+            &py_bin,
+            &[
+                "-d".into(),
+                plugins.display().to_string(),
+                "--socket-name".into(),
+                "py.sock".into(),
+                "-p".into(),
+                prefix.display().to_string(),
+            ],
+            &prefix.join("py.sock"),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        rows.push(
+            drive(
+                "kong-pdk Python 0.36 (CPython 3.11)",
+                prefix.join("py.sock"),
+                py.pid(),
+                "meter",
+                events,
+            )
+            .await,
+        );
+    });
+    println!("log phase side by side, {events} events, 4 driver workers, 2 cores");
+    println!(
+        "{:<38} {:>9} {:>10} {:>8} {:>8} {:>10} {:>10}",
+        "server", "events/s", "CPU µs/ev", "p50 µs", "p99 µs", "peak KiB", "end KiB"
+    );
+    for r in &rows {
+        println!(
+            "{:<38} {:>9.0} {:>10.1} {:>8} {:>8} {:>10} {:>10}",
+            r.name, r.events_per_s, r.cpu_us, r.p50_us, r.p99_us, r.peak_rss, r.end_rss
+        );
+    }
+    let best = rows[1..]
+        .iter()
+        .map(|r| r.cpu_us)
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "CPU per event: the better official server / tollgate = {:.1}x",
+        best / rows[0].cpu_us
+    );
+}
+
+/// A 204-to-everything HTTP service (the agent's destination).
+fn axum_like_sink() -> axum::Router {
+    axum::Router::new().fallback(|| async { axum::http::StatusCode::NO_CONTENT })
+}
+
+async fn hyper_serve(listener: tokio::net::TcpListener, app: axum::Router) {
+    let _ = axum::serve(listener, app).await;
+}
