@@ -4,6 +4,7 @@
 //!
 //! The pieces, in the order a request meets them:
 //! * [`wire`]: Kong's MsgPack-RPC framing on the Unix socket (no length prefix, partial reads).
+//! * [`socket`]: a Kong connection registered for readability only (no wakeup per reply read).
 //! * [`server`]: instances, events and the RPC methods Kong calls; the `log` handler.
 //! * [`config`]: the plugin config Kong sends at `StartInstance`, with Kong's field names.
 //! * [`serialize`]: reading `kong.log.serialize()` in every Kong version's shape.
@@ -19,4 +20,5 @@ pub mod info;
 pub mod publisher;
 pub mod serialize;
 pub mod server;
+pub mod socket;
 pub mod wire;

@@ -154,13 +154,45 @@ pub struct Consumer<'a> {
 }
 
 /// A JSON value that Kong sends as a string in some versions and a number in others.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum StrOrNum<'a> {
     /// A number.
     Num(f64),
     /// A string.
-    Str(#[serde(borrow)] Cow<'a, str>),
+    Str(Cow<'a, str>),
+}
+
+// By hand rather than `#[serde(untagged)]`, which buffers the value and builds an error for
+// every variant that does not match: this field is in every request.
+impl<'de: 'a, 'a> Deserialize<'de> for StrOrNum<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StrOrNum<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(StrOrNum::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StrOrNum::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(StrOrNum::Str(Cow::Owned(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(StrOrNum::Num(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(StrOrNum::Num(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(StrOrNum::Num(v as f64))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl StrOrNum<'_> {
@@ -403,5 +435,10 @@ mod tests {
     fn upstream_status_after_retries_takes_the_last() {
         let s: StrOrNum = serde_json::from_str(r#""502, 200""#).unwrap();
         assert_eq!(s.as_int(), Some(200));
+        let n: StrOrNum = serde_json::from_str("200").unwrap();
+        assert_eq!(n.as_int(), Some(200));
+        let escaped: StrOrNum = serde_json::from_str(r#""\u0032""#).unwrap();
+        assert_eq!(escaped.as_int(), Some(2));
+        assert!(serde_json::from_str::<StrOrNum>("[1]").is_err());
     }
 }

@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rmpv::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rmpv::{Value, ValueRef};
 use tokio::net::{UnixListener, UnixStream};
 use tollgate_proto::Destination;
 
@@ -26,7 +25,8 @@ use crate::events::{self, Metered};
 use crate::info::{ENFORCEMENT_PLUGIN, METERING_PLUGIN};
 use crate::publisher::Publisher;
 use crate::serialize;
-use crate::wire::{self, Decoder};
+use crate::socket::KongSocket;
+use crate::wire::{self, Decoder, Reply, WireError};
 
 /// Events whose Steps stop arriving are forgotten after this long.
 pub const EVENT_TTL: Duration = Duration::from_secs(60);
@@ -144,8 +144,8 @@ impl State {
     }
 
     /// Answers one RPC call.
-    pub async fn dispatch(&self, method: &str, params: &[Value]) -> Result<Value, String> {
-        let arg = params.first().unwrap_or(&Value::Nil);
+    pub async fn dispatch(&self, method: &str, params: &[ValueRef<'_>]) -> Result<Reply, String> {
+        let arg = params.first().unwrap_or(&ValueRef::Nil);
         match method {
             "plugin.StartInstance" => self.start_instance(arg),
             "plugin.CloseInstance" => self.close_instance(arg),
@@ -155,7 +155,7 @@ impl State {
         }
     }
 
-    fn start_instance(&self, arg: &Value) -> Result<Value, String> {
+    fn start_instance(&self, arg: &ValueRef<'_>) -> Result<Reply, String> {
         let name = map_get(arg, "Name")
             .and_then(as_str)
             .ok_or("StartInstance: missing Name")?;
@@ -194,22 +194,22 @@ impl State {
         let reply = instance_reply(id, &instance);
         lock(&self.instances).insert(id, instance);
         self.stats.instances_started.fetch_add(1, Ordering::Relaxed);
-        Ok(reply)
+        Ok(Reply::Value(reply))
     }
 
-    fn close_instance(&self, arg: &Value) -> Result<Value, String> {
+    fn close_instance(&self, arg: &ValueRef<'_>) -> Result<Reply, String> {
         let id = as_int(arg).ok_or("CloseInstance: instance id must be an integer")?;
         match lock(&self.instances).remove(&id) {
             Some(instance) => {
                 self.stats.instances_closed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(id, "instance closed");
-                Ok(instance_reply(id, &instance))
+                Ok(Reply::Value(instance_reply(id, &instance)))
             }
             None => Err(format!("no plugin instance #{id}")),
         }
     }
 
-    fn handle_event(&self, arg: &Value) -> Result<Value, String> {
+    fn handle_event(&self, arg: &ValueRef<'_>) -> Result<Reply, String> {
         let id = map_get(arg, "InstanceId")
             .and_then(as_int)
             .ok_or("HandleEvent: missing InstanceId")?;
@@ -219,21 +219,21 @@ impl State {
             .cloned()
             .ok_or_else(|| format!("no plugin instance #{id}"))?;
         let event_id = self.next_event.fetch_add(1, Ordering::Relaxed);
-        let call = match (&instance.kind, phase) {
-            (InstanceKind::Metering { .. }, "log") => pdk_call("kong.log.serialize", Vec::new()),
+        let (method, args) = match (&instance.kind, phase) {
+            (InstanceKind::Metering { .. }, "log") => ("kong.log.serialize", Vec::new()),
             (InstanceKind::Enforcement(config), "access") => match config.source {
-                CustomerSource::Consumer => pdk_call("kong.client.get_consumer", Vec::new()),
-                CustomerSource::Header => pdk_call(
+                CustomerSource::Consumer => ("kong.client.get_consumer", Vec::new()),
+                CustomerSource::Header => (
                     "kong.request.get_header",
                     vec![Value::from(config.field.as_deref().unwrap_or(""))],
                 ),
-                CustomerSource::Query => pdk_call(
+                CustomerSource::Query => (
                     "kong.request.get_query_arg",
                     vec![Value::from(config.field.as_deref().unwrap_or(""))],
                 ),
             },
             // Not a phase we list in -dump: nothing to do.
-            _ => return Ok(step_reply(event_id, Value::from("ret"))),
+            _ => return Ok(Reply::Ret { event_id }),
         };
         lock(&self.events).insert(
             event_id,
@@ -242,7 +242,11 @@ impl State {
                 started: Instant::now(),
             },
         );
-        Ok(step_reply(event_id, call))
+        Ok(Reply::Call {
+            event_id,
+            method,
+            args,
+        })
     }
 
     /// The access-phase decision for the PDK answer `data` (a consumer map, or a header/query
@@ -251,8 +255,8 @@ impl State {
         &self,
         event_id: i64,
         config: &EnforcementConfig,
-        data: Option<&Value>,
-    ) -> Value {
+        data: Option<&ValueRef<'_>>,
+    ) -> Reply {
         let subject = match config.source {
             CustomerSource::Consumer => data
                 .and_then(|c| map_get(c, "id"))
@@ -277,7 +281,7 @@ impl State {
         match decision {
             Decision::Allow => {
                 self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-                step_reply(event_id, Value::from("ret"))
+                Reply::Ret { event_id }
             }
             Decision::Deny {
                 status,
@@ -307,18 +311,16 @@ impl State {
                         Value::from(balance.to_string()),
                     ),
                 ]);
-                step_reply(
+                Reply::Call {
                     event_id,
-                    pdk_call(
-                        "kong.response.exit",
-                        vec![Value::from(status), body, headers],
-                    ),
-                )
+                    method: "kong.response.exit",
+                    args: vec![Value::from(status), body, headers],
+                }
             }
         }
     }
 
-    async fn step(&self, arg: &Value) -> Result<Value, String> {
+    async fn step(&self, arg: &ValueRef<'_>) -> Result<Reply, String> {
         let event_id = map_get(arg, "EventId")
             .and_then(as_int)
             .ok_or("Step: missing EventId")?;
@@ -335,8 +337,8 @@ impl State {
                 destination,
             } => (config, destination),
         };
-        let json = data.and_then(as_str_or_bin);
-        match json.map(|j| serialize::parse(j).map_err(|e| e.to_string())) {
+        let json = data.and_then(as_text);
+        match json.map(|j| j.and_then(|j| serialize::parse(j).map_err(|e| e.to_string()))) {
             Some(Ok(entry)) => {
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
                 match events::meter(&entry, config, &self.source) {
@@ -358,7 +360,7 @@ impl State {
                 );
             }
         }
-        Ok(step_reply(event_id, Value::from("ret")))
+        Ok(Reply::Ret { event_id })
     }
 }
 
@@ -373,51 +375,39 @@ fn instance_reply(id: i64, instance: &Instance) -> Value {
     ])
 }
 
-fn pdk_call(method: &str, args: Vec<Value>) -> Value {
-    Value::Map(vec![
-        (Value::from("Method"), Value::from(method)),
-        (Value::from("Args"), Value::Array(args)),
-    ])
-}
-
-fn step_reply(event_id: i64, data: Value) -> Value {
-    Value::Map(vec![
-        (Value::from("EventId"), Value::from(event_id)),
-        (Value::from("Data"), data),
-    ])
-}
-
-fn map_get<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
-    v.as_map()?
-        .iter()
-        .find(|(k, _)| as_str(k) == Some(key))
-        .map(|(_, v)| v)
-}
-
-/// A str (or, as Kong's encoder may produce, a bin holding UTF-8).
-fn as_str(v: &Value) -> Option<&str> {
+fn map_get<'a, 'v>(v: &'v ValueRef<'a>, key: &str) -> Option<&'v ValueRef<'a>> {
     match v {
-        Value::String(s) => s.as_str(),
-        Value::Binary(b) => std::str::from_utf8(b).ok(),
+        ValueRef::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| as_str(k) == Some(key))
+            .map(|(_, v)| v),
         _ => None,
     }
 }
 
-/// The raw text of a str or bin, even when it is not valid UTF-8 (`serde_json` then reports it).
-fn as_str_or_bin(v: &Value) -> Option<&str> {
-    match v {
-        Value::String(s) => Some(s.as_str().unwrap_or("\u{fffd}")),
-        Value::Binary(b) => Some(std::str::from_utf8(b).unwrap_or("\u{fffd}")),
+/// A str (or, as Kong's encoder may produce, a bin holding UTF-8).
+fn as_str<'a>(v: &ValueRef<'a>) -> Option<&'a str> {
+    as_text(v)?.ok()
+}
+
+/// The text of a str or bin; `Err` says where it stops being UTF-8.
+fn as_text<'a>(v: &ValueRef<'a>) -> Option<Result<&'a str, String>> {
+    match *v {
+        ValueRef::String(s) => Some(s.into_str().ok_or_else(|| match s.as_err() {
+            Some(e) => e.to_string(),
+            None => "invalid utf-8".to_owned(),
+        })),
+        ValueRef::Binary(b) => Some(std::str::from_utf8(b).map_err(|e| e.to_string())),
         _ => None,
     }
 }
 
 /// An integer, also when Kong's encoder sent it as a float.
-fn as_int(v: &Value) -> Option<i64> {
+fn as_int(v: &ValueRef<'_>) -> Option<i64> {
     match v {
-        Value::Integer(i) => i.as_i64(),
-        Value::F64(f) if f.fract() == 0.0 => Some(*f as i64),
-        Value::F32(f) if f.fract() == 0.0 => Some(*f as i64),
+        ValueRef::Integer(i) => i.as_i64(),
+        ValueRef::F64(f) if f.fract() == 0.0 => Some(*f as i64),
+        ValueRef::F32(f) if f.fract() == 0.0 => Some(*f as i64),
         _ => None,
     }
 }
@@ -464,67 +454,133 @@ pub async fn serve(listener: UnixListener, state: Arc<State>) {
 }
 
 /// One Kong connection: requests back to back, each answered in order.
-async fn connection(mut stream: UnixStream, state: Arc<State>) {
-    let mut decoder = Decoder::default();
-    let mut out = Vec::with_capacity(512);
-    let mut announced = false;
+async fn connection(stream: UnixStream, state: Arc<State>) {
+    let socket = match KongSocket::new(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register a Kong connection");
+            return;
+        }
+    };
+    let mut session = Session::default();
     loop {
-        match stream.read_buf(decoder.buffer(8192)).await {
+        match socket.read(session.read_space()).await {
             Ok(0) => return,
-            Ok(_) => {}
+            Ok(n) => session.filled(n),
             Err(e) => {
                 tracing::debug!(error = %e, "connection read failed");
                 return;
             }
         }
-        loop {
-            let message = match decoder.next_value() {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "closing connection: bad input from Kong");
-                    let _ = stream.write_all(&out).await;
-                    return;
-                }
-            };
-            let Some((msgid, method, params)) = as_request(&message) else {
-                tracing::warn!(
-                    ?message,
-                    "closing connection: not a [0, msgid, method, params] request"
-                );
-                let _ = stream.write_all(&out).await;
+        let outcome = session.answer(&state).await;
+        if !session.output().is_empty() {
+            if let Err(e) = socket.write_all(session.output()).await {
+                tracing::debug!(error = %e, "connection write failed");
                 return;
+            }
+            session.clear_output();
+        }
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "closing connection: bad input from Kong");
+            return;
+        }
+    }
+}
+
+/// Why a connection is closed: Kong sent something that is not a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BadInput {
+    /// Not msgpack, or too large.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// Msgpack, but not `[0, msgid, method, params]`.
+    #[error("not a [0, msgid, method, params] request: {0}")]
+    NotARequest(String),
+}
+
+/// The protocol side of one connection, without the socket: bytes in, answers out. Requests
+/// are read in place from the buffer and answered in order.
+pub struct Session {
+    decoder: Decoder,
+    out: Vec<u8>,
+    announced: bool,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            decoder: Decoder::default(),
+            out: Vec::with_capacity(512),
+            announced: false,
+        }
+    }
+}
+
+impl Session {
+    /// Where to read bytes from Kong into; then call [`Session::filled`].
+    pub fn read_space(&mut self) -> &mut [u8] {
+        self.decoder.read_space()
+    }
+
+    /// `n` bytes were read into [`Session::read_space`].
+    pub fn filled(&mut self, n: usize) {
+        self.decoder.filled(n);
+    }
+
+    /// Appends bytes received some other way.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.decoder.extend(bytes);
+    }
+
+    /// Answers every complete request in the buffer, appending the replies to the output. A
+    /// partial request waits for more bytes. On bad input the replies so far stay in the output
+    /// and the connection should be closed.
+    pub async fn answer(&mut self, state: &State) -> Result<(), BadInput> {
+        loop {
+            let Some(frame) = self.decoder.peek()? else {
+                return Ok(());
+            };
+            let Some((msgid, method, params)) = as_request(&frame.value) else {
+                return Err(BadInput::NotARequest(format!("{:?}", frame.value)));
             };
             let result = state.dispatch(method, params).await;
             if let Err(e) = &result {
                 tracing::debug!(method, error = %e, "call failed");
             }
-            if !announced {
+            if !self.announced {
                 // Kong drops every instance bound to this server when the pid changes: this is how
                 // a restarted server makes Kong start fresh instances.
-                wire::encode_notification(&mut out, "serverPid", Value::from(state.pid));
-                announced = true;
+                wire::encode_notification(&mut self.out, "serverPid", Value::from(state.pid));
+                self.announced = true;
             }
-            wire::encode_response(&mut out, msgid, result);
+            wire::encode_response(&mut self.out, msgid, &result);
+            let len = frame.len;
+            self.decoder.consume(len);
         }
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
+    }
+
+    /// The replies not yet written to Kong.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Forgets the output once written.
+    pub fn clear_output(&mut self) {
+        self.out.clear();
     }
 }
 
-fn as_request(message: &Value) -> Option<(u64, &str, &[Value])> {
-    let parts = message.as_array()?;
+fn as_request<'m, 'a>(message: &'m ValueRef<'a>) -> Option<(u64, &'a str, &'m [ValueRef<'a>])> {
+    let ValueRef::Array(parts) = message else {
+        return None;
+    };
     if parts.len() != 4 || as_int(&parts[0])? != 0 {
         return None;
     }
     let msgid = u64::try_from(as_int(&parts[1])?).ok()?;
     let method = as_str(&parts[2])?;
     let params = match &parts[3] {
-        Value::Array(p) => p.as_slice(),
+        ValueRef::Array(p) => p.as_slice(),
         _ => &[],
     };
     Some((msgid, method, params))

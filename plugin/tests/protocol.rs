@@ -492,3 +492,52 @@ fn a_bad_agent_address_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn replies_wait_for_a_kong_that_stops_reading_and_none_is_lost() {
+    // Kong pipelines requests and reads nothing for a while: the replies (over a megabyte) fill
+    // the socket buffer, the server must wait for room and then deliver every one, in order.
+    const REQUESTS: u64 = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("tollgate.socket");
+    let args = vec!["--kong-prefix".to_owned(), dir.path().display().to_string()];
+    let _server =
+        PluginServer::spawn(&tollgate_bin(), &args, &socket, Duration::from_secs(10)).unwrap();
+    let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        for msgid in 1..=REQUESTS {
+            let mut out = Vec::new();
+            let request = Value::Array(vec![
+                Value::from(0),
+                Value::from(msgid),
+                Value::from("plugin.HandleEvent"),
+                Value::Array(vec![Value::Map(vec![
+                    (Value::from("InstanceId"), Value::from(999_999_999)),
+                    (Value::from("EventName"), Value::from("log")),
+                ])]),
+            ]);
+            rmpv::encode::write_value(&mut out, &request).unwrap();
+            writer.write_all(&out).unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut reader = std::io::BufReader::new(stream);
+    let notice = rmpv::decode::read_value(&mut reader).unwrap();
+    assert_eq!(
+        notice[0],
+        Value::from(2),
+        "serverPid notice first: {notice}"
+    );
+    for msgid in 1..=REQUESTS {
+        let reply = rmpv::decode::read_value(&mut reader).unwrap();
+        assert_eq!(reply[1], Value::from(msgid), "replies in order");
+        assert_eq!(
+            reply[2].as_str(),
+            Some("no plugin instance #999999999"),
+            "{reply}"
+        );
+    }
+    sender.join().unwrap();
+}
