@@ -14,7 +14,7 @@
 //! API event's id as `api_request_id` like Kong's. `time` comes from `started_at`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use tollgate_proto::UsageEvent;
+use tollgate_proto::encoded::{EncodedEvent, EventFields};
 
 use crate::config::{AttributeSource, MeteringConfig, SubjectSource};
 use crate::serialize::{self, AiUsage, LogEntry};
@@ -27,8 +27,8 @@ pub const LLM_REQUEST: &str = "kong.llm_request";
 /// What one request produced.
 #[derive(Debug)]
 pub enum Metered {
-    /// The events to deliver (possibly none, when both toggles are off).
-    Events(Vec<UsageEvent>),
+    /// The events to deliver, encoded for the agent (possibly none, when both toggles are off).
+    Events(Vec<EncodedEvent>),
     /// No subject could be resolved: Kong's plugin drops the event, and so do we (and count it).
     NoSubject,
 }
@@ -39,11 +39,17 @@ pub fn meter(entry: &LogEntry<'_>, config: &MeteringConfig, source: &str) -> Met
         return Metered::NoSubject;
     };
     let request = entry.request.as_ref();
-    let api_id = request
+    let fresh_id;
+    let api_id = match request
         .and_then(|r| r.id.as_deref())
         .filter(|id| !id.is_empty())
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    {
+        Some(id) => id,
+        None => {
+            fresh_id = uuid::Uuid::now_v7().simple().to_string();
+            &fresh_id
+        }
+    };
     let time = entry
         .started_at
         .and_then(|ms| DateTime::<Utc>::from_timestamp_millis(ms as i64))
@@ -57,12 +63,12 @@ pub fn meter(entry: &LogEntry<'_>, config: &MeteringConfig, source: &str) -> Met
         api_data(entry, &mut data);
         data.str("subject_type", Some(subject_type));
         events.push(event(
-            &api_id,
+            api_id,
             source,
             API_REQUEST,
             &subject,
             &time,
-            data.finish(),
+            &data.finish(),
         ));
     }
     if config.meter_ai_token_usage {
@@ -73,7 +79,7 @@ pub fn meter(entry: &LogEntry<'_>, config: &MeteringConfig, source: &str) -> Met
             for kind in ["request", "response"] {
                 let mut data = DataWriter::new(&attributes);
                 llm_data(
-                    &usage, kind, &api_id, status, route_id, service_id, &mut data,
+                    &usage, kind, api_id, status, route_id, service_id, &mut data,
                 );
                 data.str("subject_type", Some(subject_type));
                 let id = if usage.plugin_name.is_empty() || usage.plugin_name == "proxy" {
@@ -87,7 +93,7 @@ pub fn meter(entry: &LogEntry<'_>, config: &MeteringConfig, source: &str) -> Met
                     LLM_REQUEST,
                     &subject,
                     &time,
-                    data.finish(),
+                    &data.finish(),
                 ));
             }
         }
@@ -95,15 +101,15 @@ pub fn meter(entry: &LogEntry<'_>, config: &MeteringConfig, source: &str) -> Met
     Metered::Events(events)
 }
 
-fn event(id: &str, source: &str, ty: &str, subject: &str, time: &str, data: Vec<u8>) -> UsageEvent {
-    UsageEvent {
-        id: id.to_owned(),
-        source: source.to_owned(),
-        r#type: ty.to_owned(),
-        subject: subject.to_owned(),
-        time: time.to_owned(),
+fn event(id: &str, source: &str, ty: &str, subject: &str, time: &str, data: &[u8]) -> EncodedEvent {
+    EncodedEvent::new(EventFields {
+        id,
+        source,
+        r#type: ty,
+        subject,
+        time,
         data,
-    }
+    })
 }
 
 /// Writes an event's `data` object straight into JSON bytes: no intermediate map, no per-field
@@ -111,29 +117,35 @@ fn event(id: &str, source: &str, ty: &str, subject: &str, time: &str, data: Vec<
 /// would), so built-in fields whose name an attribute uses are skipped, and attributes go last.
 struct DataWriter<'a> {
     out: Vec<u8>,
-    attributes: &'a [(String, String)],
+    attributes: &'a [(&'a str, &'a str)],
 }
 
 impl<'a> DataWriter<'a> {
-    fn new(attributes: &'a [(String, String)]) -> Self {
+    fn new(attributes: &'a [(&'a str, &'a str)]) -> Self {
         let mut out = Vec::with_capacity(512);
         out.push(b'{');
         DataWriter { out, attributes }
     }
 
-    fn key(&mut self, key: &str) -> bool {
-        if self.attributes.iter().any(|(k, _)| k == key) {
+    /// Starts the member `key` (one of ours: plain ASCII, written as is) unless an attribute
+    /// takes the name.
+    fn key(&mut self, key: &'static str) -> bool {
+        if self.attributes.iter().any(|(k, _)| *k == key) {
             return false;
         }
-        if self.out.len() > 1 {
-            self.out.push(b',');
+        let out = &mut self.out;
+        out.reserve(key.len() + 4);
+        if out.len() > 1 {
+            out.push(b',');
         }
-        write_json_str(&mut self.out, key);
-        self.out.push(b':');
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'"');
+        out.push(b':');
         true
     }
 
-    fn str(&mut self, key: &str, value: Option<&str>) {
+    fn str(&mut self, key: &'static str, value: Option<&str>) {
         if let Some(v) = value
             && self.key(key)
         {
@@ -141,7 +153,7 @@ impl<'a> DataWriter<'a> {
         }
     }
 
-    fn int(&mut self, key: &str, value: Option<i64>) {
+    fn int(&mut self, key: &'static str, value: Option<i64>) {
         if let Some(v) = value
             && self.key(key)
         {
@@ -150,12 +162,19 @@ impl<'a> DataWriter<'a> {
         }
     }
 
-    fn num(&mut self, key: &str, value: Option<f64>) {
+    /// A number; whole numbers (Kong's latencies nearly always are) are written as integers.
+    fn num(&mut self, key: &'static str, value: Option<f64>) {
+        const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
         if let Some(v) = value.filter(|v| v.is_finite())
             && self.key(key)
         {
-            self.out
-                .extend_from_slice(ryu::Buffer::new().format(v).as_bytes());
+            if v.fract() == 0.0 && v.abs() < EXACT {
+                self.out
+                    .extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
+            } else {
+                self.out
+                    .extend_from_slice(ryu::Buffer::new().format(v).as_bytes());
+            }
         }
     }
 
@@ -173,9 +192,18 @@ impl<'a> DataWriter<'a> {
     }
 }
 
+/// Appends `s` as a JSON string. Values without a quote, backslash or control character (nearly
+/// all) are copied in one piece; the rest are escaped by `serde_json`.
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    // Serialising a str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Serialising a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 /// The subject and its `subject_type`, or `None` when the configured source has no value.
@@ -206,12 +234,14 @@ fn resolve_subject(
                     .map(|v| (v.to_owned(), "consumer_custom_id")),
             }
         }
-        SubjectSource::Header => {
-            serialize::lookup(request.and_then(|r| r.headers), field?).map(|v| (v, "header"))
-        }
-        SubjectSource::Query => {
-            serialize::lookup(request.and_then(|r| r.querystring), field?).map(|v| (v, "query"))
-        }
+        SubjectSource::Header => request?
+            .headers
+            .get(field?)
+            .map(|v| (v.to_owned(), "header")),
+        SubjectSource::Query => request?
+            .querystring
+            .get(field?)
+            .map(|v| (v.to_owned(), "query")),
         SubjectSource::Credential => entry
             .authenticated_entity
             .as_ref()
@@ -221,17 +251,23 @@ fn resolve_subject(
     found.filter(|(v, _)| !v.is_empty())
 }
 
-fn custom_attributes(entry: &LogEntry<'_>, config: &MeteringConfig) -> Vec<(String, String)> {
-    let request = entry.request.as_ref();
+fn custom_attributes<'e>(
+    entry: &'e LogEntry<'_>,
+    config: &'e MeteringConfig,
+) -> Vec<(&'e str, &'e str)> {
+    let Some(request) = entry.request.as_ref() else {
+        return Vec::new();
+    };
     config
         .attributes
         .iter()
         .filter_map(|a| {
             let map = match a.source {
-                AttributeSource::Header => request.and_then(|r| r.headers),
-                AttributeSource::Query => request.and_then(|r| r.querystring),
+                AttributeSource::Header => &request.headers,
+                AttributeSource::Query => &request.querystring,
             };
-            serialize::lookup(map, &a.look_up_value_in).map(|v| (a.event_property_name.clone(), v))
+            map.get(&a.look_up_value_in)
+                .map(|v| (a.event_property_name.as_str(), v))
         })
         .collect()
 }
@@ -243,17 +279,20 @@ fn as_int(v: Option<f64>) -> Option<i64> {
 fn api_data(entry: &LogEntry<'_>, d: &mut DataWriter<'_>) {
     let request = entry.request.as_ref();
     d.str("client_ip", entry.client_ip.as_deref());
-    let host = serialize::lookup(request.and_then(|r| r.headers), "host")
+    let host = request
+        .and_then(|r| r.headers.get("host"))
         .or_else(|| request.and_then(|r| r.url.as_deref()).and_then(host_of_url));
-    d.str("request_host", host.as_deref());
+    d.str("request_host", host);
     d.str("request_method", request.and_then(|r| r.method.as_deref()));
     let path = request
         .and_then(|r| r.uri.as_deref())
         .map(|u| u.split_once('?').map_or(u, |(p, _)| p));
     d.str("request_uri", path);
     d.int("request_size_bytes", as_int(request.and_then(|r| r.size)));
-    let agent = serialize::lookup(request.and_then(|r| r.headers), "user-agent");
-    d.str("request_user_agent", agent.as_deref());
+    d.str(
+        "request_user_agent",
+        request.and_then(|r| r.headers.get("user-agent")),
+    );
     d.int(
         "response_size_bytes",
         as_int(entry.response.as_ref().and_then(|r| r.size)),
@@ -338,10 +377,10 @@ fn llm_data(
     d.num("llm_latency_ms", usage.llm_latency_ms);
 }
 
-fn host_of_url(url: &str) -> Option<String> {
+fn host_of_url(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    Some(rest[..end].to_owned())
+    Some(&rest[..end])
 }
 
 #[cfg(test)]
@@ -351,19 +390,21 @@ mod tests {
     #[test]
     fn data_is_valid_json_and_attributes_win_over_built_in_fields() {
         let attrs = vec![
-            ("request_method".to_owned(), "custom \"quoted\"".to_owned()),
-            ("team".to_owned(), "a".to_owned()),
+            ("request_method", "custom \"quoted\""),
+            ("team", "a\u{1}\\ é/"),
         ];
         let mut d = DataWriter::new(&attrs);
         d.str("request_method", Some("GET"));
         d.int("tokens", Some(42));
         d.num("cost", Some(0.25));
+        d.num("latency_kong_ms", Some(3.0));
+        d.num("big", Some(1e300));
         d.num("nan", Some(f64::NAN));
         d.str("absent", None);
         let v: serde_json::Value = serde_json::from_slice(&d.finish()).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"request_method": "custom \"quoted\"", "team": "a", "tokens": 42, "cost": 0.25})
+            serde_json::json!({"request_method": "custom \"quoted\"", "team": "a\u{1}\\ é/", "tokens": 42, "cost": 0.25, "latency_kong_ms": 3, "big": 1e300})
         );
     }
 }

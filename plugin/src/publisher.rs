@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tollgate_proto::Destination;
+use tollgate_proto::encoded::{self, EncodedEvent};
 use tollgate_proto::v1::batch_ack::Status;
-use tollgate_proto::v1::ingest_client::IngestClient;
-use tollgate_proto::{Destination, EventBatch, UsageEvent};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Log a drop line once per this many dropped events.
@@ -102,7 +103,10 @@ pub struct PublisherStats {
     pub reconnects: AtomicU64,
 }
 
-type Item = (Option<Arc<Destination>>, UsageEvent);
+type Item = (Option<Arc<Destination>>, EncodedEvent);
+
+/// Events of one destination, taken from the queue together.
+type Batch = (Option<Arc<Destination>>, Vec<EncodedEvent>);
 
 struct Shared {
     queue: Mutex<VecDeque<Item>>,
@@ -134,7 +138,7 @@ impl Publisher {
     }
 
     /// Queues events for delivery. Never blocks on the agent.
-    pub fn submit(&self, events: Vec<UsageEvent>, destination: Option<Arc<Destination>>) {
+    pub fn submit(&self, events: Vec<EncodedEvent>, destination: Option<Arc<Destination>>) {
         if events.is_empty() {
             return;
         }
@@ -203,17 +207,13 @@ pub async fn connect(addr: &AgentAddr) -> Result<Channel, tonic::transport::Erro
 }
 
 /// Takes the next batch from the queue head: same destination, bounded by count and bytes.
-fn take_batch(
-    shared: &Shared,
-    config: &PublisherConfig,
-) -> Option<(Option<Arc<Destination>>, Vec<UsageEvent>)> {
+fn take_batch(shared: &Shared, config: &PublisherConfig) -> Option<Batch> {
     let mut q = lock(&shared.queue);
     let dest = q.front()?.0.clone();
     let mut events = Vec::new();
     let mut bytes = 0;
     while let Some((d, e)) = q.front() {
-        let size =
-            e.data.len() + e.id.len() + e.subject.len() + e.r#type.len() + e.source.len() + 40;
+        let size = e.len() + 4;
         let same = match (d, &dest) {
             (None, None) => true,
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
@@ -237,7 +237,7 @@ fn take_batch(
 }
 
 /// Puts unacknowledged batches back at the head of the queue, oldest first.
-fn requeue(shared: &Shared, batches: BTreeMap<u64, (Option<Arc<Destination>>, Vec<UsageEvent>)>) {
+fn requeue(shared: &Shared, batches: BTreeMap<u64, Batch>) {
     let mut q = lock(&shared.queue);
     for (_, (dest, events)) in batches.into_iter().rev() {
         shared
@@ -279,13 +279,14 @@ async fn session(shared: &Shared, config: &PublisherConfig, sequence: &mut u64) 
         Ok(c) => c,
         Err(e) => return SessionEnd::Failed(e.to_string()),
     };
-    let mut client = IngestClient::new(channel);
-    let (tx, rx) = mpsc::channel::<EventBatch>(config.max_in_flight);
-    let mut acks = match client.publish(ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
+    let (tx, rx) = mpsc::channel::<Bytes>(config.max_in_flight);
+    let mut acks = match encoded::publish(channel, ReceiverStream::new(rx)).await {
+        Ok(acks) => acks,
         Err(e) => return SessionEnd::Failed(e.to_string()),
     };
-    let mut in_flight: BTreeMap<u64, (Option<Arc<Destination>>, Vec<UsageEvent>)> = BTreeMap::new();
+    // Each batch's events stay here until acked: a reconnect re-encodes them into new batches
+    // (the encoded events are shared, not copied).
+    let mut in_flight: BTreeMap<u64, Batch> = BTreeMap::new();
     let end = loop {
         let can_send = in_flight.len() < config.max_in_flight;
         tokio::select! {
@@ -315,11 +316,7 @@ async fn session(shared: &Shared, config: &PublisherConfig, sequence: &mut u64) 
             _ = wait_for_batch(shared, config), if can_send => {
                 let Some((dest, events)) = take_batch(shared, config) else { continue };
                 *sequence += 1;
-                let batch = EventBatch {
-                    sequence: *sequence,
-                    events: events.clone(),
-                    destination: dest.as_deref().cloned(),
-                };
+                let batch = encoded::encode_batch(*sequence, &events, dest.as_deref());
                 in_flight.insert(*sequence, (dest, events));
                 if tx.send(batch).await.is_err() {
                     break SessionEnd::Failed("agent stream closed".into());

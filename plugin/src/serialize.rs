@@ -2,9 +2,9 @@
 //! 3.9+ (reference/kong-protocols.md §2.2, §2.3, §1.9).
 //!
 //! The parse borrows from the JSON text wherever it can ([`Cow`] falls back to an owned string
-//! only for values with escapes such as `\/`). Header and query maps are kept as raw JSON and
-//! searched on demand ([`lookup`]), so a request with fifty headers costs no allocation for the
-//! forty-nine nobody asked about. The `ai` tree is read by [`ai_usages`] whatever its shape.
+//! only for values with escapes such as `\/`). Header and query maps are read once into a
+//! [`FieldMap`] of borrowed names and first values, searched by [`FieldMap::get`]. The `ai` tree
+//! is kept as raw JSON and read by [`ai_usages`] whatever its shape.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -77,10 +77,10 @@ pub struct Request<'a> {
     pub size: Option<f64>,
     /// Header map, values a string or an array of strings (lowercase names).
     #[serde(borrow, default)]
-    pub headers: Option<&'a RawValue>,
+    pub headers: FieldMap<'a>,
     /// Query map, values a string, `true`, or an array.
     #[serde(borrow, default)]
-    pub querystring: Option<&'a RawValue>,
+    pub querystring: FieldMap<'a>,
 }
 
 /// `response`.
@@ -210,60 +210,97 @@ pub fn parse(json: &str) -> Result<LogEntry<'_>, serde_json::Error> {
     serde_json::from_str(json)
 }
 
-/// The first value of `name` in a header or query map (`{"k": "v"}`, `{"k": ["v1","v2"]}`, or
-/// `{"flag": true}` for a bare query flag, read as `""`). Names compare ASCII case-insensitively.
-pub fn lookup(map: Option<&RawValue>, name: &str) -> Option<String> {
-    let map = map?;
-    let mut de = serde_json::Deserializer::from_str(map.get());
-    de::Deserializer::deserialize_map(&mut de, FindKey { name }).ok()?
-}
+/// A header or query map: each name with its first value (`{"k": "v"}`, `{"k": ["v1","v2"]}`
+/// → `v1`, or `{"flag": true}` for a bare query flag, read as `""`). Names and values borrow from
+/// the JSON; `null` or a missing map reads as empty.
+#[derive(Debug, Default)]
+pub struct FieldMap<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
-struct FindKey<'n> {
-    name: &'n str,
-}
-
-impl<'de> Visitor<'de> for FindKey<'_> {
-    type Value = Option<String>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a header or query map")
+impl FieldMap<'_> {
+    /// The first value of `name`, compared ASCII case-insensitively.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
     }
+}
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if found.is_none() && key.eq_ignore_ascii_case(self.name) {
-                found = map.next_value::<FirstValue>()?.0;
-            } else {
-                map.next_value::<IgnoredAny>()?;
+impl<'de: 'a, 'a> Deserialize<'de> for FieldMap<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FieldMap<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a header or query map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                    if let FirstValue(Some(value)) = map.next_value()? {
+                        fields.push((name, value));
+                    }
+                }
+                Ok(FieldMap(fields))
+            }
+            // Kong's cjson writes an empty table as `{}`, but `[]` and `null` mean the same.
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(FieldMap::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(FieldMap::default())
             }
         }
-        Ok(found)
+        d.deserialize_any(V)
     }
 }
 
 /// A map value: a string, an array whose first string is taken, or `true` (a bare flag).
-struct FirstValue(Option<String>);
+struct FirstValue<'a>(Option<Cow<'a, str>>);
 
-impl<'de> Deserialize<'de> for FirstValue {
+impl<'de: 'a, 'a> Deserialize<'de> for FirstValue<'a> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum V {
-            One(String),
-            Many(Vec<serde_json::Value>),
-            Flag(bool),
-            Other(IgnoredAny),
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FirstValue<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, an array of strings or a flag")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(FirstValue(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(FirstValue(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut first = None;
+                while let Some(FirstValue(v)) = seq.next_element::<FirstValue<'de>>()? {
+                    first = first.or(v);
+                }
+                Ok(FirstValue(first))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(FirstValue(v.then_some(Cow::Borrowed(""))))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(FirstValue(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(FirstValue(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(FirstValue(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(FirstValue(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(FirstValue(None))
+            }
         }
-        Ok(FirstValue(match V::deserialize(d)? {
-            V::One(s) => Some(s),
-            V::Many(list) => list.into_iter().find_map(|v| match v {
-                serde_json::Value::String(s) => Some(s),
-                _ => None,
-            }),
-            V::Flag(true) => Some(String::new()),
-            V::Flag(false) | V::Other(_) => None,
-        }))
+        d.deserialize_any(V)
     }
 }
 
@@ -389,17 +426,30 @@ mod tests {
 
     #[test]
     fn header_lookup_is_case_insensitive_and_takes_the_first_of_many() {
-        let raw: &RawValue =
+        let map: FieldMap =
             serde_json::from_str(r#"{"x-tenant":["t1","t2"],"User-Agent":"curl\/8"}"#).unwrap();
-        assert_eq!(lookup(Some(raw), "X-Tenant").as_deref(), Some("t1"));
-        assert_eq!(lookup(Some(raw), "user-agent").as_deref(), Some("curl/8"));
-        assert_eq!(lookup(Some(raw), "missing"), None);
+        assert_eq!(map.get("X-Tenant"), Some("t1"));
+        assert_eq!(map.get("user-agent"), Some("curl/8"));
+        assert_eq!(map.get("missing"), None);
     }
 
     #[test]
-    fn a_bare_query_flag_reads_as_empty() {
-        let raw: &RawValue = serde_json::from_str(r#"{"debug":true,"n":"1"}"#).unwrap();
-        assert_eq!(lookup(Some(raw), "debug").as_deref(), Some(""));
+    fn a_bare_query_flag_reads_as_empty_and_odd_values_are_skipped() {
+        let map: FieldMap = serde_json::from_str(
+            r#"{"debug":true,"off":false,"n":"1","obj":{"a":1},"num":5,"nil":null,"list":[1,"x"]}"#,
+        )
+        .unwrap();
+        assert_eq!(map.get("debug"), Some(""));
+        assert_eq!(map.get("off"), None);
+        assert_eq!(map.get("n"), Some("1"));
+        assert_eq!(map.get("obj"), None);
+        assert_eq!(map.get("num"), None);
+        assert_eq!(map.get("nil"), None);
+        assert_eq!(map.get("list"), Some("x"));
+        for empty in ["{}", "[]", "null"] {
+            let map: FieldMap = serde_json::from_str(empty).unwrap();
+            assert_eq!(map.get("x"), None);
+        }
     }
 
     #[test]

@@ -5,7 +5,12 @@
 //! * [`v1::entitlements_server::Entitlements`] / [`v1::entitlements_client::EntitlementsClient`]:
 //!   the agent streams [`v1::EntitlementUpdate`]s, a snapshot first and changes after.
 //!
-//! The source of truth is `proto/tollgate/v1/tollgate.proto`; this crate only compiles it.
+//! * [`encoded`]: the plugin's hot path — events encoded once as they are made, batches sent as
+//!   those bytes (the agent decodes them as ordinary `EventBatch`es).
+//!
+//! The source of truth is `proto/tollgate/v1/tollgate.proto`; this crate compiles it.
+
+pub mod encoded;
 
 /// Generated messages, clients and servers for `tollgate.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
