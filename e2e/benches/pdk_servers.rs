@@ -9,9 +9,15 @@
 //! children included), p50/p99 of the log-phase exchange as the driver sees it, peak RSS and RSS at
 //! the end.
 //!
+//! Each run is made at two concurrencies: 4 events in flight (one per Kong worker, a quiet
+//! gateway) and 32 (a busy one), beside the floor: the same two round trips answered at once,
+//! which is what Kong's protocol and the kernel cost any external plugin server. `--soak N` then
+//! drives N more events through `tollgate` and prints its RSS and the agent's every N/10.
+//!
 //! Installs the two SDKs under `target/pdk-bench/` on first use (npm and pip from the registries).
-//! Run: `cargo bench -p tollgate-e2e --bench pdk_servers [-- EVENTS]` (default 20,000; build the
-//! workspace binaries first with `cargo build --release --workspace --bins`).
+//! Run: `cargo bench -p tollgate-e2e --bench pdk_servers [-- EVENTS] [--concurrency 4,32]
+//! [--soak N]` (default 20,000 events; build the workspace binaries first with
+//! `cargo build --release --workspace --bins`).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -185,16 +191,19 @@ enum Work {
     Floor,
 }
 
-async fn drive(
+/// A server under test: where it listens, what it is, and its plugin's name.
+struct Server {
     name: &'static str,
     socket: PathBuf,
     pid: u32,
-    plugin: &str,
-    events: usize,
-    work: Work,
-) -> Row {
+    plugin: &'static str,
+}
+
+/// Drives `events` events through `server`, `concurrency` at a time (spread over 4 Kong workers,
+/// each with its own connection pool, as Kong's worker processes are).
+async fn drive(server: &Server, events: usize, concurrency: usize, work: Work) -> Row {
     let entity = PluginEntity {
-        name: plugin.into(),
+        name: server.plugin.into(),
         id: uuid::Uuid::new_v4().to_string(),
         config: serde_json::json!({}),
         route_id: None,
@@ -205,7 +214,9 @@ async fn drive(
         KongRequest::get(KongVersion::V3_9, "/orders/42")
             .with_consumer("5d1b8c3e-2a4f-4b6d-9e8a-7c6b5a4d3e2f", "alice"),
     );
-    let workers: Vec<Arc<Worker>> = (0..4).map(|_| Arc::new(Worker::new(&socket))).collect();
+    let workers: Vec<Arc<Worker>> = (0..4)
+        .map(|_| Arc::new(Worker::new(&server.socket)))
+        .collect();
     for w in &workers {
         w.run_phase(
             &entity,
@@ -218,12 +229,17 @@ async fn drive(
         .await
         .unwrap();
     }
+    let pid = server.pid;
     let ticks0 = user_sys_ticks(pid);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for w in &workers {
-        let (w, entity, req) = (w.clone(), entity.clone(), req.clone());
-        let n = events / workers.len();
+    for i in 0..concurrency {
+        let (w, entity, req) = (
+            workers[i % workers.len()].clone(),
+            entity.clone(),
+            req.clone(),
+        );
+        let n = events / concurrency;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(n);
             let (phase, round_trips) = match work {
@@ -258,7 +274,7 @@ async fn drive(
     let (user, sys) = (ticks.0 - ticks0.0, ticks.1 - ticks0.1);
     lat.sort_unstable();
     Row {
-        name,
+        name: server.name,
         events_per_s: lat.len() as f64 / secs,
         cpu_us: ((user + sys) * 10_000) as f64 / lat.len() as f64,
         sys_share: sys as f64 / (user + sys).max(1) as f64,
@@ -269,11 +285,47 @@ async fn drive(
     }
 }
 
+/// Command line: `[EVENTS] [--concurrency 4,32] [--soak EVENTS]`.
+struct Args {
+    events: usize,
+    concurrency: Vec<usize>,
+    soak: usize,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        events: 20_000,
+        concurrency: vec![4, 32],
+        soak: 0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--concurrency" => {
+                args.concurrency = it
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|c| c.parse().expect("--concurrency 4,32"))
+                    .collect();
+            }
+            "--soak" => args.soak = it.next().and_then(|n| n.parse().ok()).expect("--soak N"),
+            n => {
+                if let Ok(n) = n.parse() {
+                    args.events = n;
+                }
+            }
+        }
+    }
+    args
+}
+
 fn main() {
-    let events: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(20_000);
+    let Args {
+        events,
+        concurrency,
+        soak,
+    } = args();
     let root = workspace_root();
     let (js_bin, py_bin) = install(&root.join("target/pdk-bench"));
     let dir = tempfile::tempdir().unwrap();
@@ -288,8 +340,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut rows = Vec::new();
-    let floor = rt.block_on(async {
+    rt.block_on(async {
         // A receiver for the agent: 204 to everything.
         let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sink_addr = sink.local_addr().unwrap();
@@ -299,7 +350,7 @@ fn main() {
         // tollgate with a real agent.
         let agent_grpc: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let agent_http: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let _agent = Proc::spawn(
+        let agent = Proc::spawn(
             &binary("tollgate-agent"),
             &[
                 "--grpc-listen".into(),
@@ -315,7 +366,7 @@ fn main() {
         )
         .unwrap();
         wait_tcp(agent_grpc, Duration::from_secs(20)).unwrap();
-        let tollgate = PluginServer::spawn(
+        let tollgate_proc = PluginServer::spawn(
             &binary("tollgate"),
             &[
                 "-kong-prefix".into(),
@@ -327,28 +378,7 @@ fn main() {
             Duration::from_secs(20),
         )
         .unwrap();
-        rows.push(
-            drive(
-                "tollgate (Rust, + tollgate-agent)",
-                prefix.join("tollgate.socket"),
-                tollgate.pid(),
-                "tollgate",
-                events,
-                Work::Log,
-            )
-            .await,
-        );
-        let floor = drive(
-            "floor: 2 round trips answered ret (tollgate)",
-            prefix.join("tollgate.socket"),
-            tollgate.pid(),
-            "tollgate",
-            events,
-            Work::Floor,
-        )
-        .await;
-
-        let js = PluginServer::spawn(
+        let js_proc = PluginServer::spawn(
             &js_bin,
             &[
                 "-d".into(),
@@ -362,19 +392,7 @@ fn main() {
             Duration::from_secs(30),
         )
         .unwrap();
-        rows.push(
-            drive(
-                "kong-pdk JS 0.6.0 (node)",
-                prefix.join("js.sock"),
-                js.pid(),
-                "meter",
-                events,
-                Work::Log,
-            )
-            .await,
-        );
-
-        let py = PluginServer::spawn(
+        let py_proc = PluginServer::spawn(
             &py_bin,
             &[
                 "-d".into(),
@@ -388,25 +406,75 @@ fn main() {
             Duration::from_secs(30),
         )
         .unwrap();
-        rows.push(
-            drive(
-                "kong-pdk Python 0.36 (CPython 3.11)",
-                prefix.join("py.sock"),
-                py.pid(),
-                "meter",
-                events,
-                Work::Log,
-            )
-            .await,
-        );
-        floor
+        let tollgate = Server {
+            name: "tollgate (Rust, + tollgate-agent)",
+            socket: prefix.join("tollgate.socket"),
+            pid: tollgate_proc.pid(),
+            plugin: "tollgate",
+        };
+        // The least any external plugin server can cost for this event: the same two round
+        // trips, each `HandleEvent` (for a phase the plugin does not list) answered at once.
+        let floor = Server {
+            name: "floor: 2 round trips answered at once",
+            socket: tollgate.socket.clone(),
+            pid: tollgate.pid,
+            plugin: tollgate.plugin,
+        };
+        let js = Server {
+            name: "kong-pdk JS 0.6.0 (node 20)",
+            socket: prefix.join("js.sock"),
+            pid: js_proc.pid(),
+            plugin: "meter",
+        };
+        let py = Server {
+            name: "kong-pdk Python 0.36 (CPython 3.11)",
+            socket: prefix.join("py.sock"),
+            pid: py_proc.pid(),
+            plugin: "meter",
+        };
+
+        for &c in &concurrency {
+            let rows = [
+                drive(&tollgate, events, c, Work::Log).await,
+                drive(&js, events, c, Work::Log).await,
+                drive(&py, events, c, Work::Log).await,
+            ];
+            let floor = drive(&floor, events, c, Work::Floor).await;
+            report(events, c, &rows, &floor);
+        }
+        if soak > 0 {
+            println!();
+            println!("soak: {soak} more events through tollgate at concurrency 32");
+            println!(
+                "{:>10} {:>9} {:>10} {:>14} {:>14}",
+                "events", "events/s", "CPU µs/ev", "tollgate KiB", "agent KiB"
+            );
+            let chunk = soak / 10;
+            for i in 1..=10 {
+                let r = drive(&tollgate, chunk, 32, Work::Log).await;
+                println!(
+                    "{:>10} {:>9.0} {:>10.1} {:>14} {:>14}",
+                    i * chunk,
+                    r.events_per_s,
+                    r.cpu_us,
+                    r.end_rss,
+                    rss_kib(agent.child.id(), "VmRSS:")
+                );
+            }
+        }
     });
-    println!("log phase side by side, {events} events, 4 driver workers, 2 cores");
+}
+
+fn report(events: usize, concurrency: usize, rows: &[Row], floor: &Row) {
+    println!();
+    println!(
+        "log phase side by side: {events} events, {concurrency} in flight over 4 Kong workers, 2 cores"
+    );
     println!(
         "{:<38} {:>9} {:>10} {:>6} {:>8} {:>8} {:>10} {:>10}",
         "server", "events/s", "CPU µs/ev", "sys %", "p50 µs", "p99 µs", "peak KiB", "end KiB"
     );
-    for r in rows.iter().chain([&floor]) {
+    for r in rows.iter().chain([floor]) {
         println!(
             "{:<38} {:>9.0} {:>10.1} {:>6.0} {:>8} {:>8} {:>10} {:>10}",
             r.name,
@@ -424,11 +492,8 @@ fn main() {
         .map(|r| r.cpu_us)
         .fold(f64::INFINITY, f64::min);
     println!(
-        "CPU per event: the better official server / tollgate = {:.1}x",
-        best / rows[0].cpu_us
-    );
-    println!(
-        "CPU per event above the floor: the better official server / tollgate = {:.1}x",
+        "CPU per event, the better official server / tollgate: {:.1}x; above the floor: {:.1}x",
+        best / rows[0].cpu_us,
         (best - floor.cpu_us) / (rows[0].cpu_us - floor.cpu_us).max(0.1)
     );
 }

@@ -247,15 +247,15 @@ impl Agent {
         agent
     }
 
+    /// Waits until both the gRPC and the admin HTTP listeners accept (the agent binds the admin
+    /// port after gRPC is up).
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(self.grpc).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "agent never listened on {}",
-                self.grpc
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        for addr in [self.grpc, self.http] {
+            while std::net::TcpStream::connect(addr).is_err() {
+                assert!(Instant::now() < deadline, "agent never listened on {addr}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
