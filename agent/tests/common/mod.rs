@@ -193,8 +193,11 @@ pub struct Agent {
     pub config: PathBuf,
 }
 
+/// The agent binary: this build's, or `TOLLGATE_AGENT_BIN` (to compare two builds in one run).
 pub fn agent_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tollgate-agent"))
+    std::env::var_os("TOLLGATE_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tollgate-agent")))
 }
 
 /// Writes a config for `dir` delivering to `destination`, with extra TOML appended.
