@@ -1,6 +1,7 @@
 //! `tollgate-enforcement` in Kong's access phase, with the real billing service, agent and both
 //! plugin servers, configured from `kong-config/deck/04-route-limit.yaml`: a COUNT limit of 100
-//! lets exactly 100 requests through and answers the 101st with 429, body and headers; a grant at
+//! lets exactly 100 requests through and answers the 101st with 429, body and headers (with
+//! Retry-After up to billing's usage-period end); a grant at
 //! billing restores access within a sync interval; a missing boolean feature is a 403; with the
 //! agent gone the fail policy decides once the snapshot is stale.
 
@@ -152,6 +153,33 @@ async fn exactly_the_limit_passes_then_429_until_a_grant_restores_access() {
         Some("api_calls")
     );
     assert_eq!(header(&headers, "X-Tollgate-Balance").as_deref(), Some("0"));
+    // When usage resets: billing's current usage period end, as Retry-After and a timestamp.
+    let entitlement: Value = reqwest::get(billing("/api/v2/customers/acme/entitlements/api_calls"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let period_end = chrono::DateTime::parse_from_rfc3339(
+        entitlement["currentUsagePeriod"]["to"].as_str().unwrap(),
+    )
+    .unwrap();
+    let reset = header(&headers, "X-Tollgate-Reset").expect("X-Tollgate-Reset on a 429");
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(&reset)
+            .unwrap()
+            .timestamp_millis(),
+        period_end.timestamp_millis()
+    );
+    let retry_after: i64 = header(&headers, "Retry-After")
+        .expect("Retry-After on a 429")
+        .parse()
+        .unwrap();
+    let expected = (period_end.timestamp_millis() - chrono::Utc::now().timestamp_millis()) / 1000;
+    assert!(
+        retry_after > 0 && (retry_after - expected).abs() <= 5,
+        "Retry-After {retry_after} s, period ends in {expected} s"
+    );
 
     // Billing sees exactly the 100 admitted requests.
     let deadline = Instant::now() + Duration::from_secs(10);

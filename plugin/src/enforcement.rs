@@ -152,7 +152,13 @@ struct Local {
     value: Entitlement,
     /// Usage as the plugin counts it: the agent's usage, raised by every admitted request.
     local_usage: f64,
+    /// When a request last asked the agent again about this value (stale, or its period over).
+    asked_ms: i64,
 }
+
+/// A value that is stale or from an ended period is asked about again at most this often, so an
+/// outage of the central service does not put a lookup on every request.
+const ASK_AGAIN_MS: i64 = 1_000;
 
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +173,8 @@ pub enum Decision {
         reason: &'static str,
         /// Balance left (metered).
         balance: f64,
+        /// Unix ms at which usage resets (a reached limit with a known period); 0 otherwise.
+        reset_at_ms: i64,
     },
 }
 
@@ -232,6 +240,7 @@ impl Snapshot {
                     *l = Local {
                         local_usage,
                         value: e,
+                        asked_ms: l.asked_ms,
                     };
                 }
                 None => {
@@ -241,6 +250,7 @@ impl Snapshot {
                         Mutex::new(Local {
                             value: e,
                             local_usage,
+                            asked_ms: 0,
                         }),
                     );
                 }
@@ -259,6 +269,7 @@ impl Snapshot {
                     status: config.unavailable_status,
                     reason,
                     balance: 0.0,
+                    reset_at_ms: 0,
                 }
             }
         };
@@ -273,6 +284,7 @@ impl Snapshot {
                     status: config.no_access_status,
                     reason: "unknown_customer",
                     balance: 0.0,
+                    reset_at_ms: 0,
                 }
             } else {
                 Decision::Allow
@@ -300,6 +312,7 @@ impl Snapshot {
                         status: config.limit_status,
                         reason: "usage_limit_reached",
                         balance: 0.0,
+                        reset_at_ms: l.value.reset_at_unix_ms,
                     }
                 }
             }
@@ -308,6 +321,7 @@ impl Snapshot {
                 status: config.no_access_status,
                 reason: "no_access",
                 balance: 0.0,
+                reset_at_ms: 0,
             },
         }
     }
@@ -325,8 +339,16 @@ impl Snapshot {
         match map.get(&(subject.to_owned(), feature.to_owned())) {
             None => true,
             Some(slot) => {
-                let l = slot.lock().unwrap_or_else(|e| e.into_inner());
-                now_ms() - l.value.synced_at_unix_ms > max_stale_ms
+                let mut l = slot.lock().unwrap_or_else(|e| e.into_inner());
+                let now = now_ms();
+                let stale = now - l.value.synced_at_unix_ms > max_stale_ms;
+                // A value from a usage period that has ended: usage has reset centrally.
+                let period_over = l.value.reset_at_unix_ms > 0 && now >= l.value.reset_at_unix_ms;
+                let ask = (stale || period_over) && now - l.asked_ms >= ASK_AGAIN_MS;
+                if ask {
+                    l.asked_ms = now;
+                }
+                ask
             }
         }
     }
@@ -413,5 +435,66 @@ impl Snapshot {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_proto::v1::entitlement::Kind;
+
+    fn exhausted(reset_at_unix_ms: i64) -> Entitlement {
+        Entitlement {
+            subject: "consumer:a".into(),
+            feature_key: "api_calls".into(),
+            kind: Kind::Metered.into(),
+            has_access: false,
+            balance: 0.0,
+            usage: 100.0,
+            overage: 0.0,
+            soft_limit: false,
+            synced_at_unix_ms: now_ms(),
+            reset_at_unix_ms,
+        }
+    }
+
+    fn config() -> EnforcementConfig {
+        EnforcementConfig::from_json(br#"{"feature":{"key":"api_calls"}}"#).unwrap()
+    }
+
+    #[test]
+    fn a_reached_limit_carries_its_reset_time() {
+        let snap = Snapshot::new(AgentAddr::Tcp("http://127.0.0.1:1".into()));
+        let reset = now_ms() + 3_600_000;
+        snap.apply(vec![exhausted(reset)]);
+        assert_eq!(
+            snap.decide(Some("consumer:a"), &config()),
+            Decision::Deny {
+                status: 429,
+                reason: "usage_limit_reached",
+                balance: 0.0,
+                reset_at_ms: reset,
+            }
+        );
+    }
+
+    #[test]
+    fn a_value_from_an_ended_period_is_asked_again_but_not_on_every_request() {
+        let snap = Snapshot::new(AgentAddr::Tcp("http://127.0.0.1:1".into()));
+        snap.connected.store(true, Ordering::Release);
+        let max_stale = 60_000;
+        snap.apply(vec![exhausted(now_ms() + 3_600_000)]);
+        assert!(!snap.needs_lookup("consumer:a", "api_calls", max_stale));
+        // The period ended a moment ago: usage has reset at the central service.
+        snap.apply(vec![exhausted(now_ms() - 1)]);
+        assert!(snap.needs_lookup("consumer:a", "api_calls", max_stale));
+        // Asked once; the next requests within ASK_AGAIN_MS decide from what is there.
+        assert!(!snap.needs_lookup("consumer:a", "api_calls", max_stale));
+        // Unknown reset time: only staleness counts.
+        snap.apply(vec![Entitlement {
+            subject: "consumer:b".into(),
+            ..exhausted(0)
+        }]);
+        assert!(!snap.needs_lookup("consumer:b", "api_calls", max_stale));
     }
 }

@@ -287,6 +287,7 @@ impl State {
                 status,
                 reason,
                 balance,
+                reset_at_ms,
             } => {
                 self.stats.denied.fetch_add(1, Ordering::Relaxed);
                 let message = match reason {
@@ -295,12 +296,12 @@ impl State {
                     "unknown_customer" => "Unknown customer",
                     _ => "Entitlements are unavailable",
                 };
-                let body = Value::Map(vec![
+                let mut body = vec![
                     (Value::from("message"), Value::from(message)),
                     (Value::from("reason"), Value::from(reason)),
                     (Value::from("feature"), Value::from(config.feature.as_str())),
-                ]);
-                let headers = Value::Map(vec![
+                ];
+                let mut headers = vec![
                     (
                         Value::from("X-Tollgate-Feature"),
                         Value::from(config.feature.as_str()),
@@ -310,11 +311,26 @@ impl State {
                         Value::from("X-Tollgate-Balance"),
                         Value::from(balance.to_string()),
                     ),
-                ]);
+                ];
+                // A reached limit with a known usage period: say when usage resets, as HTTP's
+                // Retry-After (whole seconds, rounded up) and as a timestamp.
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                if reset_at_ms > now_ms
+                    && let Some(reset) = chrono::DateTime::from_timestamp_millis(reset_at_ms)
+                {
+                    let at = reset.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                    let retry_after = (reset_at_ms - now_ms + 999) / 1000;
+                    headers.push((
+                        Value::from("Retry-After"),
+                        Value::from(retry_after.to_string()),
+                    ));
+                    headers.push((Value::from("X-Tollgate-Reset"), Value::from(at.as_str())));
+                    body.push((Value::from("reset_at"), Value::from(at)));
+                }
                 Reply::Call {
                     event_id,
                     method: "kong.response.exit",
-                    args: vec![Value::from(status), body, headers],
+                    args: vec![Value::from(status), Value::Map(body), Value::Map(headers)],
                 }
             }
         }

@@ -67,15 +67,24 @@ pub async fn lookup(
     subject: &str,
     feature: &str,
 ) -> Option<LocalValue> {
-    if let Some(v) = cache.get(subject, feature) {
-        return Some(v);
+    let cached = cache.get(subject, feature);
+    if let Some(v) = &cached {
+        // A value from a usage period that has ended is read again: usage has reset centrally.
+        let period_over =
+            v.reset_at_ms > 0 && chrono::Utc::now().timestamp_millis() >= v.reset_at_ms;
+        if !period_over {
+            return cached;
+        }
     }
     if cache.track_features(&[feature.to_owned()]) {
         syncer.load_meters().await;
     }
     cache.observe(subject);
     let token = cache.fetch_started(subject, feature);
-    let synced = syncer.fetch(subject, feature).await.ok()?;
+    let Ok(synced) = syncer.fetch(subject, feature).await else {
+        // Central service unreachable: the last value, if any, with its age.
+        return cached;
+    };
     cache.store(subject, feature, synced, token);
     cache.get(subject, feature)
 }

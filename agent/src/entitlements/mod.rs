@@ -92,6 +92,9 @@ pub struct Synced {
     pub synced_at_ms: i64,
     /// The central service has no entitlement (or no such feature) for this subject.
     pub missing: bool,
+    /// Unix ms at which the current usage period ends and usage resets (`currentUsagePeriod.to`
+    /// of a metered entitlement); 0 when unknown.
+    pub reset_at_ms: i64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -123,6 +126,8 @@ pub struct LocalValue {
     pub soft_limit: bool,
     /// Unix ms of the last successful sync.
     pub synced_at_ms: i64,
+    /// Unix ms at which the usage period ends and usage resets; 0 when unknown.
+    pub reset_at_ms: i64,
     /// Usage held here that the central value does not contain yet.
     pub local_usage: f64,
     /// The last sync is older than the stale threshold.
@@ -326,6 +331,7 @@ impl Cache {
             overage,
             soft_limit: s.soft_limit,
             synced_at_ms: s.synced_at_ms,
+            reset_at_ms: s.reset_at_ms,
             local_usage: local,
             stale: now_ms() - s.synced_at_ms > self.stale_after_ms,
         })
@@ -383,7 +389,7 @@ pub fn to_wire(v: &LocalValue) -> WireEntitlement {
         overage: v.overage,
         soft_limit: v.soft_limit,
         synced_at_unix_ms: v.synced_at_ms,
-        reset_at_unix_ms: 0,
+        reset_at_unix_ms: v.reset_at_ms,
     }
 }
 

@@ -171,22 +171,30 @@ impl Syncer {
         let has_access = v["hasAccess"].as_bool().unwrap_or(false);
         let metered = v.get("balance").is_some_and(|b| !b.is_null());
         let balance = v["balance"].as_f64().unwrap_or(0.0);
-        // The value does not say whether the limit is soft; the entitlement does.
-        let soft_limit = if metered {
-            match self
+        // The value does not say whether the limit is soft, nor when usage resets; the
+        // entitlement does (`isSoftLimit`, `currentUsagePeriod.to`).
+        let mut soft_limit = false;
+        let mut reset_at_ms = 0;
+        if metered {
+            let entitlement = match self
                 .json(&["api", "v1", "subjects", subject, "entitlements"])
                 .await
             {
                 Ok(Value::Array(list)) => list
-                    .iter()
-                    .find(|e| e["featureKey"].as_str() == Some(feature))
-                    .and_then(|e| e["isSoftLimit"].as_bool())
-                    .unwrap_or(has_access && balance <= 0.0),
-                _ => has_access && balance <= 0.0,
-            }
-        } else {
-            false
-        };
+                    .into_iter()
+                    .find(|e| e["featureKey"].as_str() == Some(feature)),
+                _ => None,
+            };
+            soft_limit = entitlement
+                .as_ref()
+                .and_then(|e| e["isSoftLimit"].as_bool())
+                .unwrap_or(has_access && balance <= 0.0);
+            reset_at_ms = entitlement
+                .as_ref()
+                .and_then(|e| e["currentUsagePeriod"]["to"].as_str())
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map_or(0, |t| t.timestamp_millis());
+        }
         Ok(Synced {
             metered,
             has_access,
@@ -196,6 +204,7 @@ impl Syncer {
             soft_limit,
             synced_at_ms: now_ms(),
             missing: !metered && !has_access && v.get("config").is_none(),
+            reset_at_ms,
         })
     }
 
