@@ -1,19 +1,27 @@
-//! The durable event queue on disk: sled trees, one queue per destination, a dead-letter tree,
-//! and group commit.
+//! The durable event queue on disk: one queue per destination, each a series of sled trees
+//! (segments), a dead-letter tree, and group commit.
 //!
 //! * [`DiskBuffer::append`] stores a batch in its destination's queue under increasing keys
 //!   (arrival order) and returns once it is in sled's memory; [`DiskBuffer::commit`] returns once
 //!   everything appended before it is on disk. Concurrent commits share one `fsync` (a committer
 //!   task drains every waiting request and flushes once for all of them).
-//! * The flusher reads a queue in order with [`DiskBuffer::peek`] and deletes what the
-//!   destination accepted with [`DiskBuffer::remove`]. Deletes need no fsync: after a crash an
-//!   undeleted event is sent again, and (`source`, `id`) dedup makes that safe.
+//! * A queue is a series of segment trees: appends go to the newest, which is closed after
+//!   [`SEGMENT_EVENTS`] events. The flusher reads a queue in order with [`DiskBuffer::peek`];
+//!   [`DiskBuffer::remove`] then moves the segment's delivered-up-to cursor (one small write)
+//!   and drops a closed segment whole once all of it is delivered. Deleting each delivered event
+//!   from sled would copy a tree node per key, which cost as much as storing the event.
+//!   Nothing here needs an fsync: after a crash an event past an older cursor is sent again,
+//!   and (`source`, `id`) dedup makes that safe.
+//! * Appends to one queue run concurrently; an append's keys are reserved before its events are
+//!   in the tree, so [`DiskBuffer::peek`] stops before the lowest key still being written (the
+//!   cursor must never pass an event that is not there yet).
 //! * Events the destination refuses as malformed move to the dead-letter tree with the response
 //!   ([`DiskBuffer::dead_letter`]) and can be replayed or dropped by an operator.
 //! * A directory sled cannot open is moved aside to a quarantine folder and a fresh one is
 //!   started: never a crash loop, never a deleted byte.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +32,9 @@ use tollgate_proto::UsageEvent;
 
 /// Queue id of the agent's configured destination.
 pub const DEFAULT_QUEUE: u32 = 0;
+
+/// Events written to a segment before appends move on to a new one.
+pub const SEGMENT_EVENTS: u64 = 16_384;
 
 /// One event as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,12 +128,43 @@ pub struct OpenReport {
 
 type CommitWaiter = oneshot::Sender<Result<(), String>>;
 
+/// One segment of a queue: a sled tree holding a contiguous range of keys.
+#[derive(Clone)]
+struct Segment {
+    name: String,
+    tree: sled::Tree,
+    /// Events written to it (delivered or not).
+    written: u64,
+    /// The highest key reserved for it.
+    last_key: u64,
+    /// Every key up to this one is delivered (or dead-lettered); 0 for none.
+    delivered_to: u64,
+}
+
+/// One destination's queue.
+struct Queue {
+    id: u32,
+    notify: Arc<Notify>,
+    state: Mutex<QueueState>,
+}
+
+struct QueueState {
+    /// Oldest first; the last takes appends.
+    segments: VecDeque<Segment>,
+    /// First keys of appends whose keys are reserved but whose events are not in their tree yet.
+    writing: BTreeSet<u64>,
+    /// Number for the next segment's name.
+    next_segment: u64,
+}
+
 /// The disk buffer.
 pub struct DiskBuffer {
     db: sled::Db,
     destinations: sled::Tree,
     dead: sled::Tree,
-    queues: Mutex<HashMap<u32, (sled::Tree, Arc<Notify>)>>,
+    /// Segment name → delivered-up-to key.
+    cursors: sled::Tree,
+    queues: Mutex<HashMap<u32, Arc<Queue>>>,
     destination_ids: Mutex<HashMap<PluginDestination, u32>>,
     next_key: AtomicU64,
     bytes: AtomicU64,
@@ -141,8 +183,92 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(v).unwrap_or_default()
 }
 
-fn queue_tree_name(id: u32) -> String {
+/// The single tree a queue was before segments; read as its first segment.
+fn legacy_tree_name(id: u32) -> String {
     format!("queue/{id}")
+}
+
+fn segment_name(id: u32, no: u64) -> String {
+    format!("queue/{id}/{no:020}")
+}
+
+/// Opens queue `id`'s segments (the legacy tree first, if there is one), counting what is left
+/// to deliver; creates a first segment for a new queue.
+fn open_queue(
+    db: &sled::Db,
+    cursors: &sled::Tree,
+    id: u32,
+    names: &[String],
+) -> Result<(Queue, u64, u64, u64), BufferError> {
+    let prefix = format!("queue/{id}/");
+    let mut numbered: Vec<(u64, String)> = names
+        .iter()
+        .filter_map(|n| {
+            let no = n.strip_prefix(&prefix)?.parse().ok()?;
+            Some((no, n.clone()))
+        })
+        .collect();
+    if names.contains(&legacy_tree_name(id)) {
+        numbered.push((0, legacy_tree_name(id)));
+    }
+    numbered.sort();
+    let (mut max_key, mut bytes, mut events) = (0u64, 0u64, 0u64);
+    let mut segments = VecDeque::new();
+    for (_, name) in &numbered {
+        let tree = db.open_tree(name)?;
+        let delivered_to = cursors.get(name.as_bytes())?.map_or(0, |v| key_of(&v));
+        let last_key = tree
+            .last()?
+            .map_or(0, |(k, _)| key_of(&k))
+            .max(delivered_to);
+        max_key = max_key.max(last_key);
+        let mut written = 0;
+        for entry in tree.iter() {
+            let (k, v) = entry?;
+            written += 1;
+            if key_of(&k) > delivered_to {
+                bytes += decode::<StoredEvent>(&v)?.size();
+                events += 1;
+            }
+        }
+        segments.push_back(Segment {
+            name: name.clone(),
+            tree,
+            written,
+            last_key,
+            delivered_to,
+        });
+    }
+    let next_segment = numbered.last().map_or(1, |(no, _)| no + 1);
+    let mut state = QueueState {
+        segments,
+        writing: BTreeSet::new(),
+        next_segment,
+    };
+    if state.segments.is_empty() {
+        start_segment(db, id, &mut state)?;
+    }
+    let queue = Queue {
+        id,
+        notify: Arc::new(Notify::new()),
+        state: Mutex::new(state),
+    };
+    Ok((queue, max_key, bytes, events))
+}
+
+/// Opens a new segment at the end of the queue.
+fn start_segment(db: &sled::Db, id: u32, state: &mut QueueState) -> Result<(), BufferError> {
+    let name = segment_name(id, state.next_segment);
+    let tree = db.open_tree(&name)?;
+    state.next_segment += 1;
+    state.segments.push_back(Segment {
+        name,
+        tree,
+        written: 0,
+        last_key: 0,
+        delivered_to: 0,
+    });
+    Ok(())
 }
 
 impl DiskBuffer {
@@ -169,6 +295,12 @@ impl DiskBuffer {
         };
         let destinations = db.open_tree("destinations")?;
         let dead = db.open_tree("dead_letters")?;
+        let cursors = db.open_tree("cursors")?;
+        let names: Vec<String> = db
+            .tree_names()
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
         let mut queues = HashMap::new();
         let mut ids = HashMap::new();
         let mut max_key = 0u64;
@@ -186,14 +318,11 @@ impl DiskBuffer {
             queue_ids.push(id);
         }
         for id in queue_ids {
-            let tree = db.open_tree(queue_tree_name(id))?;
-            for entry in tree.iter() {
-                let (k, v) = entry?;
-                max_key = max_key.max(key_of(&k));
-                bytes += decode::<StoredEvent>(&v)?.size();
-                events += 1;
-            }
-            queues.insert(id, (tree, Arc::new(Notify::new())));
+            let (queue, last, b, n) = open_queue(&db, &cursors, id, &names)?;
+            max_key = max_key.max(last);
+            bytes += b;
+            events += n;
+            queues.insert(id, Arc::new(queue));
         }
         if let Some(last) = dead.last()? {
             max_key = max_key.max(key_of(&last.0));
@@ -206,6 +335,7 @@ impl DiskBuffer {
             db,
             destinations,
             dead,
+            cursors,
             queues: Mutex::new(queues),
             destination_ids: Mutex::new(ids),
             next_key: AtomicU64::new(max_key + 1),
@@ -244,20 +374,20 @@ impl DiskBuffer {
         }
         let id = ids.values().max().copied().unwrap_or(DEFAULT_QUEUE) + 1;
         self.destinations.insert(id.to_be_bytes(), encode(dest))?;
-        let tree = self.db.open_tree(queue_tree_name(id))?;
-        lock(&self.queues).insert(id, (tree, Arc::new(Notify::new())));
+        let (queue, ..) = open_queue(&self.db, &self.cursors, id, &[])?;
+        lock(&self.queues).insert(id, Arc::new(queue));
         ids.insert(dest.clone(), id);
         let _ = self.new_queue_tx.send(id);
         Ok(id)
     }
 
-    fn queue(&self, id: u32) -> Option<(sled::Tree, Arc<Notify>)> {
+    fn queue(&self, id: u32) -> Option<Arc<Queue>> {
         lock(&self.queues).get(&id).cloned()
     }
 
     /// Wakes when events are appended to queue `id`.
     pub fn notifier(&self, id: u32) -> Option<Arc<Notify>> {
-        self.queue(id).map(|(_, n)| n)
+        self.queue(id).map(|q| q.notify.clone())
     }
 
     /// Stores `events` at the end of queue `id`, atomically, or refuses when full.
@@ -279,31 +409,70 @@ impl DiskBuffer {
                 received_ms,
             })
             .collect();
+        self.append_stored(id, stored, true)
+    }
+
+    /// Stores `stored` at the end of queue `id`; with `limit`, refuses past `max_bytes`.
+    fn append_stored(
+        &self,
+        id: u32,
+        stored: Vec<StoredEvent>,
+        limit: bool,
+    ) -> Result<Append, BufferError> {
         let size: u64 = stored.iter().map(StoredEvent::size).sum();
         // Reserve the bytes first so concurrent appends cannot both pass the limit.
         let before = self.bytes.fetch_add(size, Ordering::AcqRel);
-        if before + size > self.max_bytes {
+        if limit && before + size > self.max_bytes {
             self.bytes.fetch_sub(size, Ordering::AcqRel);
             return Ok(Append::Full);
         }
-        let Some((tree, notify)) = self.queue(id) else {
+        let Some(queue) = self.queue(id) else {
             self.bytes.fetch_sub(size, Ordering::AcqRel);
             return Err(BufferError::Decode(format!("no queue {id}")));
         };
+        let n = stored.len() as u64;
+        let (first, tree) = match self.reserve(&queue, n) {
+            Ok(r) => r,
+            Err(e) => {
+                self.bytes.fetch_sub(size, Ordering::AcqRel);
+                return Err(e);
+            }
+        };
         let mut batch = sled::Batch::default();
-        let first = self
-            .next_key
-            .fetch_add(stored.len() as u64, Ordering::AcqRel);
         for (i, e) in stored.iter().enumerate() {
             batch.insert(&(first + i as u64).to_be_bytes(), encode(e));
         }
-        if let Err(e) = tree.apply_batch(batch) {
+        let applied = tree.apply_batch(batch);
+        lock(&queue.state).writing.remove(&first);
+        if let Err(e) = applied {
+            // The reserved keys stay empty; the cursor passes over them.
             self.bytes.fetch_sub(size, Ordering::AcqRel);
             return Err(e.into());
         }
-        self.events.fetch_add(stored.len() as u64, Ordering::AcqRel);
-        notify.notify_one();
+        self.events.fetch_add(n, Ordering::AcqRel);
+        queue.notify.notify_one();
         Ok(Append::Stored)
+    }
+
+    /// Reserves `n` keys in the newest segment of `queue` (starting a new segment when the
+    /// newest is full) and marks them as being written.
+    fn reserve(&self, queue: &Queue, n: u64) -> Result<(u64, sled::Tree), BufferError> {
+        let mut state = lock(&queue.state);
+        if state
+            .segments
+            .back()
+            .is_none_or(|s| s.written >= SEGMENT_EVENTS)
+        {
+            start_segment(&self.db, queue.id, &mut state)?;
+        }
+        let first = self.next_key.fetch_add(n, Ordering::AcqRel);
+        state.writing.insert(first);
+        let Some(segment) = state.segments.back_mut() else {
+            return Err(BufferError::Decode("queue without a segment".into()));
+        };
+        segment.written += n;
+        segment.last_key = first + n - 1;
+        Ok((first, segment.tree.clone()))
     }
 
     /// Returns once everything appended before the call is on disk.
@@ -322,39 +491,92 @@ impl DiskBuffer {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<(u64, StoredEvent)>, BufferError> {
-        let Some((tree, _)) = self.queue(id) else {
+        let Some(queue) = self.queue(id) else {
             return Ok(Vec::new());
+        };
+        let (segments, barrier) = {
+            let state = lock(&queue.state);
+            let barrier = state.writing.first().copied().unwrap_or(u64::MAX);
+            (state.segments.clone(), barrier)
         };
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for entry in tree.iter() {
-            let (k, v) = entry?;
-            let e: StoredEvent = decode(&v)?;
-            bytes += e.size() as usize;
-            if !out.is_empty() && (out.len() >= max_events || bytes > max_bytes) {
-                break;
+        for segment in segments {
+            let after = Bound::Excluded(segment.delivered_to.to_be_bytes());
+            for entry in segment.tree.range::<[u8; 8], _>((after, Bound::Unbounded)) {
+                let (k, v) = entry?;
+                let key = key_of(&k);
+                if key >= barrier {
+                    return Ok(out);
+                }
+                let e: StoredEvent = decode(&v)?;
+                bytes += e.size() as usize;
+                if !out.is_empty() && (out.len() >= max_events || bytes > max_bytes) {
+                    return Ok(out);
+                }
+                out.push((key, e));
             }
-            out.push((key_of(&k), e));
         }
         Ok(out)
     }
 
-    /// Deletes delivered events.
+    /// Marks delivered events as gone: `events` are the oldest of the queue, in order (what
+    /// [`DiskBuffer::peek`] returned, or a leading part of it). Moves the cursor of each segment
+    /// they belong to, and drops every closed segment that is now wholly delivered.
     pub fn remove(&self, id: u32, events: &[(u64, StoredEvent)]) -> Result<(), BufferError> {
-        let Some((tree, _)) = self.queue(id) else {
+        let Some(queue) = self.queue(id) else {
             return Ok(());
         };
-        let mut batch = sled::Batch::default();
-        for (k, _) in events {
-            batch.remove(&k.to_be_bytes());
+        let Some(upto) = events.iter().map(|(k, _)| *k).max() else {
+            return Ok(());
+        };
+        let mut done = Vec::new();
+        {
+            let mut state = lock(&queue.state);
+            let newest = state.segments.len().saturating_sub(1);
+            let mut moved = Vec::new();
+            for (i, segment) in state.segments.iter_mut().enumerate() {
+                if segment.last_key <= segment.delivered_to {
+                    // Nothing left in it: drop it unless appends still go there.
+                    if i < newest {
+                        done.push(segment.name.clone());
+                    }
+                    continue;
+                }
+                if segment.delivered_to >= upto {
+                    // Segments hold increasing keys: the delivered events are all behind us.
+                    break;
+                }
+                let reaches = segment.last_key.min(upto);
+                segment.delivered_to = reaches;
+                if i < newest && reaches == segment.last_key {
+                    done.push(segment.name.clone());
+                } else {
+                    moved.push((segment.name.clone(), reaches));
+                }
+                if segment.last_key >= upto {
+                    break;
+                }
+            }
+            state.segments.retain(|s| !done.contains(&s.name));
+            for (name, reaches) in moved {
+                self.cursors
+                    .insert(name.as_bytes(), &reaches.to_be_bytes())?;
+            }
         }
-        tree.apply_batch(batch)?;
+        for name in done {
+            self.db.drop_tree(name.as_bytes())?;
+            self.cursors.remove(name.as_bytes())?;
+        }
         let size: u64 = events.iter().map(|(_, e)| e.size()).sum();
         self.bytes.fetch_sub(
             size.min(self.bytes.load(Ordering::Acquire)),
             Ordering::AcqRel,
         );
-        self.events.fetch_sub(events.len() as u64, Ordering::AcqRel);
+        self.events.fetch_sub(
+            (events.len() as u64).min(self.events.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
         Ok(())
     }
 
@@ -389,25 +611,13 @@ impl DiskBuffer {
     pub async fn replay_dead_letters(&self) -> Result<usize, BufferError> {
         let letters = self.dead_letters()?;
         for l in &letters {
-            let e = &l.event;
             let queue = if self.queue(l.queue).is_some() {
                 l.queue
             } else {
                 DEFAULT_QUEUE
             };
             // Replay is an operator's decision: it goes past the size limit if it must.
-            let Some((tree, notify)) = self.queue(queue) else {
-                continue;
-            };
-            let key = self.next_key.fetch_add(1, Ordering::AcqRel);
-            let stored = StoredEvent {
-                received_ms: e.received_ms,
-                ..e.clone()
-            };
-            tree.insert(key.to_be_bytes(), encode(&stored))?;
-            self.bytes.fetch_add(stored.size(), Ordering::AcqRel);
-            self.events.fetch_add(1, Ordering::AcqRel);
-            notify.notify_one();
+            self.append_stored(queue, vec![l.event.clone()], false)?;
         }
         self.commit().await?;
         for l in &letters {
@@ -445,7 +655,16 @@ impl DiskBuffer {
         self.queue_ids()
             .into_iter()
             .filter_map(|id| self.queue(id))
-            .filter_map(|(tree, _)| tree.first().ok().flatten())
+            .filter_map(|queue| {
+                let segments = lock(&queue.state).segments.clone();
+                segments.into_iter().find_map(|s| {
+                    let after = Bound::Excluded(s.delivered_to.to_be_bytes());
+                    s.tree
+                        .range::<[u8; 8], _>((after, Bound::Unbounded))
+                        .next()
+                        .and_then(Result::ok)
+                })
+            })
             .filter_map(|(_, v)| decode::<StoredEvent>(&v).ok())
             .map(|e| e.received_ms)
             .min()
@@ -484,5 +703,151 @@ async fn committer(db: sled::Db, mut rx: mpsc::UnboundedReceiver<CommitWaiter>) 
         for w in waiters {
             let _ = w.send(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: u64) -> UsageEvent {
+        UsageEvent {
+            id: format!("e{i}"),
+            source: "test".into(),
+            r#type: "kong.api_request".into(),
+            subject: "s".into(),
+            time: String::new(),
+            data: br#"{"n":1}"#.to_vec(),
+        }
+    }
+
+    fn append(buffer: &DiskBuffer, from: u64, n: u64) {
+        let events: Vec<UsageEvent> = (from..from + n).map(event).collect();
+        assert_eq!(
+            buffer.append(DEFAULT_QUEUE, &events, 0).unwrap(),
+            Append::Stored
+        );
+    }
+
+    /// Peeks and removes up to `n` events in batches of 1,000; returns their ids.
+    fn deliver(buffer: &DiskBuffer, n: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            let batch = buffer
+                .peek(DEFAULT_QUEUE, 1000.min(n - ids.len()), usize::MAX)
+                .unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            ids.extend(batch.iter().map(|(_, e)| e.id.clone()));
+            buffer.remove(DEFAULT_QUEUE, &batch).unwrap();
+        }
+        ids
+    }
+
+    fn segments(buffer: &DiskBuffer) -> usize {
+        buffer
+            .db
+            .tree_names()
+            .iter()
+            .filter(|n| n.starts_with(b"queue/0/"))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn an_append_still_being_written_holds_back_what_follows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (buffer, ..) = DiskBuffer::open(dir.path(), u64::MAX).unwrap();
+        let queue = buffer.queue(DEFAULT_QUEUE).unwrap();
+        // A reserves its keys first but is slow to write; B is written meanwhile.
+        let (a, a_tree) = buffer.reserve(&queue, 2).unwrap();
+        let (b, b_tree) = buffer.reserve(&queue, 1).unwrap();
+        b_tree
+            .insert(b.to_be_bytes(), encode(&stored(&event(b))))
+            .unwrap();
+        lock(&queue.state).writing.remove(&b);
+        assert!(
+            buffer
+                .peek(DEFAULT_QUEUE, 10, usize::MAX)
+                .unwrap()
+                .is_empty(),
+            "B must wait for A: delivering it would move the cursor past A's keys"
+        );
+        for k in a..a + 2 {
+            a_tree
+                .insert(k.to_be_bytes(), encode(&stored(&event(k))))
+                .unwrap();
+        }
+        lock(&queue.state).writing.remove(&a);
+        let keys: Vec<u64> = buffer
+            .peek(DEFAULT_QUEUE, 10, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![a, a + 1, b]);
+    }
+
+    fn stored(e: &UsageEvent) -> StoredEvent {
+        StoredEvent {
+            id: e.id.clone(),
+            source: e.source.clone(),
+            ty: e.r#type.clone(),
+            subject: e.subject.clone(),
+            time: e.time.clone(),
+            data: String::from_utf8_lossy(&e.data).into_owned(),
+            received_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn delivered_segments_are_dropped_whole_and_the_cursor_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = 2 * SEGMENT_EVENTS + 1000;
+        {
+            let (buffer, ..) = DiskBuffer::open(dir.path(), u64::MAX).unwrap();
+            for start in (0..total).step_by(500) {
+                append(&buffer, start, 500.min(total - start));
+            }
+            assert_eq!(segments(&buffer), 3);
+            let first = deliver(&buffer, SEGMENT_EVENTS as usize + 2500);
+            assert_eq!(first.len(), SEGMENT_EVENTS as usize + 2500);
+            assert_eq!(first[0], "e0");
+            assert_eq!(segments(&buffer), 2, "the first segment is gone");
+            assert_eq!(buffer.depth(), total - SEGMENT_EVENTS - 2500);
+            buffer.commit().await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (buffer, report, _) = DiskBuffer::open(dir.path(), u64::MAX).unwrap();
+        assert_eq!(report.resumed_events, total - SEGMENT_EVENTS - 2500);
+        let rest = deliver(&buffer, usize::MAX);
+        assert_eq!(rest.len() as u64, total - SEGMENT_EVENTS - 2500);
+        assert_eq!(rest[0], format!("e{}", SEGMENT_EVENTS + 2500));
+        assert_eq!(rest.last().unwrap(), &format!("e{}", total - 1));
+        assert_eq!(segments(&buffer), 1, "only the newest segment is kept");
+        assert_eq!(buffer.depth(), 0);
+        // New appends after a full drain are delivered too.
+        append(&buffer, total, 10);
+        assert_eq!(deliver(&buffer, usize::MAX).len(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_queue_from_before_segments_is_read_as_the_first_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let legacy = db.open_tree(legacy_tree_name(DEFAULT_QUEUE)).unwrap();
+            for k in 1..=5u64 {
+                legacy
+                    .insert(k.to_be_bytes(), encode(&stored(&event(k))))
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let (buffer, report, _) = DiskBuffer::open(dir.path(), u64::MAX).unwrap();
+        assert_eq!(report.resumed_events, 5);
+        append(&buffer, 6, 2);
+        let ids = deliver(&buffer, usize::MAX);
+        assert_eq!(ids, vec!["e1", "e2", "e3", "e4", "e5", "e6", "e7"]);
     }
 }
