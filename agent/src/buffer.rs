@@ -491,6 +491,18 @@ impl DiskBuffer {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<(u64, StoredEvent)>, BufferError> {
+        self.peek_after(id, 0, max_events, max_bytes)
+    }
+
+    /// As [`DiskBuffer::peek`], for the events after key `after` (the next batch while earlier
+    /// ones are still in flight).
+    pub fn peek_after(
+        &self,
+        id: u32,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, StoredEvent)>, BufferError> {
         let Some(queue) = self.queue(id) else {
             return Ok(Vec::new());
         };
@@ -502,8 +514,11 @@ impl DiskBuffer {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for segment in segments {
-            let after = Bound::Excluded(segment.delivered_to.to_be_bytes());
-            for entry in segment.tree.range::<[u8; 8], _>((after, Bound::Unbounded)) {
+            if segment.last_key <= after {
+                continue;
+            }
+            let from = Bound::Excluded(segment.delivered_to.max(after).to_be_bytes());
+            for entry in segment.tree.range::<[u8; 8], _>((from, Bound::Unbounded)) {
                 let (k, v) = entry?;
                 let key = key_of(&k);
                 if key >= barrier {

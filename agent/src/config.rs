@@ -113,6 +113,9 @@ pub struct Flush {
     pub max_events: usize,
     /// Body bytes per request at most (before gzip).
     pub max_bytes: usize,
+    /// Requests in flight per destination at most (acknowledged in order; a remote service
+    /// with a long round trip needs several to keep up).
+    pub max_in_flight: usize,
     /// How often an idle flusher looks for work.
     pub interval_ms: u64,
     /// First retry delay.
@@ -128,6 +131,7 @@ impl Default for Flush {
         Flush {
             max_events: 1000,
             max_bytes: 1 << 20,
+            max_in_flight: 4,
             interval_ms: 100,
             retry_initial_ms: 100,
             retry_max_ms: 30_000,
@@ -293,6 +297,9 @@ impl Config {
         }
         if self.flush.max_events == 0 {
             bad("flush.max_events", "must be at least 1".into());
+        }
+        if self.flush.max_in_flight == 0 {
+            bad("flush.max_in_flight", "must be at least 1".into());
         }
         if self.flush.max_bytes < 1024 {
             bad("flush.max_bytes", "must be at least 1024".into());

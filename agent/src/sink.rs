@@ -1,7 +1,9 @@
 //! The HTTP sink: one flusher per destination queue, delivering CloudEvents batches
 //! (`application/cloudevents-batch+json`) to OpenMeter v1, OpenMeter v3 or Konnect.
 //!
-//! A flusher reads its queue in order, sends a bounded batch, and deletes it only on 2xx.
+//! A flusher reads its queue in order and keeps up to `flush.max_in_flight` bounded batches in
+//! flight; answers are taken in order, and a batch is let go only on 2xx once every batch before it
+//! was (so the queue's cursor never passes an undelivered event).
 //! Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried forever with
 //! exponential backoff and jitter, honouring `Retry-After` — the disk is the buffer. Any other
 //! 4xx means a poison event: the batch is bisected until the refused events are found; those move
@@ -11,13 +13,14 @@
 //! The request body is built by splicing each event's stored `data` JSON into the envelope: no
 //! re-parse on the way out.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use reqwest::StatusCode;
 
-use crate::buffer::{DEFAULT_QUEUE, DiskBuffer, StoredEvent};
+use crate::buffer::{BufferError, DEFAULT_QUEUE, DiskBuffer, StoredEvent};
 use crate::config::{Api, Config};
 use crate::metrics::Metrics;
 
@@ -146,6 +149,8 @@ impl Flusher {
         let notify = self.buffer.notifier(self.queue);
         let mut backoff = Duration::from_millis(self.config.flush.retry_initial_ms);
         let mut stopping_since: Option<Instant> = None;
+        // Batches sent and not yet answered, oldest first.
+        let mut pipeline: VecDeque<InFlight> = VecDeque::new();
         loop {
             if *stop.borrow() && stopping_since.is_none() {
                 stopping_since = Some(Instant::now());
@@ -153,21 +158,16 @@ impl Flusher {
             if let Some(since) = stopping_since
                 && since.elapsed() > Duration::from_millis(self.config.flush.shutdown_grace_ms)
             {
+                abort(&mut pipeline);
                 return;
             }
-            let batch = match self.buffer.peek(
-                self.queue,
-                self.config.flush.max_events,
-                self.config.flush.max_bytes,
-            ) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the buffer failed");
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                }
-            };
-            if batch.is_empty() {
+            if let Err(e) = self.fill(&mut pipeline) {
+                tracing::error!(error = %e, "reading the buffer failed");
+                abort(&mut pipeline);
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+            let Some(head) = pipeline.pop_front() else {
                 if stopping_since.is_some() {
                     return;
                 }
@@ -178,8 +178,27 @@ impl Flusher {
                     _ = stop.changed() => {}
                 }
                 continue;
-            }
-            match self.deliver(&batch).await {
+            };
+            let attempt = head
+                .answer
+                .await
+                .unwrap_or_else(|e| Attempt::Transient(format!("send task: {e}"), None));
+            let outcome = match attempt {
+                Attempt::Delivered => self
+                    .delivered(&head.batch)
+                    .map_err(|e| (e.to_string(), None)),
+                // Refused content: stop the pipeline and find the refused events one batch at
+                // a time (what was sent after it is sent again; dedup makes that safe).
+                Attempt::Refused(..) => {
+                    abort(&mut pipeline);
+                    self.deliver(&head.batch).await
+                }
+                Attempt::Transient(why, after) => {
+                    abort(&mut pipeline);
+                    Err((why, after))
+                }
+            };
+            match outcome {
                 Ok(()) => backoff = Duration::from_millis(self.config.flush.retry_initial_ms),
                 Err((why, retry_after)) => {
                     self.metrics.delivery_retries.inc();
@@ -197,6 +216,46 @@ impl Flusher {
         }
     }
 
+    /// Sends further batches until `flush.max_in_flight` are in flight or the queue has no more.
+    fn fill(&self, pipeline: &mut VecDeque<InFlight>) -> Result<(), BufferError> {
+        while pipeline.len() < self.config.flush.max_in_flight {
+            let after = pipeline
+                .back()
+                .and_then(|f| f.batch.last())
+                .map_or(0, |(k, _)| *k);
+            let batch = self.buffer.peek_after(
+                self.queue,
+                after,
+                self.config.flush.max_events,
+                self.config.flush.max_bytes,
+            )?;
+            if batch.is_empty() {
+                break;
+            }
+            let request = self.request(&batch);
+            let metrics = self.metrics.clone();
+            let answer = tokio::spawn(attempt(request, metrics));
+            pipeline.push_back(InFlight { batch, answer });
+        }
+        Ok(())
+    }
+
+    /// What follows a 2xx: metrics, local entitlement accounting, and letting the events go.
+    fn delivered(&self, part: &[(u64, StoredEvent)]) -> Result<(), BufferError> {
+        self.metrics.sent.inc_by(part.len() as u64);
+        if let Some(cache) = &self.entitlements {
+            cache.account(
+                part.iter()
+                    .map(|(_, e)| (e.subject.as_str(), e.ty.as_str(), e.data.as_bytes())),
+                true,
+            );
+        }
+        self.buffer.remove(self.queue, part)?;
+        self.metrics.queue_depth.set(self.buffer.depth() as i64);
+        self.metrics.queue_bytes.set(self.buffer.bytes() as i64);
+        Ok(())
+    }
+
     /// Delivers `batch`, bisecting around refused events. Everything delivered or dead-lettered
     /// is removed from the queue; on a transient failure the rest stays for the next round.
     async fn deliver(
@@ -206,20 +265,9 @@ impl Flusher {
         // An explicit stack of slices instead of recursion (async recursion needs boxing).
         let mut pending: Vec<&[(u64, StoredEvent)]> = vec![batch];
         while let Some(part) = pending.pop() {
-            match self.send(part).await {
+            match attempt(self.request(part), self.metrics.clone()).await {
                 Attempt::Delivered => {
-                    self.metrics.sent.inc_by(part.len() as u64);
-                    if let Some(cache) = &self.entitlements {
-                        cache.account(
-                            part.iter().map(|(_, e)| {
-                                (e.subject.as_str(), e.ty.as_str(), e.data.as_bytes())
-                            }),
-                            true,
-                        );
-                    }
-                    self.buffer
-                        .remove(self.queue, part)
-                        .map_err(|e| (e.to_string(), None))?;
+                    self.delivered(part).map_err(|e| (e.to_string(), None))?;
                 }
                 Attempt::Transient(why, after) => return Err((why, after)),
                 Attempt::Refused(status, body) if part.len() == 1 => {
@@ -244,7 +292,8 @@ impl Flusher {
         Ok(())
     }
 
-    async fn send(&self, part: &[(u64, StoredEvent)]) -> Attempt {
+    /// The request delivering `part`.
+    fn request(&self, part: &[(u64, StoredEvent)]) -> reqwest::RequestBuilder {
         let body = batch_body(part);
         let mut req = self.client.post(&self.target.url).header(
             reqwest::header::CONTENT_TYPE,
@@ -253,7 +302,7 @@ impl Flusher {
         if let Some(token) = &self.target.token {
             req = req.bearer_auth(token);
         }
-        req = if self.config.destination.gzip {
+        if self.config.destination.gzip {
             use std::io::Write;
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             let _ = gz.write_all(&body);
@@ -261,46 +310,61 @@ impl Flusher {
                 .body(gz.finish().unwrap_or_default())
         } else {
             req.body(body)
-        };
-        let started = Instant::now();
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => return Attempt::Transient(describe(&e), None),
-        };
-        let status = resp.status();
-        if status.is_success() {
-            self.metrics
-                .flush_latency_seconds
-                .observe(started.elapsed().as_secs_f64());
-            return Attempt::Delivered;
         }
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let text = resp.text().await.unwrap_or_default();
-        if status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status.is_server_error()
-        {
-            return Attempt::Transient(
-                format!("HTTP {status}"),
-                retry_after.filter(|_| {
-                    status == StatusCode::TOO_MANY_REQUESTS
-                        || status == StatusCode::SERVICE_UNAVAILABLE
-                }),
-            );
-        }
-        if status.is_client_error() {
-            return Attempt::Refused(status.as_u16(), text);
-        }
-        Attempt::Transient(format!("unexpected HTTP {status}"), None)
     }
 }
 
-/// A reqwest error with its cause chain, without the URL's query (tokens never appear in URLs).
+/// A batch sent and not yet answered.
+struct InFlight {
+    batch: Vec<(u64, StoredEvent)>,
+    answer: tokio::task::JoinHandle<Attempt>,
+}
+
+/// Gives up on every batch in flight (they are read and sent again from the queue).
+fn abort(pipeline: &mut VecDeque<InFlight>) {
+    for f in pipeline.drain(..) {
+        f.answer.abort();
+    }
+}
+
+/// Sends one request and classifies the answer.
+async fn attempt(req: reqwest::RequestBuilder, metrics: Arc<Metrics>) -> Attempt {
+    let started = Instant::now();
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Attempt::Transient(describe(&e), None),
+    };
+    let status = resp.status();
+    if status.is_success() {
+        metrics
+            .flush_latency_seconds
+            .observe(started.elapsed().as_secs_f64());
+        return Attempt::Delivered;
+    }
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let text = resp.text().await.unwrap_or_default();
+    if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+    {
+        return Attempt::Transient(
+            format!("HTTP {status}"),
+            retry_after.filter(|_| {
+                status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
+            }),
+        );
+    }
+    if status.is_client_error() {
+        return Attempt::Refused(status.as_u16(), text);
+    }
+    Attempt::Transient(format!("unexpected HTTP {status}"), None)
+}
+
 fn describe(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     let mut source = std::error::Error::source(e);

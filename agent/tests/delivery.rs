@@ -80,6 +80,59 @@ async fn server_errors_are_retried_and_retry_after_is_honoured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_destination_gets_several_batches_at_once_and_each_event_once_in_the_end() {
+    // A remote service with a long round trip: one request at a time would cap delivery at
+    // max_events per round trip.
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sent = ids("pipe", 4000);
+    // The backlog builds while the destination is down, so the flusher finds 8 batches at once.
+    receiver.behaviour.lock().unwrap().fail_500 = usize::MAX;
+    let agent = Agent::start(&write_config(
+        dir.path(),
+        &receiver.url(),
+        "[flush]
+max_events = 500
+max_in_flight = 3
+retry_max_ms = 200
+",
+    ));
+    let batches: Vec<_> = sent
+        .chunks(500)
+        .enumerate()
+        .map(|(i, c)| batch(i as u64 + 1, c.to_vec()))
+        .collect();
+    assert_eq!(
+        durable(&publish(&agent.grpc_url(), batches).await.unwrap()),
+        8
+    );
+    {
+        let mut b = receiver.behaviour.lock().unwrap();
+        b.fail_500 = 0;
+        b.delay = Duration::from_millis(300);
+    }
+    receiver
+        .wait_for_ids(&sent.iter().cloned().collect(), Duration::from_secs(20))
+        .await;
+    {
+        let rec = receiver.received.lock().unwrap();
+        assert_eq!(rec.max_in_flight, 3, "three requests in flight, never more");
+        let distinct: HashSet<&str> = rec.events.iter().filter_map(|e| e["id"].as_str()).collect();
+        assert_eq!(distinct.len(), 4000);
+    }
+    // And the queue is empty: everything was let go, in order.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = agent.get("/metrics").await;
+        if metrics.contains("tollgate_agent_queue_depth 0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_slower_than_the_timeout_is_retried_until_it_answers() {
     let receiver = Receiver::start().await;
     receiver.behaviour.lock().unwrap().delay = Duration::from_millis(1500);

@@ -53,6 +53,9 @@ pub struct Received {
     pub auth: Vec<Option<String>>,
     /// Requests that arrived gzip-encoded.
     pub gzipped: usize,
+    /// Requests being answered right now, and the most there ever were at once.
+    pub in_flight: usize,
+    pub max_in_flight: usize,
 }
 
 #[derive(Clone)]
@@ -64,9 +67,15 @@ pub struct Receiver {
 
 async fn ingest(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
     let delay = r.behaviour.lock().unwrap().delay;
+    {
+        let mut rec = r.received.lock().unwrap();
+        rec.in_flight += 1;
+        rec.max_in_flight = rec.max_in_flight.max(rec.in_flight);
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    r.received.lock().unwrap().in_flight -= 1;
     let body = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
         use std::io::Read;
         let mut out = Vec::new();
