@@ -272,6 +272,10 @@ impl Store {
         let result =
             (&self.dedup, &self.events, &self.usage).transaction(|(dedup, events, usage)| {
                 let mut new = 0;
+                // The batch's new events folded per usage row first: a request's events mostly
+                // share a few subjects and one minute, so each row is read and written once per
+                // request instead of once per event.
+                let mut rows: BTreeMap<&[u8], MinuteAgg> = BTreeMap::new();
                 for (dedup_key, seq, record, contributions) in &prepared {
                     if dedup.get(dedup_key)?.is_some() {
                         continue;
@@ -280,17 +284,25 @@ impl Store {
                     dedup.insert(dedup_key.as_slice(), &seq.to_be_bytes())?;
                     events.insert(&seq.to_be_bytes(), record.as_slice())?;
                     for (key, agg) in contributions {
-                        let merged = match usage.get(key)? {
-                            Some(old) => {
-                                let mut a: MinuteAgg =
-                                    decode(&old).map_err(ConflictableTransactionError::Abort)?;
-                                a.merge(agg);
-                                a
+                        match rows.get_mut(key.as_slice()) {
+                            Some(row) => row.merge(agg),
+                            None => {
+                                rows.insert(key.as_slice(), agg.clone());
                             }
-                            None => agg.clone(),
-                        };
-                        usage.insert(key.as_slice(), encode(&merged))?;
+                        }
                     }
+                }
+                for (key, agg) in rows {
+                    let merged = match usage.get(key)? {
+                        Some(old) => {
+                            let mut a: MinuteAgg =
+                                decode(&old).map_err(ConflictableTransactionError::Abort)?;
+                            a.merge(&agg);
+                            a
+                        }
+                        None => agg,
+                    };
+                    usage.insert(key, encode(&merged))?;
                 }
                 Ok(new)
             });

@@ -18,6 +18,12 @@ pub fn workspace_root() -> PathBuf {
 /// Path of a workspace binary: next to the running executable (`target/<profile>/`), built with
 /// cargo first if it is not there.
 pub fn binary(name: &str) -> PathBuf {
+    // `TOLLGATE_BILLING_BIN=/path` (`tollgate-billing`), `TOLLGATE_AGENT_BIN`, `TOLLGATE_BIN`:
+    // another build of that binary, to compare two builds in one run.
+    let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(path) = std::env::var_os(var) {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().unwrap_or_default();
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     if dir.ends_with("deps") {
