@@ -182,7 +182,8 @@ pub enum Decision {
 pub struct Snapshot {
     agent: AgentAddr,
     client: tokio::sync::Mutex<Option<EntitlementsClient<tonic::transport::Channel>>>,
-    entries: RwLock<HashMap<(String, String), Mutex<Local>>>,
+    /// Feature key → subject → value: looked up by `&str` with no key to build per request.
+    entries: RwLock<HashMap<String, HashMap<String, Mutex<Local>>>>,
     features: Mutex<HashSet<String>>,
     last_update_ms: AtomicI64,
     connected: AtomicBool,
@@ -226,8 +227,11 @@ impl Snapshot {
     pub fn apply(&self, entries: Vec<Entitlement>) {
         let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
         for e in entries {
-            let key = (e.subject.clone(), e.feature_key.clone());
-            match map.get(&key) {
+            let subjects = match map.get_mut(e.feature_key.as_str()) {
+                Some(subjects) => subjects,
+                None => map.entry(e.feature_key.clone()).or_default(),
+            };
+            match subjects.get(e.subject.as_str()) {
                 Some(slot) => {
                     let mut l = slot.lock().unwrap_or_else(|e| e.into_inner());
                     // A period reset moves usage down: start over from the agent's figure.
@@ -245,8 +249,8 @@ impl Snapshot {
                 }
                 None => {
                     let local_usage = e.usage;
-                    map.insert(
-                        key,
+                    subjects.insert(
+                        e.subject.clone(),
                         Mutex::new(Local {
                             value: e,
                             local_usage,
@@ -273,8 +277,9 @@ impl Snapshot {
                 }
             }
         };
+        let now = now_ms();
         let fresh = self.connected.load(Ordering::Acquire)
-            || now_ms() - self.last_update_ms.load(Ordering::Acquire) <= config.max_stale_ms;
+            || now - self.last_update_ms.load(Ordering::Acquire) <= config.max_stale_ms;
         if self.last_update_ms.load(Ordering::Acquire) == 0 || !fresh {
             return fail("entitlements_unavailable");
         }
@@ -294,11 +299,14 @@ impl Snapshot {
             return unknown();
         };
         let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        let Some(slot) = map.get(&(subject.to_owned(), config.feature.clone())) else {
+        let Some(slot) = map
+            .get(config.feature.as_str())
+            .and_then(|subjects| subjects.get(subject))
+        else {
             return unknown();
         };
         let mut l = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if now_ms() - l.value.synced_at_unix_ms > config.max_stale_ms {
+        if now - l.value.synced_at_unix_ms > config.max_stale_ms {
             return fail("entitlements_stale");
         }
         match l.value.kind() {
@@ -336,7 +344,7 @@ impl Snapshot {
             return false;
         }
         let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        match map.get(&(subject.to_owned(), feature.to_owned())) {
+        match map.get(feature).and_then(|subjects| subjects.get(subject)) {
             None => true,
             Some(slot) => {
                 let mut l = slot.lock().unwrap_or_else(|e| e.into_inner());
