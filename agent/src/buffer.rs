@@ -34,7 +34,7 @@ use tollgate_proto::UsageEvent;
 pub const DEFAULT_QUEUE: u32 = 0;
 
 /// Events written to a segment before appends move on to a new one.
-pub const SEGMENT_EVENTS: u64 = 16_384;
+pub const SEGMENT_EVENTS: u64 = 4_096;
 
 /// One event as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

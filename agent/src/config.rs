@@ -263,6 +263,31 @@ impl Config {
         }
     }
 
+    /// Settles what the settings imply together, once every source (file, environment, flags)
+    /// is applied; returns a note for each thing it changed.
+    ///
+    /// Konnect serves only OpenMeter's v3 surface: no entitlement values the agent can read
+    /// (its v3 `entitlement-access` answers has-access only). With `destination.api = "konnect"`
+    /// and no `entitlements.url` of their own, entitlements are turned off rather than asked of
+    /// Konnect, where every value would be "not found" and enforcement would refuse everyone.
+    pub fn settle(&mut self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.entitlements.enabled
+            && self.entitlements.url.is_empty()
+            && self.destination.api == Api::Konnect
+        {
+            self.entitlements.enabled = false;
+            notes.push(
+                "entitlements.enabled: off, because destination.api is konnect and Konnect has no \
+                 entitlement values the agent can read; set entitlements.url to an \
+                 OpenMeter-compatible service (tollgate-billing, OpenMeter) to serve them \
+                 (tollgate-enforcement applies its fail_policy meanwhile)"
+                    .to_owned(),
+            );
+        }
+        notes
+    }
+
     fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         let mut bad =
@@ -356,6 +381,23 @@ fn env_value(raw: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn konnect_without_an_entitlements_url_turns_entitlements_off_and_says_why() {
+        let mut c = Config::default();
+        c.destination.api = Api::Konnect;
+        let notes = c.settle();
+        assert!(!c.entitlements.enabled);
+        assert!(notes[0].contains("entitlements.url"), "{notes:?}");
+        let mut c = Config::default();
+        c.destination.api = Api::Konnect;
+        c.entitlements.url = "http://127.0.0.1:8888".into();
+        assert!(c.settle().is_empty());
+        assert!(c.entitlements.enabled);
+        let mut c = Config::default();
+        assert!(c.settle().is_empty());
+        assert!(c.entitlements.enabled);
+    }
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<ConfigError>> {
         let dir = tempfile::tempdir().unwrap();

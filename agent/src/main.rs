@@ -93,6 +93,9 @@ fn load(file: Option<&std::path::Path>, overrides: &RunArgs) -> Result<Config, E
     if let Some(v) = &overrides.destination_url {
         config.destination.url = v.clone();
     }
+    for note in config.settle() {
+        eprintln!("note: {note}");
+    }
     Ok(config)
 }
 

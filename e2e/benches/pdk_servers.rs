@@ -12,7 +12,8 @@
 //! Each run is made at two concurrencies: 4 events in flight (one per Kong worker, a quiet
 //! gateway) and 32 (a busy one), beside the floor: the same two round trips answered at once,
 //! which is what Kong's protocol and the kernel cost any external plugin server. `--soak N` then
-//! drives N more events through `tollgate` and prints its RSS and the agent's every N/10.
+//! drives N more events through `tollgate` printing its RSS and the agent's every N/10, and a long
+//! run of every server (N events; N/10 for Python, ten times slower) with RSS before and after.
 //!
 //! Installs the two SDKs under `target/pdk-bench/` on first use (npm and pip from the registries).
 //! Run: `cargo bench -p tollgate-e2e --bench pdk_servers [-- EVENTS] [--concurrency 4,32]
@@ -34,7 +35,10 @@ use tollgate_e2e::stack::{Proc, binary, free_port, wait_tcp, workspace_root};
 
 const JS_PLUGIN: &str = r#"
 // The same work as tollgate's log handler: serialize, parse, build the CloudEvent, queue it.
-const queue = []
+// The queue keeps the newest 100,000 events in a ring (O(1) per event, like Python's deque).
+const CAPACITY = 100000
+const queue = new Array(CAPACITY)
+let queued = 0
 class Plugin {
   constructor(config) { this.config = config }
   async log(kong) {
@@ -54,8 +58,8 @@ class Plugin {
         consumer_username: consumer.username, subject_type: "consumer_id",
       },
     }
-    queue.push(JSON.stringify(event))
-    if (queue.length > 100000) queue.shift()
+    queue[queued % CAPACITY] = JSON.stringify(event)
+    queued++
   }
 }
 module.exports = { Plugin, Schema: [], Version: "0.1.0", Priority: 16 }
@@ -459,6 +463,22 @@ fn main() {
                     r.cpu_us,
                     r.end_rss,
                     rss_kib(agent.child.id(), "VmRSS:")
+                );
+            }
+            // The official servers over a long run too (Python a tenth as many: it is ~10x
+            // slower), RSS before and after.
+            println!();
+            println!("long run of every server at concurrency 32 (RSS in KiB)");
+            println!(
+                "{:<38} {:>10} {:>12} {:>12} {:>12}",
+                "server", "events", "RSS before", "RSS after", "peak"
+            );
+            for (server, n) in [(&tollgate, soak), (&js, soak), (&py, soak / 10)] {
+                let before = rss_kib(server.pid, "VmRSS:");
+                let r = drive(server, n, 32, Work::Log).await;
+                println!(
+                    "{:<38} {:>10} {:>12} {:>12} {:>12}",
+                    server.name, n, before, r.end_rss, r.peak_rss
                 );
             }
         }
