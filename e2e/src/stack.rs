@@ -16,7 +16,8 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Path of a workspace binary: next to the running executable (`target/<profile>/`), built with
-/// cargo first if it is not there.
+/// cargo first if it is not there or is older than its crate's sources (so `cargo test -p
+/// tollgate-e2e` after a change to another crate does not test a stale binary).
 pub fn binary(name: &str) -> PathBuf {
     // `TOLLGATE_BILLING_BIN=/path` (`tollgate-billing`), `TOLLGATE_AGENT_BIN`, `TOLLGATE_BIN`:
     // another build of that binary, to compare two builds in one run.
@@ -30,7 +31,7 @@ pub fn binary(name: &str) -> PathBuf {
         dir.pop();
     }
     let path = dir.join(name);
-    if !path.exists() {
+    if !path.exists() || older_than_its_sources(&path, name) {
         let release = dir.ends_with("release");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args(["build", "--bin", name])
@@ -41,6 +42,39 @@ pub fn binary(name: &str) -> PathBuf {
         let _ = cmd.status();
     }
     path
+}
+
+/// Whether a source file of the crate that builds `name` (or of `proto/`) changed after `bin` was
+/// linked.
+fn older_than_its_sources(bin: &Path, name: &str) -> bool {
+    let crate_dir = match name {
+        "tollgate" => "plugin",
+        "tollgate-agent" => "agent",
+        "tollgate-billing" => "billing",
+        _ => return false,
+    };
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return true;
+    };
+    let root = workspace_root();
+    let mut dirs = vec![
+        root.join(crate_dir).join("src"),
+        root.join("proto"),
+        root.join(crate_dir).join("Cargo.toml"),
+    ];
+    while let Some(p) = dirs.pop() {
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&p) {
+                dirs.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if meta.modified().is_ok_and(|m| m > built) {
+            return true;
+        }
+    }
+    false
 }
 
 /// A free loopback port.
