@@ -262,9 +262,21 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?
         {
-            PhaseOutcome::Exited { status, body, .. } => println!(
-                "   Its next request through Kong is blocked in the access phase: HTTP {status} {body}"
-            ),
+            PhaseOutcome::Exited {
+                status,
+                body,
+                headers,
+            } => {
+                let retry_after = headers
+                    .as_map()
+                    .and_then(|h| h.iter().find(|(k, _)| k.as_str() == Some("Retry-After")))
+                    .and_then(|(_, v)| v.as_str())
+                    .map(|s| format!(" Retry-After: {s} s"))
+                    .unwrap_or_default();
+                println!(
+                    "   Its next request through Kong is blocked in the access phase: HTTP {status}{retry_after} {body}"
+                )
+            }
             PhaseOutcome::Returned => println!(
                 "   Its next request through Kong would still pass (the snapshot has not caught up)."
             ),
