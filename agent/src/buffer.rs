@@ -419,6 +419,9 @@ impl DiskBuffer {
         stored: Vec<StoredEvent>,
         limit: bool,
     ) -> Result<Append, BufferError> {
+        if stored.is_empty() {
+            return Ok(Append::Stored);
+        }
         let size: u64 = stored.iter().map(StoredEvent::size).sum();
         // Reserve the bytes first so concurrent appends cannot both pass the limit.
         let before = self.bytes.fetch_add(size, Ordering::AcqRel);
@@ -471,7 +474,7 @@ impl DiskBuffer {
             return Err(BufferError::Decode("queue without a segment".into()));
         };
         segment.written += n;
-        segment.last_key = first + n - 1;
+        segment.last_key = segment.last_key.max(first + n.max(1) - 1);
         Ok((first, segment.tree.clone()))
     }
 
@@ -844,6 +847,23 @@ mod tests {
         // New appends after a full drain are delivered too.
         append(&buffer, total, 10);
         assert_eq!(deliver(&buffer, usize::MAX).len(), 10);
+    }
+
+    #[tokio::test]
+    async fn an_empty_append_stores_nothing_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (buffer, ..) = DiskBuffer::open(dir.path(), u64::MAX).unwrap();
+        append(&buffer, 0, 3);
+        assert_eq!(
+            buffer.append(DEFAULT_QUEUE, &[], 0).unwrap(),
+            Append::Stored
+        );
+        append(&buffer, 3, 2);
+        assert_eq!(
+            deliver(&buffer, usize::MAX),
+            vec!["e0", "e1", "e2", "e3", "e4"]
+        );
+        assert_eq!(buffer.depth(), 0);
     }
 
     #[tokio::test]
