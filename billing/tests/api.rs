@@ -21,11 +21,9 @@ struct Billing {
 
 impl Billing {
     fn start(dir: &Path) -> Billing {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Below the kernel's ephemeral range: a port handed out for `:0` may go to another
+        // process's outgoing connection before billing binds it.
+        let port = tollgate_e2e::stack::free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let config = dir.join("billing.toml");
         std::fs::write(

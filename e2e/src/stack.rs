@@ -77,8 +77,21 @@ fn older_than_its_sources(bin: &Path, name: &str) -> bool {
     false
 }
 
-/// A free loopback port.
+/// A free loopback port for a server a test starts, picked at random below the kernel's
+/// ephemeral range (32768–60999 on Linux). A port the kernel hands out for `:0` is one it may also
+/// give the next outgoing connection of any process before the server binds it — a test that
+/// failed with "Address already in use" now and then.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = 20_000 + (random % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

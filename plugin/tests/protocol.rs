@@ -258,9 +258,7 @@ async fn a_restarted_server_is_noticed_and_instances_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_wait_for_an_agent_that_is_down_or_full() {
     // Reserve a port, start the plugin against it with no agent there yet.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], tollgate_e2e::stack::free_port()).into();
     let dir = tempfile::tempdir().unwrap();
     let _server = start_tollgate(dir.path(), &format!("http://{addr}"), &[]);
     let worker = Worker::new(dir.path().join("tollgate.socket"));
@@ -295,9 +293,7 @@ async fn events_wait_for_an_agent_that_is_down_or_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_memory_queue_drops_the_oldest() {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], tollgate_e2e::stack::free_port()).into();
     let dir = tempfile::tempdir().unwrap();
     let _server = start_tollgate(
         dir.path(),

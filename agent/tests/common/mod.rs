@@ -23,13 +23,7 @@ use tollgate_proto::v1::batch_ack::Status;
 use tollgate_proto::v1::ingest_client::IngestClient;
 use tollgate_proto::{BatchAck, EventBatch, UsageEvent};
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use tollgate_e2e::stack::free_port;
 
 /// How the receiver answers.
 #[derive(Default)]
