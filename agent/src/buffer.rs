@@ -56,6 +56,19 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// `event` as stored, received at `received_ms`.
+    pub fn received(event: &UsageEvent, received_ms: i64) -> StoredEvent {
+        StoredEvent {
+            id: event.id.clone(),
+            source: event.source.clone(),
+            ty: event.r#type.clone(),
+            subject: event.subject.clone(),
+            time: event.time.clone(),
+            data: String::from_utf8_lossy(&event.data).into_owned(),
+            received_ms,
+        }
+    }
+
     /// Approximate bytes it takes, for limits.
     pub fn size(&self) -> u64 {
         (self.id.len()
@@ -399,15 +412,7 @@ impl DiskBuffer {
     ) -> Result<Append, BufferError> {
         let stored: Vec<StoredEvent> = events
             .iter()
-            .map(|e| StoredEvent {
-                id: e.id.clone(),
-                source: e.source.clone(),
-                ty: e.r#type.clone(),
-                subject: e.subject.clone(),
-                time: e.time.clone(),
-                data: String::from_utf8_lossy(&e.data).into_owned(),
-                received_ms,
-            })
+            .map(|e| StoredEvent::received(e, received_ms))
             .collect();
         self.append_stored(id, stored, true)
     }
@@ -781,7 +786,10 @@ mod tests {
         let (a, a_tree) = buffer.reserve(&queue, 2).unwrap();
         let (b, b_tree) = buffer.reserve(&queue, 1).unwrap();
         b_tree
-            .insert(b.to_be_bytes(), encode(&stored(&event(b))))
+            .insert(
+                b.to_be_bytes(),
+                encode(&StoredEvent::received(&event(b), 0)),
+            )
             .unwrap();
         lock(&queue.state).writing.remove(&b);
         assert!(
@@ -793,7 +801,10 @@ mod tests {
         );
         for k in a..a + 2 {
             a_tree
-                .insert(k.to_be_bytes(), encode(&stored(&event(k))))
+                .insert(
+                    k.to_be_bytes(),
+                    encode(&StoredEvent::received(&event(k), 0)),
+                )
                 .unwrap();
         }
         lock(&queue.state).writing.remove(&a);
@@ -804,18 +815,6 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, vec![a, a + 1, b]);
-    }
-
-    fn stored(e: &UsageEvent) -> StoredEvent {
-        StoredEvent {
-            id: e.id.clone(),
-            source: e.source.clone(),
-            ty: e.r#type.clone(),
-            subject: e.subject.clone(),
-            time: e.time.clone(),
-            data: String::from_utf8_lossy(&e.data).into_owned(),
-            received_ms: 0,
-        }
     }
 
     #[tokio::test]
@@ -874,7 +873,10 @@ mod tests {
             let legacy = db.open_tree(legacy_tree_name(DEFAULT_QUEUE)).unwrap();
             for k in 1..=5u64 {
                 legacy
-                    .insert(k.to_be_bytes(), encode(&stored(&event(k))))
+                    .insert(
+                        k.to_be_bytes(),
+                        encode(&StoredEvent::received(&event(k), 0)),
+                    )
                     .unwrap();
             }
             db.flush().unwrap();

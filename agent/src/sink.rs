@@ -189,9 +189,9 @@ impl Flusher {
                     .map_err(|e| (e.to_string(), None)),
                 // Refused content: stop the pipeline and find the refused events one batch at
                 // a time (what was sent after it is sent again; dedup makes that safe).
-                Attempt::Refused(..) => {
+                refused @ Attempt::Refused(..) => {
                     abort(&mut pipeline);
-                    self.deliver(&head.batch).await
+                    self.deliver(&head.batch, Some(refused)).await
                 }
                 Attempt::Transient(why, after) => {
                     abort(&mut pipeline);
@@ -258,14 +258,20 @@ impl Flusher {
 
     /// Delivers `batch`, bisecting around refused events. Everything delivered or dead-lettered
     /// is removed from the queue; on a transient failure the rest stays for the next round.
+    /// `answered` is the answer the whole batch already got, if it was sent.
     async fn deliver(
         &self,
         batch: &[(u64, StoredEvent)],
+        mut answered: Option<Attempt>,
     ) -> Result<(), (String, Option<Duration>)> {
         // An explicit stack of slices instead of recursion (async recursion needs boxing).
         let mut pending: Vec<&[(u64, StoredEvent)]> = vec![batch];
         while let Some(part) = pending.pop() {
-            match attempt(self.request(part), self.metrics.clone()).await {
+            let answer = match answered.take() {
+                Some(a) => a,
+                None => attempt(self.request(part), self.metrics.clone()).await,
+            };
+            match answer {
                 Attempt::Delivered => {
                     self.delivered(part).map_err(|e| (e.to_string(), None))?;
                 }

@@ -32,15 +32,7 @@ use tollgate_e2e::kong::serialize::{KongRequest, KongVersion};
 
 fn request(msgid: u64, method: &str, arg: Value) -> Vec<u8> {
     let mut out = Vec::new();
-    msgpack::encode(
-        &mut out,
-        &Value::Array(vec![
-            Value::from(0),
-            Value::from(msgid),
-            Value::from(method),
-            Value::Array(vec![arg]),
-        ]),
-    );
+    msgpack::encode_request(&mut out, msgid, method, vec![arg]);
     out
 }
 

@@ -505,16 +505,15 @@ fn replies_wait_for_a_kong_that_stops_reading_and_none_is_lost() {
         use std::io::Write;
         for msgid in 1..=REQUESTS {
             let mut out = Vec::new();
-            let request = Value::Array(vec![
-                Value::from(0),
-                Value::from(msgid),
-                Value::from("plugin.HandleEvent"),
-                Value::Array(vec![Value::Map(vec![
+            tollgate_e2e::kong::msgpack::encode_request(
+                &mut out,
+                msgid,
+                "plugin.HandleEvent",
+                vec![Value::Map(vec![
                     (Value::from("InstanceId"), Value::from(999_999_999)),
                     (Value::from("EventName"), Value::from("log")),
-                ])]),
-            ]);
-            rmpv::encode::write_value(&mut out, &request).unwrap();
+                ])],
+            );
             writer.write_all(&out).unwrap();
         }
     });

@@ -15,6 +15,19 @@ pub fn encode(out: &mut Vec<u8>, value: &Value) {
     let _ = write(out, value);
 }
 
+/// Encodes the request `[0, msgid, method, params]` as Kong would.
+pub fn encode_request(out: &mut Vec<u8>, msgid: u64, method: &str, params: Vec<Value>) {
+    encode(
+        out,
+        &Value::Array(vec![
+            Value::from(0),
+            Value::from(msgid),
+            Value::from(method),
+            Value::Array(params),
+        ]),
+    );
+}
+
 fn write(out: &mut Vec<u8>, value: &Value) -> Result<(), ValueWriteError> {
     match value {
         Value::Nil => encode::write_nil(out).map_err(ValueWriteError::InvalidMarkerWrite)?,

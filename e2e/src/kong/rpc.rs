@@ -147,15 +147,7 @@ impl Rpc {
         let msgid = self.msgid.fetch_add(1, Ordering::Relaxed) + 1;
         let mut stream = self.checkout().await?;
         let mut out = Vec::with_capacity(256);
-        msgpack::encode(
-            &mut out,
-            &Value::Array(vec![
-                Value::from(0),
-                Value::from(msgid),
-                Value::from(method),
-                Value::Array(params),
-            ]),
-        );
+        msgpack::encode_request(&mut out, msgid, method, params);
         stream.write_all(&out).await?;
         if !wait {
             self.checkin(stream);
