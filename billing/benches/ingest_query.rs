@@ -141,15 +141,14 @@ fn main() {
     let store = tollgate_billing::store::Store::open(&dir.path().join("data")).unwrap();
     let start = Instant::now();
     let mut sum = 0f64;
-    store
-        .list_events(
-            |e| {
-                sum += e.event["data"]["tokens"].as_f64().unwrap_or(0.0);
-                false
-            },
-            usize::MAX,
-        )
-        .unwrap();
+    rt.block_on(store.list_events(
+        |e| {
+            sum += e.event["data"]["tokens"].as_f64().unwrap_or(0.0);
+            false
+        },
+        usize::MAX,
+    ))
+    .unwrap();
     let rescan = start.elapsed();
 
     println!("tollgate-billing, {n} events (100 subjects, 2 models, 30 days), 2 cores");

@@ -474,7 +474,7 @@ impl EntitlementValue {
 }
 
 /// Usage of a feature for some subjects in `[from, to)`.
-pub fn usage_between(
+pub async fn usage_between(
     store: &Store,
     feature: &Feature,
     subjects: &[String],
@@ -492,12 +492,15 @@ pub fn usage_between(
     }
     let filters = feature.meter_group_by_filters.clone().unwrap_or_default();
     let mut agg = MinuteAgg::default();
-    for (_, group, _, a) in store.usage(
-        &meter.meter.slug,
-        subjects,
-        from.timestamp_millis(),
-        to.timestamp_millis(),
-    )? {
+    for (_, group, _, a) in store
+        .usage(
+            &meter.meter.slug,
+            subjects,
+            from.timestamp_millis(),
+            to.timestamp_millis(),
+        )
+        .await?
+    {
         if filters.iter().all(|(k, v)| group.get(k) == Some(v)) {
             agg.merge(&a);
         }
@@ -516,7 +519,7 @@ struct LiveGrant {
 
 /// The value of `ent` at `at` for `subjects`: usage counts at minute resolution, so the minute
 /// `at` falls in is included.
-pub fn value(
+pub async fn value(
     store: &Store,
     ent: &Entitlement,
     feature: &Feature,
@@ -526,12 +529,12 @@ pub fn value(
 ) -> Result<EntitlementValue, StoreError> {
     let until =
         DateTime::from_timestamp_millis(minute_of(at.timestamp_millis()) + 60_000).unwrap_or(at);
-    value_until(store, ent, feature, subjects, grants, until, at)
+    value_until(store, ent, feature, subjects, grants, until, at).await
 }
 
 /// The value at the instant `at`, counting usage strictly before `at` (for history windows:
 /// the balance at a window's start, after any grant that starts or refills exactly then).
-pub fn value_at_instant(
+pub async fn value_at_instant(
     store: &Store,
     ent: &Entitlement,
     feature: &Feature,
@@ -539,11 +542,11 @@ pub fn value_at_instant(
     grants: &[Grant],
     at: DateTime<Utc>,
 ) -> Result<EntitlementValue, StoreError> {
-    value_until(store, ent, feature, subjects, grants, at, at)
+    value_until(store, ent, feature, subjects, grants, at, at).await
 }
 
 /// Usage in `[.., until)`, grants as they stand at `check_at`.
-fn value_until(
+async fn value_until(
     store: &Store,
     ent: &Entitlement,
     feature: &Feature,
@@ -673,7 +676,7 @@ fn value_until(
                     });
                 }
             }
-            let mut u = usage_between(store, feature, subjects, s, e)?;
+            let mut u = usage_between(store, feature, subjects, s, e).await?;
             period_usage += u;
             // Burn order: priority, then earlier expiry (none last), then earlier creation.
             live.sort_by(|a, b| {

@@ -75,7 +75,9 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("opening {}", config.data_dir.display()))?,
     );
     for meter in config.meters.clone() {
-        api::ensure_meter(&store, meter).map_err(anyhow::Error::msg)?;
+        api::ensure_meter(&store, meter)
+            .await
+            .map_err(anyhow::Error::msg)?;
     }
     store.flush().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -150,14 +150,16 @@ pub fn value_of(aggregation: Aggregation, agg: &MinuteAgg) -> Decimal {
 }
 
 /// Runs `q` against `meter`.
-pub fn run(
+pub async fn run(
     store: &Store,
     meter: &CompiledMeter,
     q: &MeterQuery,
 ) -> Result<MeterQueryResult, StoreError> {
     let from_ms = q.from.map_or(i64::MIN, |t| t.timestamp_millis());
     let to_ms = q.to.map_or(i64::MAX, |t| t.timestamp_millis());
-    let rows = store.usage(&meter.meter.slug, &q.subjects, from_ms, to_ms)?;
+    let rows = store
+        .usage(&meter.meter.slug, &q.subjects, from_ms, to_ms)
+        .await?;
     let by_subject = q.group_by.iter().any(|g| g == "subject") || !q.subjects.is_empty();
     let keys: Vec<&String> = q.group_by.iter().filter(|g| *g != "subject").collect();
     type Key = (i64, Option<String>, Vec<Option<String>>);

@@ -164,7 +164,7 @@ impl Store {
             db,
             meters: RwLock::new(Vec::new()),
         };
-        let meters: Vec<Meter> = store.list_entities("meter")?;
+        let meters: Vec<Meter> = store.entities_of_kind("meter")?;
         let compiled = meters
             .into_iter()
             .filter_map(|m| CompiledMeter::new(m).ok().map(Arc::new))
@@ -195,9 +195,10 @@ impl Store {
     }
 
     /// Adds a meter and counts every stored event for it (backfill). Not durable until flushed.
-    pub fn add_meter(&self, meter: CompiledMeter) -> Result<(), StoreError> {
+    pub async fn add_meter(&self, meter: CompiledMeter) -> Result<(), StoreError> {
         let meter = Arc::new(meter);
-        self.put_entity("meter", &meter.meter.id, &meter.meter)?;
+        self.put_entity("meter", &meter.meter.id, &meter.meter)
+            .await?;
         for entry in self.events.iter() {
             let (_, v) = entry?;
             let e: StoredEvent = decode(&v)?;
@@ -211,7 +212,7 @@ impl Store {
     }
 
     /// Removes a meter and its usage.
-    pub fn delete_meter(&self, id: &str) -> Result<bool, StoreError> {
+    pub async fn delete_meter(&self, id: &str) -> Result<bool, StoreError> {
         let Some(m) = self.meter(id) else {
             return Ok(false);
         };
@@ -245,9 +246,13 @@ impl Store {
 
     /// Stores a request's events with their usage, skipping any (`source`, `id`) already seen
     /// (in the store or earlier in the batch): one transaction for the whole batch, so a batch is
-    /// counted entirely or not at all. Not durable until [`Store::flush`]. Returns how many were
-    /// new.
-    pub fn ingest(&self, events: Vec<(Value, i64)>, ingested_ms: i64) -> Result<usize, StoreError> {
+    /// counted entirely or not at all. Returns once the batch is durable (flushed), with how many
+    /// were new.
+    pub async fn ingest(
+        &self,
+        events: Vec<(Value, i64)>,
+        ingested_ms: i64,
+    ) -> Result<usize, StoreError> {
         let meters = self.meters();
         let mut prepared = Vec::with_capacity(events.len());
         for (event, time_ms) in events {
@@ -306,11 +311,14 @@ impl Store {
                 }
                 Ok(new)
             });
-        Ok(result?)
+        let new = result?;
+        // Acknowledged only once on disk.
+        self.flush().await?;
+        Ok(new)
     }
 
     /// Stored events, newest first, filtered.
-    pub fn list_events(
+    pub async fn list_events(
         &self,
         mut filter: impl FnMut(&StoredEvent) -> bool,
         limit: usize,
@@ -330,7 +338,7 @@ impl Store {
     }
 
     /// Usage rows of `meter` for `subjects` (all when empty) with minutes in `[from, to)`.
-    pub fn usage(
+    pub async fn usage(
         &self,
         meter: &str,
         subjects: &[String],
@@ -367,7 +375,7 @@ impl Store {
     }
 
     /// Stores an entity document.
-    pub fn put_entity<T: Serialize>(
+    pub async fn put_entity<T: Serialize>(
         &self,
         kind: &str,
         id: &str,
@@ -379,7 +387,7 @@ impl Store {
     }
 
     /// One entity.
-    pub fn get_entity<T: for<'de> Deserialize<'de>>(
+    pub async fn get_entity<T: for<'de> Deserialize<'de>>(
         &self,
         kind: &str,
         id: &str,
@@ -393,7 +401,14 @@ impl Store {
     }
 
     /// Every entity of a kind, in id order.
-    pub fn list_entities<T: for<'de> Deserialize<'de>>(
+    pub async fn list_entities<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        self.entities_of_kind(kind)
+    }
+
+    fn entities_of_kind<T: for<'de> Deserialize<'de>>(
         &self,
         kind: &str,
     ) -> Result<Vec<T>, StoreError> {
@@ -407,7 +422,7 @@ impl Store {
     }
 
     /// Deletes an entity.
-    pub fn delete_entity(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
+    pub async fn delete_entity(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
         Ok(self.entities.remove(entity_key(kind, id))?.is_some())
     }
 }
