@@ -1,5 +1,6 @@
-//! `tollgate-billing`'s config file (TOML): where to listen, where the data lives, optional Bearer
-//! tokens, and meters declared at start (like OpenMeter's `meters:` config list).
+//! `tollgate-billing`'s config file (TOML): where to listen, where the data lives (SQLite under
+//! `data_dir`, or PostgreSQL at `database_url`), optional Bearer tokens, and meters declared at
+//! start (like OpenMeter's `meters:` config list).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::meter::Meter;
+use crate::store::Location;
 
 /// The config.
 #[derive(Debug, Clone, Deserialize)]
@@ -14,8 +16,11 @@ use crate::meter::Meter;
 pub struct Config {
     /// Listen address (loopback by default, port 8888 like OpenMeter).
     pub listen: SocketAddr,
-    /// The sled directory.
+    /// The SQLite database's directory (`billing.db` in it), used unless `database_url` is set.
     pub data_dir: PathBuf,
+    /// PostgreSQL (`postgres://user:password@host:port/database`): several billing processes
+    /// can share it.
+    pub database_url: Option<String>,
     /// Accepted Bearer tokens; none means no authentication.
     pub api_tokens: Vec<String>,
     /// Meters created at start if missing.
@@ -27,6 +32,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8888)),
             data_dir: PathBuf::from("tollgate-billing-data"),
+            database_url: None,
             api_tokens: Vec::new(),
             meters: Vec::new(),
         }
@@ -34,6 +40,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Where the data lives: PostgreSQL when `database_url` is set, else SQLite in `data_dir`.
+    pub fn location(&self) -> Location {
+        match &self.database_url {
+            Some(url) if !url.trim().is_empty() => Location::Postgres(url.trim().to_owned()),
+            _ => Location::Sqlite(self.data_dir.clone()),
+        }
+    }
+
     /// Reads `path`; errors name the key.
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;

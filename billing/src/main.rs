@@ -20,9 +20,13 @@ struct Args {
     /// Overrides `listen`.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Overrides `data_dir`.
+    /// Overrides `data_dir` (SQLite's directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Overrides `database_url`: PostgreSQL (`postgres://user:password@host:port/database`)
+    /// instead of SQLite, so several billing processes can serve one database.
+    #[arg(long, env = "TOLLGATE_BILLING_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -47,10 +51,10 @@ async fn main() -> anyhow::Result<()> {
             println!("meter {}: {:?} of {}", m.slug, m.aggregation, m.event_type);
         }
         println!(
-            "{}: ok (listen {}, data_dir {})",
+            "{}: ok (listen {}, database {})",
             file.display(),
             config.listen,
-            config.data_dir.display()
+            config.location().describe()
         );
         return Ok(());
     }
@@ -70,10 +74,17 @@ async fn main() -> anyhow::Result<()> {
     if let Some(d) = args.data_dir {
         config.data_dir = d;
     }
-    let store = Arc::new(
-        Store::open(&config.data_dir)
-            .with_context(|| format!("opening {}", config.data_dir.display()))?,
-    );
+    if let Some(url) = args.database_url.filter(|u| !u.trim().is_empty()) {
+        config.database_url = Some(url);
+    }
+    let location = config.location();
+    let store = Arc::new(Store::open(&location).await.map_err(|e| match e {
+        tollgate_billing::store::StoreError::Open(_)
+        | tollgate_billing::store::StoreError::Schema(_) => {
+            anyhow::anyhow!("{e}")
+        }
+        other => anyhow::anyhow!("opening the database {}: {other}", location.describe()),
+    })?);
     for meter in config.meters.clone() {
         api::ensure_meter(&store, meter)
             .await
@@ -83,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
-    tracing::info!(addr = %config.listen, data = %config.data_dir.display(), "tollgate-billing listening");
+    tracing::info!(addr = %config.listen, database = %store.describe(), "tollgate-billing listening");
     let app = api::router(Api {
         store: store.clone(),
         tokens: Arc::new(config.api_tokens),

@@ -13,6 +13,23 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "om_test_token";
 
+/// The database a suite runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)]
+pub enum Backend {
+    /// The embedded default.
+    Sqlite,
+    /// A database on the shared test cluster.
+    Postgres,
+}
+
+/// This file is the suite on SQLite; `tests/api_postgres.rs` runs the same file as a module with
+/// its own `backend()` saying PostgreSQL.
+#[allow(dead_code)]
+fn backend() -> Backend {
+    Backend::Sqlite
+}
+
 struct Billing {
     child: Child,
     addr: SocketAddr,
@@ -20,20 +37,42 @@ struct Billing {
 }
 
 impl Billing {
+    /// Starts billing with its config in `dir` — written on first start, on [`backend`]'s
+    /// database (a fresh PostgreSQL database from the shared test cluster, or SQLite in `dir`) —
+    /// and reused as it is on a restart.
     fn start(dir: &Path) -> Billing {
-        // Below the kernel's ephemeral range: a port handed out for `:0` may go to another
-        // process's outgoing connection before billing binds it.
-        let port = tollgate_e2e::stack::free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let config = dir.join("billing.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"{addr}\"\ndata_dir = \"{}\"\napi_tokens = [\"{TOKEN}\"]\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
+        if !config.exists() {
+            // Below the kernel's ephemeral range: a port handed out for `:0` may go to another
+            // process's outgoing connection before billing binds it.
+            let port = tollgate_e2e::stack::free_port();
+            let database = match crate::backend() {
+                Backend::Sqlite => String::new(),
+                Backend::Postgres => {
+                    let url = tollgate_e2e::postgres::Cluster::shared()
+                        .unwrap()
+                        .database()
+                        .unwrap();
+                    format!("database_url = \"{url}\"\n")
+                }
+            };
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{database}api_tokens = [\"{TOKEN}\"]\n",
+                    dir.join("data").display()
+                ),
+            )
+            .unwrap();
+        }
+        let text = std::fs::read_to_string(&config).unwrap();
+        let addr: SocketAddr = text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = "))
+            .unwrap()
+            .trim_matches('"')
+            .parse()
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
             .args(["--config", config.to_str().unwrap()])
             .env("TOLLGATE_LOG", "warn")

@@ -61,6 +61,7 @@ fn older_than_its_sources(bin: &Path, name: &str) -> bool {
         root.join(crate_dir).join("src"),
         root.join("proto"),
         root.join(crate_dir).join("Cargo.toml"),
+        root.join(crate_dir).join("migrations"),
     ];
     while let Some(p) = dirs.pop() {
         let Ok(meta) = std::fs::metadata(&p) else {

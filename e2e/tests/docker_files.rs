@@ -46,6 +46,21 @@ fn compose_wires_the_stack_with_healthchecks_and_volumes() {
             .collect();
         assert!(vols.contains(&volume), "{svc}: {vols:?}");
     }
+    // PostgreSQL is there on request (profile), billing waits for it when it is, and billing's
+    // database URL comes from the environment (empty: SQLite on its volume).
+    let pg = &services["postgres"];
+    assert_eq!(pg["profiles"][0], "postgres");
+    assert!(pg["healthcheck"]["test"].is_array());
+    assert_eq!(
+        services["billing"]["depends_on"]["postgres"]["required"],
+        false
+    );
+    assert!(
+        services["billing"]["environment"]["TOLLGATE_BILLING_DATABASE_URL"]
+            .as_str()
+            .unwrap()
+            .contains("TOLLGATE_BILLING_DATABASE_URL")
+    );
     // The agent delivers to the billing service by its compose name.
     let cmd: Vec<&str> = services["agent"]["command"]
         .as_array()

@@ -34,7 +34,7 @@ async fn list_events(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
     let events = api
         .store
         .list_events(
-            |e| {
+            move |e| {
                 e.time_ms >= from.timestamp_millis()
                     && to.is_none_or(|t| e.time_ms < t.timestamp_millis())
                     && id.as_ref().is_none_or(|i| {

@@ -58,12 +58,19 @@ pub struct Problem(pub StatusCode, pub String);
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = json!({"type": "about:blank", "title": self.0.canonical_reason(), "status": self.0.as_u16(), "detail": self.1});
-        (
+        let mut response = (
             self.0,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            // The database is away: clients (the agent) retry after this many seconds.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+        }
+        response
     }
 }
 
@@ -84,8 +91,18 @@ pub(crate) fn conflict(detail: impl Into<String>) -> Problem {
 
 impl From<crate::store::StoreError> for Problem {
     fn from(e: crate::store::StoreError) -> Self {
-        tracing::error!(error = %e, "store failure");
-        Problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        use crate::store::StoreError;
+        match e {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "database unavailable: answering 503");
+                Problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            StoreError::Conflict(_) => Problem(StatusCode::CONFLICT, e.to_string()),
+            other => {
+                tracing::error!(error = %other, "store failure");
+                Problem(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
+            }
+        }
     }
 }
 

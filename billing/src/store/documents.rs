@@ -1,0 +1,210 @@
+//! API documents (meters, customers, features, entitlements, grants, and any later kind) in their
+//! own tables: the whole JSON document in `doc`, plus the fields the database must index or keep
+//! unique as columns (a customer's key, a feature's live key, an entitlement's owner…), so
+//! uniqueness is decided by the database, not by a read-then-write in the API. The SQL here is the
+//! same text on SQLite and PostgreSQL (`$n` parameters, `ON CONFLICT … DO UPDATE`).
+
+use serde_json::Value;
+
+/// Where one kind of document lives.
+pub struct DocTable {
+    /// The API's kind name.
+    pub kind: &'static str,
+    /// The table.
+    pub table: &'static str,
+    /// Indexed columns and the JSON pointer each is read from.
+    pub columns: &'static [(&'static str, &'static str)],
+}
+
+const TABLES: &[DocTable] = &[
+    DocTable {
+        kind: "meter",
+        table: "meters",
+        columns: &[("slug", "/slug")],
+    },
+    DocTable {
+        kind: "customer",
+        table: "customers",
+        columns: &[("key", "/key")],
+    },
+    DocTable {
+        kind: "feature",
+        table: "features",
+        columns: &[("key", "/key"), ("archived_at", "/archivedAt")],
+    },
+    DocTable {
+        kind: "entitlement",
+        table: "entitlements",
+        columns: &[
+            ("feature_id", "/featureId"),
+            ("customer_id", "/customerId"),
+            ("subject_key", "/subjectKey"),
+        ],
+    },
+    DocTable {
+        kind: "grant",
+        table: "grants",
+        columns: &[("entitlement_id", "/entitlementId")],
+    },
+];
+
+/// A statement and its parameters (all text or NULL).
+pub struct Stmt {
+    /// SQL with `$n` parameters.
+    pub sql: String,
+    /// Parameters in order.
+    pub params: Vec<Option<String>>,
+}
+
+fn table(kind: &str) -> Option<&'static DocTable> {
+    TABLES.iter().find(|t| t.kind == kind)
+}
+
+fn column_value(doc: &Value, pointer: &str) -> Option<String> {
+    match doc.pointer(pointer)? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// The statements that store `doc` as `kind`/`id` (insert or replace), in order.
+pub fn put(kind: &str, id: &str, doc: &Value) -> Vec<Stmt> {
+    let text = doc.to_string();
+    let Some(t) = table(kind) else {
+        return vec![Stmt {
+            sql: "INSERT INTO documents (kind, id, doc) VALUES ($1, $2, $3) \
+                  ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc"
+                .into(),
+            params: vec![Some(kind.into()), Some(id.into()), Some(text)],
+        }];
+    };
+    let names: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
+    let placeholders: Vec<String> = (2..names.len() + 3).map(|i| format!("${i}")).collect();
+    let updates: Vec<String> = names
+        .iter()
+        .chain(std::iter::once(&"doc"))
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    let mut params = vec![Some(id.to_owned())];
+    params.extend(t.columns.iter().map(|(_, p)| column_value(doc, p)));
+    params.push(Some(text));
+    let mut out = vec![Stmt {
+        sql: format!(
+            "INSERT INTO {} (id, {}, doc) VALUES ($1, {}) ON CONFLICT (id) DO UPDATE SET {}",
+            t.table,
+            names.join(", "),
+            placeholders.join(", "),
+            updates.join(", ")
+        ),
+        params,
+    }];
+    if kind == "customer" {
+        // The customer's subjects: its key and usageAttribution.subjectKeys, each owned once.
+        out.push(Stmt {
+            sql: "DELETE FROM customer_subjects WHERE customer_id = $1".into(),
+            params: vec![Some(id.into())],
+        });
+        let mut subjects: Vec<String> = doc["usageAttribution"]["subjectKeys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect();
+        subjects.extend(doc["key"].as_str().map(str::to_owned));
+        subjects.sort();
+        subjects.dedup();
+        for s in subjects {
+            out.push(Stmt {
+                sql: "INSERT INTO customer_subjects (subject, customer_id) VALUES ($1, $2)".into(),
+                params: vec![Some(s), Some(id.into())],
+            });
+        }
+    }
+    out
+}
+
+/// The statement that reads one document (`doc` column).
+pub fn get(kind: &str, id: &str) -> Stmt {
+    match table(kind) {
+        Some(t) => Stmt {
+            sql: format!("SELECT doc FROM {} WHERE id = $1", t.table),
+            params: vec![Some(id.into())],
+        },
+        None => Stmt {
+            sql: "SELECT doc FROM documents WHERE kind = $1 AND id = $2".into(),
+            params: vec![Some(kind.into()), Some(id.into())],
+        },
+    }
+}
+
+/// The statement that lists every document of a kind in id order.
+pub fn list(kind: &str) -> Stmt {
+    match table(kind) {
+        Some(t) => Stmt {
+            sql: format!("SELECT doc FROM {} ORDER BY id", t.table),
+            params: vec![],
+        },
+        None => Stmt {
+            sql: "SELECT doc FROM documents WHERE kind = $1 ORDER BY id".into(),
+            params: vec![Some(kind.into())],
+        },
+    }
+}
+
+/// The statements that delete one document; the last one's row count says whether it existed.
+pub fn delete(kind: &str, id: &str) -> Vec<Stmt> {
+    match table(kind) {
+        Some(t) => {
+            let mut out = Vec::new();
+            if kind == "customer" {
+                out.push(Stmt {
+                    sql: "DELETE FROM customer_subjects WHERE customer_id = $1".into(),
+                    params: vec![Some(id.into())],
+                });
+            }
+            out.push(Stmt {
+                sql: format!("DELETE FROM {} WHERE id = $1", t.table),
+                params: vec![Some(id.into())],
+            });
+            out
+        }
+        None => vec![Stmt {
+            sql: "DELETE FROM documents WHERE kind = $1 AND id = $2".into(),
+            params: vec![Some(kind.into()), Some(id.into())],
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn customers_own_their_key_and_subject_keys() {
+        let stmts = put(
+            "customer",
+            "c1",
+            &json!({"key": "acme", "usageAttribution": {"subjectKeys": ["s1", "acme"]}}),
+        );
+        assert!(
+            stmts[0]
+                .sql
+                .starts_with("INSERT INTO customers (id, key, doc)")
+        );
+        assert_eq!(stmts[0].params[1].as_deref(), Some("acme"));
+        let subjects: Vec<_> = stmts[2..]
+            .iter()
+            .map(|s| s.params[0].clone().unwrap())
+            .collect();
+        assert_eq!(subjects, ["acme", "s1"]);
+    }
+
+    #[test]
+    fn unknown_kinds_go_to_documents() {
+        let s = &put("plan", "p1", &json!({}))[0];
+        assert!(s.sql.contains("documents"));
+        assert_eq!(s.params[0].as_deref(), Some("plan"));
+    }
+}

@@ -1,0 +1,85 @@
+//! Versioned schema migrations, forward only, embedded in the binary: one list per backend (the
+//! same versions, each in its dialect). At start the store applies what the database lacks, in
+//! order, each in its own transaction with its row in `tollgate_schema`; a database whose schema
+//! is newer than this binary knows is refused with a message saying so, before anything is touched.
+
+use super::StoreError;
+
+/// One migration.
+#[derive(Debug)]
+pub struct Migration {
+    /// Its version (1, 2, …).
+    pub version: i64,
+    /// A short name.
+    pub name: &'static str,
+    /// The SQL, several statements.
+    pub sql: &'static str,
+}
+
+/// SQLite's migrations.
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+}];
+
+/// PostgreSQL's migrations.
+pub const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../migrations/postgres/0001_init.sql"),
+}];
+
+/// The table that records applied versions (same text on both backends).
+pub const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS tollgate_schema (\
+     version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)";
+
+/// What is left to apply on a database at `current`, or why the binary must not touch it.
+pub fn pending(
+    current: i64,
+    known: &'static [Migration],
+    database: &str,
+) -> Result<&'static [Migration], StoreError> {
+    let latest = known.last().map_or(0, |m| m.version);
+    if current > latest {
+        return Err(StoreError::Schema(format!(
+            "the database {database} has schema version {current}, newer than this \
+             tollgate-billing knows (up to {latest}): run a newer tollgate-billing against it \
+             (migrations only go forward)"
+        )));
+    }
+    Ok(&known[known.iter().take_while(|m| m.version <= current).count()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_in_order_and_the_same_on_both_backends() {
+        for list in [SQLITE, POSTGRES] {
+            for (i, m) in list.iter().enumerate() {
+                assert_eq!(m.version, i as i64 + 1);
+            }
+        }
+        let v = |l: &[Migration]| l.iter().map(|m| (m.version, m.name)).collect::<Vec<_>>();
+        assert_eq!(v(SQLITE), v(POSTGRES));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_by_name() {
+        assert_eq!(pending(0, SQLITE, "x").unwrap().len(), SQLITE.len());
+        assert!(
+            pending(SQLITE.len() as i64, SQLITE, "x")
+                .unwrap()
+                .is_empty()
+        );
+        let err = pending(99, SQLITE, "/data/billing.db")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/data/billing.db") && err.contains("version 99"),
+            "{err}"
+        );
+    }
+}

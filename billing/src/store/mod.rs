@@ -1,0 +1,408 @@
+//! The system of record: billing's SQL database behind one interface, on SQLite (embedded, the
+//! default: `<data_dir>/billing.db`, WAL) or PostgreSQL (`database_url`, for several replicas).
+//!
+//! * `events`: every accepted event; (`source`, `id`) is a unique key, so dedup is decided by the
+//!   database in the same transaction as the event's usage, and a request is answered only after
+//!   that transaction committed: a retried event is never lost and never counted twice.
+//! * `usage_minutes` / `usage_uniques`: per meter, subject, group-by values and minute, the partial
+//!   aggregates every aggregation needs ([`usage`]), so queries never rescan raw events.
+//! * API documents (meters, customers, features, entitlements, grants; plans and the rest later)
+//!   in their own tables with their unique keys as constraints ([`documents`]).
+//!
+//! Concurrent ingest requests are grouped into one transaction and one commit (one fsync on
+//! SQLite), which is what makes durable ingest fast. Meters are cached in memory, compiled; a
+//! meter is added under a lock that ingest also takes, so its backfill and concurrent ingest never
+//! miss or double an event (on PostgreSQL an advisory lock across replicas).
+
+pub mod documents;
+pub mod migrate;
+mod postgres;
+mod sqlite;
+pub mod usage;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::meter::{CompiledMeter, Meter};
+
+pub use usage::{MinuteAgg, UsageRow, minute_of};
+
+/// Store errors.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused to work now (retry later: 503).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A unique key is taken (409).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database's schema cannot be used by this binary.
+    #[error("{0}")]
+    Schema(String),
+    /// Opening the database failed (bad URL, unreachable, unwritable file…).
+    #[error("{0}")]
+    Open(String),
+    /// The database failed otherwise.
+    #[error("database: {0}")]
+    Database(String),
+    /// A stored record did not decode.
+    #[error("store: undecodable record: {0}")]
+    Decode(String),
+}
+
+/// An event as stored and listed (`IngestedEvent`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// The CloudEvent, with `time` filled.
+    pub event: Value,
+    /// Ingest time (Unix ms).
+    pub ingested_ms: i64,
+    /// Event time (Unix ms).
+    pub time_ms: i64,
+}
+
+/// An event ready to be written: its columns and its JSON text.
+pub(crate) struct NewEvent {
+    pub stored: StoredEvent,
+    pub source: String,
+    pub id: String,
+    pub kind: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// SQLite in `<dir>/billing.db`.
+    Sqlite(PathBuf),
+    /// PostgreSQL at this URL (`postgres://user:password@host:port/db`).
+    Postgres(String),
+}
+
+impl Location {
+    /// For logs and errors: the file, or the URL with its password hidden.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(dir) => dir.join("billing.db").display().to_string(),
+            Location::Postgres(url) => redact_url(url),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+enum Db {
+    Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
+}
+
+/// The store.
+pub struct Store {
+    db: Db,
+    location: Location,
+    meters: Arc<RwLock<Vec<Arc<CompiledMeter>>>>,
+}
+
+/// Compiles stored meters, skipping (and logging) any this binary cannot compile.
+fn compile_meters(docs: Vec<String>) -> Vec<Arc<CompiledMeter>> {
+    docs.into_iter()
+        .filter_map(|d| {
+            let m: Meter = serde_json::from_str(&d)
+                .map_err(|e| tracing::error!(error = %e, "undecodable stored meter"))
+                .ok()?;
+            CompiledMeter::new(m)
+                .map_err(|e| tracing::error!(error = %e, "stored meter does not compile"))
+                .ok()
+                .map(Arc::new)
+        })
+        .collect()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `location` and brings its schema up to date.
+    pub async fn open(location: &Location) -> Result<Store, StoreError> {
+        let meters = Arc::new(RwLock::new(Vec::new()));
+        let db = match location {
+            Location::Sqlite(dir) => Db::Sqlite(sqlite::Sqlite::open(dir, meters.clone()).await?),
+            Location::Postgres(url) => {
+                Db::Postgres(postgres::Postgres::open(url, meters.clone()).await?)
+            }
+        };
+        Ok(Store {
+            db,
+            location: location.clone(),
+            meters,
+        })
+    }
+
+    /// Where the data lives, for logs (no password).
+    pub fn describe(&self) -> String {
+        match &self.db {
+            Db::Sqlite(_) => format!("sqlite:{}", self.location.describe()),
+            Db::Postgres(_) => self.location.describe(),
+        }
+    }
+
+    /// Every write is committed before it returns; kept so callers can say "durable here".
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The compiled meters.
+    pub fn meters(&self) -> Vec<Arc<CompiledMeter>> {
+        self.meters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A meter by id or slug.
+    pub fn meter(&self, id_or_slug: &str) -> Option<Arc<CompiledMeter>> {
+        self.meters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|m| m.meter.id == id_or_slug || m.meter.slug == id_or_slug)
+            .cloned()
+    }
+
+    /// Adds a meter and counts every stored event for it (backfill), in one transaction that
+    /// ingest cannot interleave with.
+    pub async fn add_meter(&self, meter: CompiledMeter) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite(db) => db.add_meter(meter).await,
+            Db::Postgres(db) => db.add_meter(meter).await,
+        }
+    }
+
+    /// Replaces a meter's document (same id, slug, event type and aggregation; the API checks
+    /// what may change). Usage already counted stays.
+    pub async fn update_meter(&self, meter: CompiledMeter) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite(db) => db.update_meter(meter).await,
+            Db::Postgres(db) => db.update_meter(meter).await,
+        }
+    }
+
+    /// Removes a meter and its usage.
+    pub async fn delete_meter(&self, id_or_slug: &str) -> Result<bool, StoreError> {
+        let Some(m) = self.meter(id_or_slug) else {
+            return Ok(false);
+        };
+        match &self.db {
+            Db::Sqlite(db) => db.delete_meter(m.meter.id.clone()).await,
+            Db::Postgres(db) => db.delete_meter(m.meter.id.clone()).await,
+        }
+    }
+
+    /// Stores a request's events with their usage, skipping any (`source`, `id`) already stored
+    /// (or earlier in the batch), in one transaction: a batch is counted entirely or not at all.
+    /// Returns, once committed, how many were new.
+    pub async fn ingest(
+        &self,
+        events: Vec<(Value, i64)>,
+        ingested_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let events: Vec<NewEvent> = events
+            .into_iter()
+            .map(|(event, time_ms)| {
+                let field = |k: &str| event[k].as_str().unwrap_or_default().to_owned();
+                NewEvent {
+                    source: field("source"),
+                    id: field("id"),
+                    kind: field("type"),
+                    subject: field("subject"),
+                    body: event.to_string(),
+                    stored: StoredEvent {
+                        event,
+                        ingested_ms,
+                        time_ms,
+                    },
+                }
+            })
+            .collect();
+        if events.is_empty() {
+            return Ok(0);
+        }
+        match &self.db {
+            Db::Sqlite(db) => db.ingest(events).await,
+            Db::Postgres(db) => db.ingest(events).await,
+        }
+    }
+
+    /// Stored events, newest first, filtered.
+    pub async fn list_events(
+        &self,
+        filter: impl FnMut(&StoredEvent) -> bool + Send + 'static,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        match &self.db {
+            Db::Sqlite(db) => db.list_events(Box::new(filter), limit).await,
+            Db::Postgres(db) => db.list_events(Box::new(filter), limit).await,
+        }
+    }
+
+    /// Usage rows of a meter (by id or slug) for `subjects` (all when empty) with minutes in
+    /// `[from, to)`.
+    pub async fn usage(
+        &self,
+        meter: &str,
+        subjects: &[String],
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let Some(m) = self.meter(meter) else {
+            return Ok(Vec::new());
+        };
+        let unique = m.meter.aggregation == crate::meter::Aggregation::UniqueCount;
+        let q = UsageQuery {
+            meter_id: m.meter.id.clone(),
+            subjects: subjects.to_vec(),
+            from_ms,
+            to_ms,
+            unique,
+        };
+        match &self.db {
+            Db::Sqlite(db) => db.usage(q).await,
+            Db::Postgres(db) => db.usage(q).await,
+        }
+    }
+
+    /// Stores an API document (insert or replace). A taken unique key is a
+    /// [`StoreError::Conflict`].
+    pub async fn put_entity<T: Serialize>(
+        &self,
+        kind: &str,
+        id: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let doc = serde_json::to_value(value).map_err(|e| StoreError::Decode(e.to_string()))?;
+        let stmts = documents::put(kind, id, &doc);
+        match &self.db {
+            Db::Sqlite(db) => db.execute(stmts).await.map(drop),
+            Db::Postgres(db) => db.execute(stmts).await.map(drop),
+        }
+    }
+
+    /// One document.
+    pub async fn get_entity<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let stmt = documents::get(kind, id);
+        let docs = match &self.db {
+            Db::Sqlite(db) => db.query_docs(stmt).await?,
+            Db::Postgres(db) => db.query_docs(stmt).await?,
+        };
+        docs.first().map(|d| decode(d)).transpose()
+    }
+
+    /// Every document of a kind, in id order.
+    pub async fn list_entities<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let stmt = documents::list(kind);
+        let docs = match &self.db {
+            Db::Sqlite(db) => db.query_docs(stmt).await?,
+            Db::Postgres(db) => db.query_docs(stmt).await?,
+        };
+        docs.iter().map(|d| decode(d)).collect()
+    }
+
+    /// Deletes a document; whether it existed.
+    pub async fn delete_entity(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
+        let stmts = documents::delete(kind, id);
+        let n = match &self.db {
+            Db::Sqlite(db) => db.execute(stmts).await?,
+            Db::Postgres(db) => db.execute(stmts).await?,
+        };
+        Ok(n > 0)
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(doc: &str) -> Result<T, StoreError> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Decode(e.to_string()))
+}
+
+/// What [`Store::usage`] asks a backend.
+pub(crate) struct UsageQuery {
+    pub meter_id: String,
+    pub subjects: Vec<String>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub unique: bool,
+}
+
+/// A boxed event filter.
+pub(crate) type EventFilter = Box<dyn FnMut(&StoredEvent) -> bool + Send + 'static>;
+
+/// Assembles usage rows (and their distinct values) read from either backend.
+pub(crate) fn assemble_usage(
+    rows: Vec<(String, String, i64, MinuteAgg)>,
+    uniques: Vec<(String, String, i64, String)>,
+) -> Vec<UsageRow> {
+    let mut out: Vec<UsageRow> = Vec::with_capacity(rows.len());
+    if uniques.is_empty() {
+        for (subject, group, minute, agg) in rows {
+            out.push((subject, usage::parse_group_key(&group), minute, agg));
+        }
+        return out;
+    }
+    let mut by_key: std::collections::BTreeMap<(String, String, i64), MinuteAgg> = rows
+        .into_iter()
+        .map(|(s, g, m, a)| ((s, g, m), a))
+        .collect();
+    for (s, g, m, v) in uniques {
+        if let Some(agg) = by_key.get_mut(&(s, g, m))
+            && let Err(i) = agg.uniques.binary_search(&v)
+        {
+            agg.uniques.insert(i, v);
+        }
+    }
+    for ((subject, group, minute), agg) in by_key {
+        out.push((subject, usage::parse_group_key(&group), minute, agg));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_leave_a_url() {
+        assert_eq!(
+            redact_url("postgres://billing:s3cret@db.local:5432/tollgate?sslmode=disable"),
+            "postgres://billing:***@db.local:5432/tollgate?sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://billing@db/x"),
+            "postgres://billing@db/x"
+        );
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+        assert_eq!(redact_url("p@ss:word"), "p@ss:word");
+    }
+}

@@ -1,0 +1,597 @@
+//! The SQLite backend (embedded, the default): `<data_dir>/billing.db` in WAL mode with
+//! `synchronous = FULL`, so a committed transaction survives kill -9 and power loss.
+//!
+//! One writer thread owns the only write connection. Every write is a job sent to it; the jobs
+//! waiting when it wakes run in **one** transaction, each inside its own savepoint (a failing job
+//! rolls back alone), and each is answered only after the group's commit — group commit: one fsync
+//! for many concurrent requests. Reads run on a few read connections on tokio's blocking pool.
+//! Exact decimal arithmetic in SQL (`dec_add`, `dec_min`, `dec_max` over TEXT) is registered on the
+//! writer connection, so usage rows are upserted in one statement without floats.
+//!
+//! One process per database: `<data_dir>/billing.lock` is held while the store is open.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{Connection, OpenFlags, params};
+use rust_decimal::Decimal;
+use tokio::sync::oneshot;
+
+use super::documents::Stmt;
+use super::migrate::{self, SCHEMA_TABLE};
+use super::usage::{self, MinuteAgg, UsageKey};
+use super::{
+    EventFilter, NewEvent, StoreError, StoredEvent, UsageQuery, UsageRow, assemble_usage,
+    compile_meters,
+};
+use crate::meter::CompiledMeter;
+
+type Meters = Vec<Arc<CompiledMeter>>;
+/// Called with the group's commit outcome; sends the job's answer.
+type Done = Box<dyn FnOnce(Option<StoreError>) + Send>;
+/// Runs inside the group transaction; says whether it succeeded (else its savepoint is rolled
+/// back) and how to answer once the group has committed.
+type Job = Box<dyn FnOnce(&Connection, &mut Meters) -> (bool, Done) + Send>;
+
+/// Jobs folded into one transaction at most.
+const MAX_GROUP: usize = 512;
+/// Read connections kept open.
+const READERS: usize = 4;
+
+pub(crate) struct Sqlite {
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    _lock: File,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::ReadOnly
+            | ErrorCode::CannotOpen,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Database(e.to_string()),
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        db_err(e)
+    }
+}
+
+fn dec(s: &str) -> Result<Decimal, StoreError> {
+    s.parse()
+        .map_err(|e| StoreError::Decode(format!("decimal {s:?}: {e}")))
+}
+
+/// `dec_add`, `dec_min`, `dec_max`: exact decimal arithmetic over TEXT (NULL-tolerant min/max).
+fn register_decimal_functions(conn: &Connection) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    fn arg(ctx: &rusqlite::functions::Context<'_>, i: usize) -> rusqlite::Result<Option<Decimal>> {
+        let v: Option<String> = ctx.get(i)?;
+        v.map(|s| {
+            s.parse::<Decimal>()
+                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+        })
+        .transpose()
+    }
+    conn.create_scalar_function("dec_add", 2, flags, |ctx| {
+        let a = arg(ctx, 0)?.unwrap_or_default();
+        let b = arg(ctx, 1)?.unwrap_or_default();
+        Ok(a.checked_add(b)
+            .ok_or_else(|| rusqlite::Error::UserFunctionError("decimal overflow".into()))?
+            .to_string())
+    })?;
+    conn.create_scalar_function("dec_min", 2, flags, |ctx| {
+        Ok(match (arg(ctx, 0)?, arg(ctx, 1)?) {
+            (Some(a), Some(b)) => Some(a.min(b).to_string()),
+            (a, b) => a.or(b).map(|d| d.to_string()),
+        })
+    })?;
+    conn.create_scalar_function("dec_max", 2, flags, |ctx| {
+        Ok(match (arg(ctx, 0)?, arg(ctx, 1)?) {
+            (Some(a), Some(b)) => Some(a.max(b).to_string()),
+            (a, b) => a.or(b).map(|d| d.to_string()),
+        })
+    })?;
+    Ok(())
+}
+
+fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let name = path.display().to_string();
+    conn.execute_batch(SCHEMA_TABLE)?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM tollgate_schema",
+        [],
+        |r| r.get(0),
+    )?;
+    for m in migrate::pending(current, migrate::SQLITE, &name)? {
+        let tx = conn.transaction()?;
+        tx.execute_batch(m.sql)
+            .map_err(|e| StoreError::Schema(format!("{name}: migration {}: {e}", m.version)))?;
+        tx.execute(
+            "INSERT INTO tollgate_schema (version, name, applied_ms) VALUES ($1, $2, $3)",
+            params![m.version, m.name, chrono::Utc::now().timestamp_millis()],
+        )?;
+        tx.commit()?;
+        tracing::info!(database = %name, version = m.version, name = m.name, "schema migrated");
+    }
+    Ok(())
+}
+
+const INSERT_EVENT: &str = "INSERT INTO events (source, id, type, subject, time_ms, ingested_ms, body) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source, id) DO NOTHING";
+
+const UPSERT_USAGE: &str = "INSERT INTO usage_minutes \
+     (meter_id, subject, group_key, minute_ms, count, sum, min, max, latest_ms, latest) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     ON CONFLICT (meter_id, subject, group_key, minute_ms) DO UPDATE SET \
+       count = usage_minutes.count + excluded.count, \
+       sum = dec_add(usage_minutes.sum, excluded.sum), \
+       min = dec_min(usage_minutes.min, excluded.min), \
+       max = dec_max(usage_minutes.max, excluded.max), \
+       latest = CASE WHEN usage_minutes.latest_ms IS NULL OR excluded.latest_ms >= usage_minutes.latest_ms \
+                THEN excluded.latest ELSE usage_minutes.latest END, \
+       latest_ms = MAX(COALESCE(usage_minutes.latest_ms, excluded.latest_ms), COALESCE(excluded.latest_ms, usage_minutes.latest_ms))";
+
+const INSERT_UNIQUE: &str = "INSERT INTO usage_uniques (meter_id, subject, group_key, minute_ms, value) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+
+fn write_usage(
+    conn: &Connection,
+    rows: &std::collections::BTreeMap<UsageKey, MinuteAgg>,
+) -> rusqlite::Result<()> {
+    let mut upsert = conn.prepare_cached(UPSERT_USAGE)?;
+    let mut unique = conn.prepare_cached(INSERT_UNIQUE)?;
+    for (k, a) in rows {
+        upsert.execute(params![
+            k.meter_id,
+            k.subject,
+            k.group_key,
+            k.minute_ms,
+            a.count as i64,
+            a.sum.to_string(),
+            a.min.map(|d| d.to_string()),
+            a.max.map(|d| d.to_string()),
+            a.latest.map(|l| l.0),
+            a.latest.map(|l| l.1.to_string()),
+        ])?;
+        for v in &a.uniques {
+            unique.execute(params![k.meter_id, k.subject, k.group_key, k.minute_ms, v])?;
+        }
+    }
+    Ok(())
+}
+
+fn bump_meters_version(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE change_counters SET version = version + 1 WHERE name = 'meters'",
+        [],
+    )?;
+    Ok(())
+}
+
+/// Counts every stored event of the meter's type for it.
+fn backfill(conn: &Connection, meter: &Arc<CompiledMeter>) -> Result<(), StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT body, time_ms, ingested_ms FROM events WHERE type = $1 ORDER BY seq")?;
+    let mut rows = stmt.query(params![meter.meter.event_type])?;
+    let meters = [meter.clone()];
+    let mut chunk = Vec::with_capacity(10_000);
+    while let Some(r) = rows.next()? {
+        let body: String = r.get(0)?;
+        chunk.push(StoredEvent {
+            event: serde_json::from_str(&body).map_err(|e| StoreError::Decode(e.to_string()))?,
+            time_ms: r.get(1)?,
+            ingested_ms: r.get(2)?,
+        });
+        if chunk.len() >= 10_000 {
+            write_usage(conn, &usage::fold(&meters, chunk.iter()))?;
+            chunk.clear();
+        }
+    }
+    write_usage(conn, &usage::fold(&meters, chunk.iter()))?;
+    Ok(())
+}
+
+impl Sqlite {
+    pub(crate) async fn open(
+        dir: &Path,
+        meters: Arc<RwLock<Meters>>,
+    ) -> Result<Sqlite, StoreError> {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, meters))
+            .await
+            .map_err(|e| StoreError::Open(format!("opening SQLite: {e}")))?
+    }
+
+    fn open_blocking(dir: &Path, meters: Arc<RwLock<Meters>>) -> Result<Sqlite, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Open(format!("data_dir {}: cannot create it: {e}", dir.display()))
+        })?;
+        let lock_path = dir.join("billing.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Open(format!("{}: {e}", lock_path.display())))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Open(format!(
+                "{}: another tollgate-billing is using this data_dir (SQLite takes one process; \
+                 use PostgreSQL (database_url) for several)",
+                dir.display()
+            )));
+        }
+        let path = dir.join("billing.db");
+        let name = path.display().to_string();
+        let open_err = |e: StoreError| match e {
+            StoreError::Schema(m) => StoreError::Schema(m),
+            other => StoreError::Open(format!("SQLite database {name}: {other}")),
+        };
+        let mut conn = open_connection(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| open_err(e.into()))?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(|e| open_err(e.into()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Open(format!(
+                "SQLite database {name}: cannot switch to WAL mode (got {mode})"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| open_err(e.into()))?;
+        register_decimal_functions(&conn).map_err(|e| open_err(e.into()))?;
+        migrate(&mut conn, &path).map_err(open_err)?;
+        let docs: Vec<String> = conn
+            .prepare("SELECT doc FROM meters ORDER BY id")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| open_err(e.into()))?;
+        *meters.write().unwrap_or_else(|e| e.into_inner()) = compile_meters(docs);
+
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let shared = meters.clone();
+        std::thread::Builder::new()
+            .name("billing-sqlite-writer".into())
+            .spawn(move || writer(conn, rx, shared))
+            .map_err(|e| StoreError::Open(format!("starting the SQLite writer: {e}")))?;
+        Ok(Sqlite {
+            path,
+            jobs,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            _lock: lock,
+        })
+    }
+
+    /// Runs `f` in the writer's next group transaction and answers after its commit.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &mut Meters) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn, meters| {
+            let result = f(conn, meters);
+            let ok = result.is_ok();
+            let done: Done = Box::new(move |commit_error| {
+                let _ = tx.send(match commit_error {
+                    Some(e) => Err(e),
+                    None => result,
+                });
+            });
+            (ok, done)
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?
+    }
+
+    /// Runs `f` on a read connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_connection(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?,
+            };
+            let result = f(&conn);
+            let mut pool = readers.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task: {e}")))?
+    }
+
+    pub(crate) async fn ingest(&self, events: Vec<NewEvent>) -> Result<usize, StoreError> {
+        self.write(move |conn, meters| {
+            let mut insert = conn.prepare_cached(INSERT_EVENT)?;
+            let mut new = Vec::with_capacity(events.len());
+            for e in &events {
+                let n = insert.execute(params![
+                    e.source,
+                    e.id,
+                    e.kind,
+                    e.subject,
+                    e.stored.time_ms,
+                    e.stored.ingested_ms,
+                    e.body
+                ])?;
+                if n == 1 {
+                    new.push(&e.stored);
+                }
+            }
+            write_usage(conn, &usage::fold(meters, new.iter().copied()))?;
+            Ok(new.len())
+        })
+        .await
+    }
+
+    pub(crate) async fn add_meter(&self, meter: CompiledMeter) -> Result<(), StoreError> {
+        self.write(move |conn, meters| {
+            let meter = Arc::new(meter);
+            let doc = serde_json::to_value(&meter.meter)
+                .map_err(|e| StoreError::Decode(e.to_string()))?;
+            for s in super::documents::put("meter", &meter.meter.id, &doc) {
+                run_stmt(conn, &s)?;
+            }
+            backfill(conn, &meter)?;
+            bump_meters_version(conn)?;
+            meters.push(meter);
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn update_meter(&self, meter: CompiledMeter) -> Result<(), StoreError> {
+        self.write(move |conn, meters| {
+            let doc = serde_json::to_value(&meter.meter)
+                .map_err(|e| StoreError::Decode(e.to_string()))?;
+            for s in super::documents::put("meter", &meter.meter.id, &doc) {
+                run_stmt(conn, &s)?;
+            }
+            bump_meters_version(conn)?;
+            let id = meter.meter.id.clone();
+            meters.retain(|m| m.meter.id != id);
+            meters.push(Arc::new(meter));
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_meter(&self, id: String) -> Result<bool, StoreError> {
+        self.write(move |conn, meters| {
+            conn.execute("DELETE FROM usage_minutes WHERE meter_id = $1", params![id])?;
+            conn.execute("DELETE FROM usage_uniques WHERE meter_id = $1", params![id])?;
+            let n = conn.execute("DELETE FROM meters WHERE id = $1", params![id])?;
+            bump_meters_version(conn)?;
+            meters.retain(|m| m.meter.id != id);
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    pub(crate) async fn execute(&self, stmts: Vec<Stmt>) -> Result<usize, StoreError> {
+        self.write(move |conn, _| {
+            let mut last = 0;
+            for s in &stmts {
+                last = run_stmt(conn, s)?;
+            }
+            Ok(last)
+        })
+        .await
+    }
+
+    pub(crate) async fn query_docs(&self, stmt: Stmt) -> Result<Vec<String>, StoreError> {
+        self.read(move |conn| {
+            let mut s = conn.prepare_cached(&stmt.sql)?;
+            let rows = s.query_map(rusqlite::params_from_iter(stmt.params.iter()), |r| {
+                r.get::<_, String>(0)
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub(crate) async fn list_events(
+        &self,
+        mut filter: EventFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut out = Vec::new();
+            let mut before = i64::MAX;
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, body, time_ms, ingested_ms FROM events WHERE seq < $1 \
+                 ORDER BY seq DESC LIMIT 1000",
+            )?;
+            loop {
+                let mut rows = stmt.query(params![before])?;
+                let mut seen = 0;
+                while let Some(r) = rows.next()? {
+                    seen += 1;
+                    before = r.get(0)?;
+                    let body: String = r.get(1)?;
+                    let e = StoredEvent {
+                        event: serde_json::from_str(&body)
+                            .map_err(|e| StoreError::Decode(e.to_string()))?,
+                        time_ms: r.get(2)?,
+                        ingested_ms: r.get(3)?,
+                    };
+                    if filter(&e) {
+                        out.push(e);
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+                if seen == 0 {
+                    return Ok(out);
+                }
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn usage(&self, q: UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        self.read(move |conn| {
+            let mut rows = Vec::new();
+            let mut uniques = Vec::new();
+            let subjects: Vec<Option<&str>> = if q.subjects.is_empty() {
+                vec![None]
+            } else {
+                q.subjects.iter().map(|s| Some(s.as_str())).collect()
+            };
+            let mut stmt = conn.prepare_cached(
+                "SELECT subject, group_key, minute_ms, count, sum, min, max, latest_ms, latest \
+                 FROM usage_minutes WHERE meter_id = $1 AND ($2 IS NULL OR subject = $2) \
+                 AND minute_ms >= $3 AND minute_ms < $4",
+            )?;
+            let mut ustmt = conn.prepare_cached(
+                "SELECT subject, group_key, minute_ms, value FROM usage_uniques \
+                 WHERE meter_id = $1 AND ($2 IS NULL OR subject = $2) \
+                 AND minute_ms >= $3 AND minute_ms < $4",
+            )?;
+            for s in subjects {
+                let mut r = stmt.query(params![q.meter_id, s, q.from_ms, q.to_ms])?;
+                while let Some(row) = r.next()? {
+                    let sum: String = row.get(4)?;
+                    let min: Option<String> = row.get(5)?;
+                    let max: Option<String> = row.get(6)?;
+                    let latest_ms: Option<i64> = row.get(7)?;
+                    let latest: Option<String> = row.get(8)?;
+                    let agg = MinuteAgg {
+                        count: row.get::<_, i64>(3)? as u64,
+                        sum: dec(&sum)?,
+                        min: min.as_deref().map(dec).transpose()?,
+                        max: max.as_deref().map(dec).transpose()?,
+                        latest: match (latest_ms, latest) {
+                            (Some(t), Some(v)) => Some((t, dec(&v)?)),
+                            _ => None,
+                        },
+                        uniques: Vec::new(),
+                    };
+                    rows.push((row.get(0)?, row.get(1)?, row.get(2)?, agg));
+                }
+                if q.unique {
+                    let mut r = ustmt.query(params![q.meter_id, s, q.from_ms, q.to_ms])?;
+                    while let Some(row) = r.next()? {
+                        uniques.push((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?));
+                    }
+                }
+            }
+            Ok(assemble_usage(rows, uniques))
+        })
+        .await
+    }
+}
+
+fn run_stmt(conn: &Connection, s: &Stmt) -> Result<usize, StoreError> {
+    let mut stmt = conn.prepare_cached(&s.sql)?;
+    Ok(stmt.execute(rusqlite::params_from_iter(s.params.iter()))?)
+}
+
+/// The writer thread: group commit until every sender is gone.
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, shared: Arc<RwLock<Meters>>) {
+    let mut meters: Meters = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let before = meters.clone();
+        let mut dones: Vec<Done> = Vec::with_capacity(group.len());
+        let outcome = (|| -> Result<(), rusqlite::Error> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for job in group.drain(..) {
+                tx.execute_batch("SAVEPOINT job")?;
+                let kept = meters.clone();
+                let (ok, done) = job(&tx, &mut meters);
+                if ok {
+                    tx.execute_batch("RELEASE job")?;
+                } else {
+                    tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                    meters = kept;
+                }
+                dones.push(done);
+            }
+            tx.commit()
+        })();
+        match outcome {
+            Ok(()) => {
+                *shared.write().unwrap_or_else(|e| e.into_inner()) = meters.clone();
+                for d in dones {
+                    d(None);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SQLite commit failed; the group's requests get 503");
+                meters = before;
+                let msg = e.to_string();
+                for d in dones {
+                    d(Some(StoreError::Unavailable(msg.clone())));
+                }
+                // Jobs not reached before the error were dropped with their senders: their
+                // requests get "unavailable" too.
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_functions_are_exact() {
+        let conn = Connection::open_in_memory().unwrap();
+        register_decimal_functions(&conn).unwrap();
+        let (a, mn, mx): (String, Option<String>, Option<String>) = conn
+            .query_row(
+                "SELECT dec_add('0.1', '0.2'), dec_min(NULL, '3'), dec_max('2.50', '10')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(a, "0.3");
+        assert_eq!(mn.as_deref(), Some("3"));
+        assert_eq!(mx.as_deref(), Some("10"));
+    }
+}
