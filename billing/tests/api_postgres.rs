@@ -115,6 +115,26 @@ async fn two_replicas_ingesting_the_same_events_store_each_once_and_agree() {
         assert!(Instant::now() < deadline, "replica b never saw the meter");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A customer with a metered entitlement, made on replica b.
+    for (path, body) in [
+        (
+            "/api/v1/features",
+            json!({"key": "calls_f", "name": "Calls", "meterSlug": "calls"}),
+        ),
+        (
+            "/api/v1/customers",
+            json!({"name": "Acme", "key": "acme", "usageAttribution": {"subjectKeys": ["s-1"]}}),
+        ),
+        (
+            "/api/v2/customers/acme/entitlements",
+            json!({"type": "metered", "featureKey": "calls_f", "usagePeriod": {"interval": "MONTH"},
+                   "measureUsageFrom": chrono::Utc::now() - chrono::Duration::days(1),
+                   "issueAfterReset": 100000}),
+        ),
+    ] {
+        let r = post(&client, format!("{}{path}", b.base), body).await;
+        assert_eq!(r.status(), 201, "{path}: {}", r.text().await.unwrap());
+    }
     let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
     // Both replicas get all 4,000 events, in overlapping batches, at once.
     let mut tasks = Vec::new();
@@ -166,6 +186,16 @@ async fn two_replicas_ingesting_the_same_events_store_each_once_and_agree() {
         rows.sort();
         assert_eq!(rows.len(), 14, "{rows:?}");
     }
+    let value = |base: &String| {
+        get(
+            &client,
+            format!("{base}/api/v2/customers/acme/entitlements/calls_f/value"),
+        )
+    };
+    let (va, vb) = (value(&a.base).await, value(&b.base).await);
+    assert_eq!(va, vb, "entitlement values agree");
+    let used: usize = (0..4000).filter(|i| i % 7 == 1).map(|i| (i % 5) + 1).sum();
+    assert_eq!(va["usage"], json!(used as f64), "{va}");
     let count = Cluster::shared()
         .unwrap()
         .psql(

@@ -230,6 +230,16 @@ impl Stack {
 
     /// As [`Stack::start`], with extra environment for the agent (`TOLLGATE_AGENT__…` overrides).
     pub fn start_with_agent_env(dir: &Path, agent_env: &[(&str, &str)]) -> std::io::Result<Stack> {
+        Self::start_with_env(dir, &[], agent_env)
+    }
+
+    /// As [`Stack::start`], with extra environment for billing (e.g.
+    /// `TOLLGATE_BILLING_DATABASE_URL`) and for the agent.
+    pub fn start_with_env(
+        dir: &Path,
+        billing_env: &[(&str, &str)],
+        agent_env: &[(&str, &str)],
+    ) -> std::io::Result<Stack> {
         let config = workspace_root().join("kong-config");
         let billing_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let agent_grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -247,7 +257,7 @@ impl Stack {
                 "--data-dir".into(),
                 s(&dir.join("billing-data")),
             ],
-            &[],
+            billing_env,
         )?;
         wait_tcp(billing_addr, Duration::from_secs(20))?;
         let agent = Proc::spawn(

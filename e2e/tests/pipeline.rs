@@ -186,3 +186,47 @@ async fn kong_traffic_through_faults_is_billed_exactly() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kong_traffic_while_postgres_is_away_for_30_s_is_billed_exactly() {
+    // Billing on its own PostgreSQL cluster, which goes away mid-traffic: billing answers 503 with
+    // Retry-After, the agent keeps the events on disk and retries, and billing recovers by itself.
+    let cluster = tollgate_e2e::postgres::Cluster::create().unwrap();
+    cluster.start().unwrap();
+    let url = cluster.database().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start_with_env(
+        dir.path(),
+        &[("TOLLGATE_BILLING_DATABASE_URL", &url)],
+        &[("TOLLGATE_AGENT__FLUSH__RETRY_MAX_MS", "2000")],
+    )
+    .unwrap();
+    let api = deck_plugins("01-consumers-key-auth.yaml").remove(0);
+    let ai = deck_plugins("03-ai-gateway.yaml").remove(0);
+    let workers = new_workers(&stack.socket());
+    let mut expected = Expected::default();
+    traffic(&workers, &api, &ai, 150, 0, &mut expected).await;
+    cluster.stop();
+    let away = Instant::now();
+    traffic(&workers, &api, &ai, 150, 1000, &mut expected).await;
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(away.elapsed())).await;
+    traffic(&workers, &api, &ai, 60, 2000, &mut expected).await;
+    cluster.start().unwrap();
+    traffic(&workers, &api, &ai, 90, 3000, &mut expected).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (api_totals, token_totals) = (
+            totals(&stack, "api_requests").await,
+            totals(&stack, "llm_tokens").await,
+        );
+        if api_totals == expected.api && token_totals == expected.tokens {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "billing totals never matched\napi: billed {api_totals:?}\n     sent   {:?}",
+            expected.api
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
