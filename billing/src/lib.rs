@@ -1,7 +1,8 @@
 //! `tollgate-billing`: an OpenMeter-compatible central metering and entitlement service in one
 //! binary with an embedded store, so Tollgate runs on one machine with no cloud account.
 //!
-//! * [`store`]: sled trees behind a narrow interface — events, dedup, per-minute usage, entities.
+//! * [`store`]: the SQL system of record (SQLite embedded or PostgreSQL) — events with their dedup
+//!   key, per-minute usage, API documents — behind one interface, with its migrations.
 //! * [`meter`]: meters and how one event contributes to them.
 //! * [`query`]: meter queries over the per-minute aggregates.
 //! * [`entitlement`]: customers, features, entitlements, grants and the balance engine.
