@@ -16,6 +16,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::filter::{FilterString, compile_group_filters, group_passes};
 use crate::meter::Aggregation;
 use crate::query::value_of;
 use crate::store::{MinuteAgg, Store, StoreError, minute_of};
@@ -89,9 +90,13 @@ pub struct Feature {
     /// The meter behind it (SUM or COUNT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meter_slug: Option<String>,
-    /// Exact-match filters on the meter's group-by values.
+    /// Exact-match filters on the meter's group-by values (OpenMeter's deprecated form: the
+    /// `$eq` filters of `advancedMeterGroupByFilters`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meter_group_by_filters: Option<BTreeMap<String, String>>,
+    /// `FilterString` per group-by key of the meter; wins over `meterGroupByFilters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advanced_meter_group_by_filters: Option<BTreeMap<String, FilterString>>,
     /// Metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
@@ -104,6 +109,35 @@ pub struct Feature {
     /// Archived (DELETE archives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived_at: Option<DateTime<Utc>>,
+}
+
+impl Feature {
+    /// The group-by filters in force: `advancedMeterGroupByFilters` when set, else
+    /// `meterGroupByFilters` as `$eq` filters.
+    pub fn group_filters(&self) -> BTreeMap<String, FilterString> {
+        match &self.advanced_meter_group_by_filters {
+            Some(a) if !a.is_empty() => a.clone(),
+            _ => self
+                .meter_group_by_filters
+                .iter()
+                .flatten()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        FilterString {
+                            eq: Some(v.clone()),
+                            ..FilterString::default()
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the feature filters on group-by key `k`.
+    pub fn filters_group_by(&self, k: &str) -> bool {
+        self.group_filters().contains_key(k)
+    }
 }
 
 /// `usagePeriod`.
@@ -490,7 +524,16 @@ pub async fn usage_between(
     if subjects.is_empty() || from >= to {
         return Ok(Decimal::ZERO);
     }
-    let filters = feature.meter_group_by_filters.clone().unwrap_or_default();
+    // Checked when the feature was created; a filter that no longer compiles counts nothing
+    // rather than everything.
+    let Ok(filters) = compile_group_filters(
+        "advancedMeterGroupByFilters",
+        &feature.group_filters(),
+        |_| true,
+    ) else {
+        tracing::warn!(feature = %feature.key, "feature group-by filters do not compile");
+        return Ok(Decimal::ZERO);
+    };
     let mut agg = MinuteAgg::default();
     for (_, group, _, a) in store
         .usage(
@@ -501,7 +544,7 @@ pub async fn usage_between(
         )
         .await?
     {
-        if filters.iter().all(|(k, v)| group.get(k) == Some(v)) {
+        if group_passes(&filters, &group) {
             agg.merge(&a);
         }
     }

@@ -245,6 +245,247 @@ async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
     assert_eq!(events, json!([]));
 }
 
+async fn put(b: &Billing, path: &str, body: Value) -> (u16, Value) {
+    let r = client().put(b.url(path)).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// `status` and a problem detail that names `field`.
+#[track_caller]
+fn refused(got: (u16, Value), status: u16, field: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    let detail = got.1["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(field), "{field:?} not named in {detail:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meter_query_post_update_and_group_filters_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    let (s, _) = post(
+        &b,
+        "/api/v1/meters",
+        json!({"slug": "tokens", "eventType": "llm", "aggregation": "SUM", "valueProperty": "$.tokens",
+               "groupBy": {"model": "$.model"}}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let q = "/api/v1/meters/tokens/query";
+
+    let r = client()
+        .post(b.url(q))
+        .header("content-type", "application/json")
+        .body("{\"from\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("invalid request body"));
+    refused(
+        post(&b, q, json!({"groupby": ["model"]})).await,
+        400,
+        "groupby",
+    );
+    refused(post(&b, q, json!({"from": "yesterday"})).await, 400, "from");
+    refused(
+        post(&b, q, json!({"windowSize": "WEEK"})).await,
+        400,
+        "windowSize",
+    );
+    refused(
+        post(&b, q, json!({"windowTimeZone": "Mars/Base"})).await,
+        400,
+        "windowTimeZone",
+    );
+    refused(post(&b, q, json!({"subject": "one"})).await, 400, "subject");
+    refused(
+        post(&b, q, json!({"groupBy": ["colour"]})).await,
+        400,
+        "groupBy",
+    );
+    refused(
+        post(&b, q, json!({"groupBy": ["customer_id"]})).await,
+        400,
+        "filterCustomerId",
+    );
+    refused(
+        post(&b, q, json!({"filterCustomerId": ["nobody"]})).await,
+        400,
+        "filterCustomerId",
+    );
+    refused(
+        post(&b, q, json!({"clientId": "x".repeat(37)})).await,
+        400,
+        "clientId",
+    );
+    refused(
+        post(
+            &b,
+            q,
+            json!({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}),
+        )
+        .await,
+        400,
+        "from",
+    );
+    refused(
+        post(
+            &b,
+            q,
+            json!({"subject": (0..101).map(|i| i.to_string()).collect::<Vec<_>>()}),
+        )
+        .await,
+        400,
+        "subject",
+    );
+    refused(
+        post(&b, q, json!({"filterGroupBy": {"colour": ["red"]}})).await,
+        400,
+        "filterGroupBy.colour",
+    );
+    refused(
+        post(
+            &b,
+            q,
+            json!({"filterGroupBy": {"model": ["a"]},
+                           "advancedMeterGroupByFilters": {"model": {"$eq": "a"}}}),
+        )
+        .await,
+        400,
+        "cannot be used together",
+    );
+    for (filter, named) in [
+        (
+            json!({"model": {"$eq": "a", "$in": ["b"]}}),
+            "advancedMeterGroupByFilters.model",
+        ),
+        (json!({"model": {"$in": ["a", ""]}}), "$in"),
+        (json!({"model": {"$regex": "a"}}), "$regex"),
+        (json!({"model": {"$or": []}}), "$or"),
+        (json!({"model": {"$like": "a\\"}}), "$like"),
+        (
+            json!({"model": {"$and": [{"$eq": "a"}, {"$gt": "b", "$lt": "c"}]}}),
+            "$and[1]",
+        ),
+        (
+            json!({"colour": {"$eq": "red"}}),
+            "advancedMeterGroupByFilters.colour",
+        ),
+        (json!({"model": "gpt"}), "advancedMeterGroupByFilters.model"),
+    ] {
+        refused(
+            post(&b, q, json!({"advancedMeterGroupByFilters": filter})).await,
+            400,
+            named,
+        );
+    }
+    refused(
+        get(&b, &format!("{q}?advancedMeterGroupByFilters=model")).await,
+        400,
+        "advancedMeterGroupByFilters",
+    );
+    refused(
+        post(&b, "/api/v1/meters/nope/query", json!({})).await,
+        404,
+        "nope",
+    );
+    let (s, body) = post(&b, q, json!({})).await;
+    assert_eq!(
+        (s, &body["data"]),
+        (200, &json!([])),
+        "an empty body is a query of everything"
+    );
+
+    let m = "/api/v1/meters/tokens";
+    refused(
+        put(
+            &b,
+            m,
+            json!({"slug": "other", "groupBy": {"model": "$.model"}}),
+        )
+        .await,
+        400,
+        "slug",
+    );
+    refused(
+        put(&b, m, json!({"aggregation": "MAX"})).await,
+        400,
+        "aggregation",
+    );
+    refused(
+        put(&b, m, json!({"valueProperty": "$.other"})).await,
+        400,
+        "valueProperty",
+    );
+    refused(
+        put(&b, m, json!({"description": ""})).await,
+        400,
+        "description",
+    );
+    refused(put(&b, m, json!({"name": ""})).await, 400, "name");
+    refused(put(&b, m, json!({"metadata": [1]})).await, 400, "metadata");
+    refused(put(&b, m, json!({"colour": "red"})).await, 400, "colour");
+    refused(
+        put(&b, m, json!({"groupBy": {"model": "$["}})).await,
+        400,
+        "groupBy",
+    );
+    refused(put(&b, "/api/v1/meters/nope", json!({})).await, 404, "nope");
+    // Sending the meter back as read is fine: unchanged fixed fields, read-only fields ignored.
+    let (_, mut shown) = get(&b, m).await;
+    shown["description"] = json!("LLM tokens");
+    let (s, updated) = put(&b, m, shown).await;
+    assert_eq!(s, 200, "{updated}");
+    assert_eq!(updated["description"], "LLM tokens");
+    assert_eq!(updated["groupBy"], json!({"model": "$.model"}));
+
+    let (s, f) = post(
+        &b,
+        "/api/v1/features",
+        json!({"key": "gpt", "name": "GPT", "meterSlug": "tokens",
+               "advancedMeterGroupByFilters": {"model": {"$like": "gpt%"}}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{f}");
+    refused(
+        post(
+            &b,
+            "/api/v1/features",
+            json!({"key": "bad", "name": "x", "meterSlug": "tokens",
+                   "advancedMeterGroupByFilters": {"colour": {"$eq": "red"}}}),
+        )
+        .await,
+        400,
+        "advancedMeterGroupByFilters.colour",
+    );
+    refused(
+        post(
+            &b,
+            "/api/v1/features",
+            json!({"key": "bad", "name": "x", "advancedMeterGroupByFilters": {"model": {"$eq": "a"}}}),
+        )
+        .await,
+        400,
+        "meterSlug",
+    );
+    refused(
+        put(&b, m, json!({"groupBy": {}})).await,
+        409,
+        "groupBy.model",
+    );
+    let (_, still) = get(&b, m).await;
+    assert_eq!(
+        still["groupBy"],
+        json!({"model": "$.model"}),
+        "a refused update changes nothing"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_and_dedup_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,8 @@
 //!
 //! * [`ingest`]: `POST` events (v1 and v3).
 //! * [`events`]: listing ingested events.
-//! * [`meters`]: meter CRUD, queries and subjects.
+//! * [`meters`]: meter CRUD (update included) and subjects.
+//! * [`meter_query`]: meter queries (GET and POST).
 //! * [`customers`]: customers and their lookup by id or key.
 //! * [`features`]: features and their lookup by id or key.
 //! * [`entitlements`]: entitlements (v1 subject, v1 customer, v2 customer), values and access.
@@ -21,6 +22,7 @@ pub mod features;
 pub mod grants;
 pub mod history;
 pub mod ingest;
+pub mod meter_query;
 pub mod meters;
 pub mod resets;
 
@@ -103,6 +105,7 @@ pub fn router(api: Api) -> Router {
         .merge(ingest::routes())
         .merge(events::routes())
         .merge(meters::routes())
+        .merge(meter_query::routes())
         .merge(customers::routes())
         .merge(features::routes())
         .merge(entitlements::routes())
@@ -138,14 +141,8 @@ async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
 /// The body parsed as `T`; a 400 naming what is wrong otherwise.
 pub(crate) fn json_body<T: for<'de> serde::Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error_free(de)
-}
-
-/// serde_json with the failing field named (`path: message`).
-fn serde_path_to_error_free<'de, T: serde::Deserialize<'de>>(
-    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
-) -> Result<T, Problem> {
-    T::deserialize(de).map_err(|e| bad(format!("invalid request body: {e}")))
+    // The failing field named (`path: message`).
+    serde_path_to_error::deserialize(de).map_err(|e| bad(format!("invalid request body: {e}")))
 }
 /// The query string's pairs, decoded.
 pub(crate) fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {

@@ -9,6 +9,7 @@ import datetime as dt
 import sys
 import uuid
 
+from corehttp.exceptions import HttpResponseError, ResourceNotFoundError
 from openmeter import Client
 
 base, token = sys.argv[1], sys.argv[2]
@@ -24,6 +25,22 @@ def step(name):
 def check(cond, what):
     if not cond:
         raise SystemExit(f"FAILED: {what}")
+
+
+def iso(t):
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def refused(status, fn, *args, contains=""):
+    """The call fails with this HTTP status and a problem detail mentioning `contains`."""
+    try:
+        fn(*args)
+    except HttpResponseError as e:
+        detail = str(e) + " " + (e.response.text() if e.response is not None else "")
+        check(e.status_code == status, f"{fn.__name__}: status {e.status_code} != {status}: {detail}")
+        check(contains in detail, f"{fn.__name__}: {contains!r} not in {detail}")
+        return
+    raise SystemExit(f"FAILED: {fn.__name__}{args} was accepted, expected {status}")
 
 
 step("create meters")
@@ -73,11 +90,89 @@ check(all(r.subject == "consumer:acme-1" for r in res.data), "subject on rows")
 csv = client.meters.query_csv("llm_tokens", from_parameter=start, to=now, group_by=["model"])
 check("gpt-4o" in csv and csv.startswith("window_start"), f"csv: {csv[:200]}")
 
+step("query with a JSON body (POST /api/v1/meters/{slug}/query)")
+res = client.meters.query("llm_tokens", {"from": iso(start), "to": iso(now), "windowSize": "HOUR",
+                                         "subject": ["consumer:acme-1"], "groupBy": ["model"]})
+check(sum(r.value for r in res.data) == sum(10 + i for i in range(30)), f"POST token sum {res.data}")
+check(all(r.group_by["model"] == "gpt-4o" and r.subject == "consumer:acme-1" for r in res.data),
+      f"POST rows grouped {res.data}")
+res = client.meters.query("api_requests", {"from": iso(start), "to": iso(now + dt.timedelta(minutes=2)),
+                                           "filterCustomerId": [globex.id], "groupBy": ["method"]})
+check(sum(r.value for r in res.data) == 10 and all(r.customer_id == globex.id for r in res.data),
+      f"POST customer filter: rows carry customerId {res.data}")
+res = client.meters.query("api_requests", {"filterGroupBy": {"method": ["PUT", "POST"]}})
+check(sum(r.value for r in res.data) == 16, f"filterGroupBy any-of: 15 POST + 1 PUT, got {res.data}")
+refused(400, client.meters.query, "llm_tokens", {"groupBy": ["colour"]}, contains="groupBy")
+refused(400, client.meters.query, "llm_tokens", {"from": iso(now), "to": iso(start)}, contains="from")
+
+step("advancedMeterGroupByFilters on queries")
+lab = []
+models = ["gpt-4o", "gpt-4o-mini", "claude-3"]
+for i in range(6):
+    lab.append({"id": f"lab-{i}", "source": "sdk-test", "specversion": "1.0", "type": "kong.llm_request",
+                "subject": "consumer:lab-1", "time": iso(start + dt.timedelta(minutes=i)),
+                "data": {"model": models[i % 3], "type": "request" if i < 3 else "response",
+                         "tokens": 100 * (i + 1), "provider": "openai" if i % 3 < 2 else "anthropic"}})
+client.events.ingest_events(lab)
+# tokens: gpt-4o 100+400, gpt-4o-mini 200+500, claude-3 300+600
+window = {"from": iso(start), "to": iso(now + dt.timedelta(minutes=1)), "subject": ["consumer:lab-1"]}
+
+
+def lab_sum(filters, via_get=False):
+    if via_get:
+        res = client.meters.query_json("llm_tokens", from_parameter=start, to=now + dt.timedelta(minutes=1),
+                                       subject=["consumer:lab-1"], advanced_meter_group_by_filters=filters)
+    else:
+        res = client.meters.query("llm_tokens", {**window, "advancedMeterGroupByFilters": filters})
+    return sum(r.value for r in res.data)
+
+
+check(lab_sum({"model": {"$like": "gpt-4o%"}}) == 1200, "$like")
+check(lab_sum({"model": {"$ilike": "GPT-4O"}}) == 500, "$ilike")
+check(lab_sum({"model": {"$in": ["gpt-4o", "claude-3"]}, "type": {"$eq": "request"}}) == 400, "$in + $eq")
+check(lab_sum({"model": {"$nin": ["claude-3"]}}, via_get=True) == 1200, "$nin (GET, JSON parameter)")
+check(lab_sum({"model": {"$ne": "gpt-4o"}}) == 1600, "$ne")
+check(lab_sum({"model": {"$or": [{"$eq": "claude-3"}, {"$nlike": "gpt%"}]}}) == 900, "$or")
+check(lab_sum({"model": {"$and": [{"$gte": "gpt-4o"}, {"$lt": "gpt-4o-z"}]}}) == 1200, "$and of $gte/$lt")
+refused(400, client.meters.query, "llm_tokens", {"advancedMeterGroupByFilters": {"model": {"$eq": "a", "$ne": "b"}}},
+        contains="advancedMeterGroupByFilters.model")
+refused(400, client.meters.query, "llm_tokens", {"advancedMeterGroupByFilters": {"colour": {"$eq": "red"}}},
+        contains="advancedMeterGroupByFilters.colour")
+
+step("meter update (PUT /api/v1/meters/{slug})")
+updated = client.meters.update("llm_tokens", {"name": "LLM tokens", "description": "Tokens per model",
+                                              "groupBy": {"model": "$.model", "type": "$.type",
+                                                          "provider": "$.provider"},
+                                              "metadata": {"team": "ml"}})
+check(updated.name == "LLM tokens" and updated.description == "Tokens per model", f"updated {updated}")
+check(set(updated.group_by) == {"model", "type", "provider"}, f"groupBy {updated.group_by}")
+check(client.meters.get("llm_tokens").group_by.get("provider") == "$.provider", "update persisted")
+res = client.meters.query("llm_tokens", {**window, "groupBy": ["provider"]})
+by_provider = {r.group_by["provider"]: r.value for r in res.data}
+check(by_provider == {"openai": 1200, "anthropic": 900}, f"a new group-by covers past events {by_provider}")
+refused(400, client.meters.update, "llm_tokens", {"aggregation": "MAX", "groupBy": updated.group_by},
+        contains="aggregation")
+refused(400, client.meters.update, "llm_tokens", {"eventType": "other", "groupBy": updated.group_by},
+        contains="eventType")
+refused(404, client.meters.update, "no_such_meter", {"name": "x"})
+
 step("features and entitlements")
 client.features.create({"key": "api_calls", "name": "API calls", "meterSlug": "api_requests"})
 client.features.create({"key": "gpt4o_prompt", "name": "GPT-4o prompt tokens", "meterSlug": "llm_tokens",
                         "meterGroupByFilters": {"model": "gpt-4o", "type": "request"}})
 client.features.create({"key": "sso", "name": "SSO"})
+lab_feature = client.features.create({"key": "openai_tokens", "name": "OpenAI tokens", "meterSlug": "llm_tokens",
+                                      "advancedMeterGroupByFilters": {"model": {"$like": "gpt%"},
+                                                                      "type": {"$eq": "request"}}})
+check(lab_feature.advanced_meter_group_by_filters["model"]["$like"] == "gpt%", f"feature {lab_feature}")
+refused(400, client.features.create, {"key": "bad_filter", "name": "x", "meterSlug": "llm_tokens",
+                                      "advancedMeterGroupByFilters": {"model": {"$regex": "g.*"}}},
+        contains="advancedMeterGroupByFilters")
+refused(409, client.meters.update, "llm_tokens", {"groupBy": {"model": "$.model"}}, contains="type")
+client.customers.create({"name": "Lab", "key": "lab", "usageAttribution": {"subjectKeys": ["consumer:lab-1"]}})
+client.customer_entitlements_v2.post("lab", {
+    "type": "metered", "featureKey": "openai_tokens", "usagePeriod": {"interval": "MONTH"},
+    "measureUsageFrom": iso(start), "issue": {"amount": 1000}})
 ent = client.customer_entitlements_v2.post("acme", {
     "type": "metered", "featureKey": "api_calls", "isSoftLimit": False,
     "usagePeriod": {"interval": "MONTH"}, "measureUsageFrom": start.isoformat().replace("+00:00", "Z")})
@@ -100,5 +195,9 @@ b = client.customer_entitlement_v2.get_customer_entitlement_value("acme", "sso")
 check(b.has_access is True, "boolean entitlement")
 g = client.customer_entitlement_v2.get_customer_entitlement_value("globex", "sso")
 check(g.has_access is False, "no entitlement: no access")
+
+lab_value = client.customer_entitlement_v2.get_customer_entitlement_value("lab", "openai_tokens")
+check(lab_value.usage == 300, f"feature advanced filters: gpt requests 100 + 200, got {lab_value}")
+check(lab_value.balance == 700, f"lab balance {lab_value}")
 
 print("conformance: all steps passed", flush=True)
