@@ -491,6 +491,37 @@ pub struct EntitlementValue {
     /// Static: the config string.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
+    /// Metered, v2 only: each active grant's balance by grant id (`grantBalances`). The grant
+    /// `issueAfterReset` issues shows as `issue-after-reset@<period start>`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "balances_as_numbers"
+    )]
+    pub grant_balances: Option<BTreeMap<String, Decimal>>,
+}
+
+fn balances_as_numbers<S: serde::Serializer>(
+    balances: &Option<BTreeMap<String, Decimal>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use rust_decimal::prelude::ToPrimitive;
+    use serde::ser::SerializeMap;
+    let Some(b) = balances else {
+        return s.serialize_none();
+    };
+    let mut map = s.serialize_map(Some(b.len()))?;
+    for (id, v) in b {
+        map.serialize_entry(id, &v.to_f64().unwrap_or(0.0))?;
+    }
+    map.end()
+}
+
+impl EntitlementValue {
+    /// The v1 shape (`EntitlementValue`): no `grantBalances`.
+    pub fn v1(mut self) -> Self {
+        self.grant_balances = None;
+        self
+    }
 }
 
 impl EntitlementValue {
@@ -503,6 +534,7 @@ impl EntitlementValue {
             overage: None,
             total_available_grant_amount: None,
             config: None,
+            grant_balances: None,
         }
     }
 }
@@ -789,11 +821,12 @@ async fn value_until(
             }
         }
     }
-    let balance: Decimal = live
+    let active: BTreeMap<String, Decimal> = live
         .iter()
         .filter(|g| g.grant.active_at(check_at))
-        .map(|g| g.balance)
-        .sum();
+        .map(|g| (g.grant.id.clone(), g.balance))
+        .collect();
+    let balance: Decimal = active.values().copied().sum();
     Ok(EntitlementValue {
         has_access: ent.is_soft_limit || balance > Decimal::ZERO,
         balance: Some(balance),
@@ -801,6 +834,7 @@ async fn value_until(
         overage: Some(overage),
         total_available_grant_amount: Some(available),
         config: None,
+        grant_balances: Some(active),
     })
 }
 

@@ -487,6 +487,83 @@ async fn meter_query_post_update_and_group_filters_refuse_bad_input() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_grant_listing_pages_and_refuses_bad_paging() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    post(
+        &b,
+        "/api/v1/meters",
+        json!({"slug": "calls", "eventType": "call", "aggregation": "COUNT"}),
+    )
+    .await;
+    post(
+        &b,
+        "/api/v1/features",
+        json!({"key": "calls", "name": "Calls", "meterSlug": "calls"}),
+    )
+    .await;
+    post(&b, "/api/v1/customers", json!({"name": "A", "key": "a"})).await;
+    let (s, e) = post(
+        &b,
+        "/api/v2/customers/a/entitlements",
+        json!({"type": "metered", "featureKey": "calls", "usagePeriod": {"interval": "DAY"}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{e}");
+    let grants = "/api/v2/customers/a/entitlements/calls/grants";
+    for amount in [10, 20, 30] {
+        let (s, g) = post(
+            &b,
+            grants,
+            json!({"amount": amount, "effectiveAt": "2026-01-01T00:00:00Z"}),
+        )
+        .await;
+        assert_eq!(s, 201, "{g}");
+    }
+    let (s, page) = get(&b, &format!("{grants}?page=2&pageSize=2")).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (
+            page["page"].clone(),
+            page["pageSize"].clone(),
+            page["totalCount"].clone()
+        ),
+        (json!(2), json!(2), json!(3))
+    );
+    assert_eq!(page["items"][0]["amount"], 30.0, "{page}");
+    let (_, page) = get(&b, &format!("{grants}?page=9")).await;
+    assert_eq!(page["items"], json!([]), "past the end: an empty page");
+    for (query, field) in [
+        ("page=0", "page"),
+        ("pageSize=1001", "pageSize"),
+        ("limit=0", "limit"),
+        ("offset=-1", "offset"),
+        ("order=UP", "order"),
+        ("orderBy=amount", "orderBy"),
+        ("includeDeleted=maybe", "includeDeleted"),
+        ("colour=red", "colour"),
+    ] {
+        refused(get(&b, &format!("{grants}?{query}")).await, 400, field);
+    }
+    refused(
+        get(&b, "/api/v2/customers/a/entitlements/nope/grants").await,
+        404,
+        "nope",
+    );
+    let (_, v) = get(&b, "/api/v2/customers/a/entitlements/calls/value").await;
+    assert_eq!(v["grantBalances"].as_object().unwrap().len(), 3, "{v}");
+    assert!(
+        v["grantBalances"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|b| b.is_number())
+    );
+    let (_, v) = get(&b, "/api/v1/customers/a/entitlements/calls/value").await;
+    assert!(v.get("grantBalances").is_none(), "v1: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_and_dedup_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Billing::start(dir.path());

@@ -31,10 +31,10 @@ def iso(t):
     return t.isoformat().replace("+00:00", "Z")
 
 
-def refused(status, fn, *args, contains=""):
+def refused(status, fn, *args, contains="", **kwargs):
     """The call fails with this HTTP status and a problem detail mentioning `contains`."""
     try:
-        fn(*args)
+        fn(*args, **kwargs)
     except HttpResponseError as e:
         detail = str(e) + " " + (e.response.text() if e.response is not None else "")
         check(e.status_code == status, f"{fn.__name__}: status {e.status_code} != {status}: {detail}")
@@ -179,18 +179,39 @@ ent = client.customer_entitlements_v2.post("acme", {
 # The SDK returns the EntitlementV2 union as a plain mapping.
 feature_key = ent["featureKey"] if isinstance(ent, dict) else ent.feature_key
 check(feature_key == "api_calls", f"entitlement {ent}")
-client.customer_entitlement_v2.create_customer_entitlement_grant("acme", "api_calls", {
+acme_grant = client.customer_entitlement_v2.create_customer_entitlement_grant("acme", "api_calls", {
     "amount": 100, "priority": 1, "effectiveAt": (start - dt.timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
     "expiration": {"duration": "MONTH", "count": 1}})
 client.customer_entitlements_v2.post("acme", {"type": "boolean", "featureKey": "sso"})
+second_grant = client.customer_entitlement_v2.create_customer_entitlement_grant("acme", "api_calls", {
+    "amount": 5, "priority": 9, "effectiveAt": iso(start - dt.timedelta(hours=1))})
+
+step("v2 grant listing (GET /api/v2/customers/{c}/entitlements/{f}/grants)")
+page = client.customer_entitlement_v2.get_grants("acme", "api_calls")
+check(page.total_count == 2 and page.page == 1 and page.page_size == 100, f"paginated {page}")
+check([g.id for g in page.items_property] == [acme_grant.id, second_grant.id], f"creation order {page.items_property}")
+check(page.items_property[0].amount == 100 and page.items_property[0].entitlement_id, f"EntitlementGrantV2 {page.items_property[0]}")
+page = client.customer_entitlement_v2.get_grants("acme", "api_calls", page=2, page_size=1, order="ASC",
+                                                 order_by="createdAt")
+check(page.total_count == 2 and [g.id for g in page.items_property] == [second_grant.id], f"page 2 of 1 {page}")
+page = client.customer_entitlement_v2.get_grants("acme", "api_calls", order="DESC")
+check([g.id for g in page.items_property] == [second_grant.id, acme_grant.id], f"DESC {page.items_property}")
+page = client.customer_entitlement_v2.get_grants("acme", "api_calls", limit=1, offset=1)
+check([g.id for g in page.items_property] == [second_grant.id], f"limit/offset {page}")
+refused(400, client.customer_entitlement_v2.get_grants, "acme", "api_calls", page_size=5000,
+        contains="pageSize")
+refused(404, client.customer_entitlement_v2.get_grants, "nobody", "api_calls", contains="nobody")
 
 step("entitlement values")
 v = client.customer_entitlement_v2.get_customer_entitlement_value("acme", "api_calls")
 check(v.has_access is True, f"has access {v}")
 check(v.usage == 21, f"acme usage {v.usage} != 21 (20 batch + 1 single)")
-check(v.balance == 79, f"balance {v.balance} != 79")
+check(v.balance == 84, f"balance {v.balance} != 84 (100 + 5 granted, 21 used)")
+check(v.grant_balances == {acme_grant.id: 79, second_grant.id: 5},
+      f"grantBalances: the priority-1 grant burns first {v.grant_balances}")
 v1 = client.customer_entitlement.get_customer_entitlement_value("acme", "api_calls")
-check(v1.balance == 79 and v1.usage == 21, f"v1 customer value {v1}")
+check(v1.balance == 84 and v1.usage == 21, f"v1 customer value {v1}")
+check("grantBalances" not in v1, f"v1 values have no grantBalances {v1}")
 b = client.customer_entitlement_v2.get_customer_entitlement_value("acme", "sso")
 check(b.has_access is True, "boolean entitlement")
 g = client.customer_entitlement_v2.get_customer_entitlement_value("globex", "sso")
