@@ -564,6 +564,107 @@ async fn v2_grant_listing_pages_and_refuses_bad_paging() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_and_event_filters_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    let subjects = "/api/v1/subjects";
+    refused(
+        post(&b, subjects, json!({"key": "a"})).await,
+        400,
+        "invalid request body",
+    );
+    refused(
+        post(&b, subjects, json!([{"displayName": "x"}])).await,
+        400,
+        "key",
+    );
+    refused(
+        post(&b, subjects, json!([{"key": ""}])).await,
+        400,
+        "[0].key",
+    );
+    refused(
+        post(&b, subjects, json!([{"key": "a", "colour": "red"}])).await,
+        400,
+        "colour",
+    );
+    refused(
+        post(&b, subjects, json!([{"key": "a", "metadata": [1]}])).await,
+        400,
+        "metadata",
+    );
+    refused(
+        post(
+            &b,
+            subjects,
+            json!([{"key": "a"}, {"key": "b", "stripeCustomerId": "acct_1"}]),
+        )
+        .await,
+        400,
+        "[1].stripeCustomerId",
+    );
+    let (_, listed) = get(&b, subjects).await;
+    assert_eq!(
+        listed,
+        json!([]),
+        "a refused upsert stores nothing, not even its good items"
+    );
+    refused(get(&b, "/api/v1/subjects/nope").await, 404, "nope");
+    let r = client()
+        .delete(b.url("/api/v1/subjects/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (s, made) = post(&b, subjects, json!([{"key": "a", "displayName": "A"}])).await;
+    assert_eq!(s, 200, "{made}");
+    let r = client()
+        .delete(b.url("/api/v1/subjects/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    let events = "/api/v1/events";
+    for (query, field) in [
+        ("ingestedAtFrom=yesterday", "ingestedAtFrom"),
+        ("ingestedAtTo=2026-13-01T00:00:00Z", "ingestedAtTo"),
+        ("customerId=nobody", "customerId"),
+        ("limit=101", "limit"),
+        ("from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
+        (
+            "ingestedAtFrom=2026-01-02T00:00:00Z&ingestedAtTo=2026-01-01T00:00:00Z",
+            "ingestedAtFrom",
+        ),
+        ("customer=a", "customer"),
+    ] {
+        refused(get(&b, &format!("{events}?{query}")).await, 400, field);
+    }
+    // Comma-separated customer ids (OpenMeter's `explode: false`) and repeated ones both work.
+    post(&b, "/api/v1/customers", json!({"name": "A", "key": "a"})).await;
+    post(&b, "/api/v1/customers", json!({"name": "B", "key": "b"})).await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let batch = json!([
+        {"id": "1", "source": "t", "type": "x", "subject": "a", "time": now},
+        {"id": "2", "source": "t", "type": "x", "subject": "b", "time": now},
+        {"id": "3", "source": "t", "type": "x", "subject": "c", "time": now},
+    ]);
+    assert_eq!(ingest(&b, batch).await, 204);
+    for query in ["customerId=a,b", "customerId=a&customerId=b"] {
+        let (s, listed) = get(&b, &format!("{events}?{query}")).await;
+        assert_eq!(s, 200, "{listed}");
+        let mut ids: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"]["id"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["1", "2"], "{query}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_and_dedup_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Billing::start(dir.path());

@@ -14,6 +14,7 @@
 //! * [`grants`]: grants on an entitlement.
 //! * [`resets`]: usage resets.
 //! * [`history`]: windowed balance history.
+//! * [`subjects`]: subjects (display name and metadata for a subject key).
 
 pub mod customers;
 pub mod entitlements;
@@ -25,6 +26,7 @@ pub mod ingest;
 pub mod meter_query;
 pub mod meters;
 pub mod resets;
+pub mod subjects;
 
 use std::sync::Arc;
 
@@ -112,6 +114,7 @@ pub fn router(api: Api) -> Router {
         .merge(grants::routes())
         .merge(resets::routes())
         .merge(history::routes())
+        .merge(subjects::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), auth))

@@ -7,6 +7,7 @@ that runs this script shows how far it got.
 
 import datetime as dt
 import sys
+import time
 import uuid
 
 from corehttp.exceptions import HttpResponseError, ResourceNotFoundError
@@ -113,6 +114,8 @@ for i in range(6):
                 "subject": "consumer:lab-1", "time": iso(start + dt.timedelta(minutes=i)),
                 "data": {"model": models[i % 3], "type": "request" if i < 3 else "response",
                          "tokens": 100 * (i + 1), "provider": "openai" if i % 3 < 2 else "anthropic"}})
+before_lab = dt.datetime.now(dt.timezone.utc)
+time.sleep(0.05)
 client.events.ingest_events(lab)
 # tokens: gpt-4o 100+400, gpt-4o-mini 200+500, claude-3 300+600
 window = {"from": iso(start), "to": iso(now + dt.timedelta(minutes=1)), "subject": ["consumer:lab-1"]}
@@ -220,5 +223,40 @@ check(g.has_access is False, "no entitlement: no access")
 lab_value = client.customer_entitlement_v2.get_customer_entitlement_value("lab", "openai_tokens")
 check(lab_value.usage == 300, f"feature advanced filters: gpt requests 100 + 200, got {lab_value}")
 check(lab_value.balance == 700, f"lab balance {lab_value}")
+
+step("subjects (/api/v1/subjects)")
+made = client.subjects.upsert([{"key": "consumer:acme-1", "displayName": "ACME production"},
+                               {"key": "consumer:lab-1", "metadata": {"team": "research"}}])
+check([m.key for m in made] == ["consumer:acme-1", "consumer:lab-1"] and all(m.id for m in made), f"upsert {made}")
+check(made[0].display_name == "ACME production" and made[0].created_at, f"Subject shape {made[0]}")
+again = client.subjects.upsert([{"key": "consumer:acme-1", "metadata": {"tier": "gold"}}])
+check(again[0].id == made[0].id and again[0].display_name == "ACME production"
+      and again[0].metadata == {"tier": "gold"}, f"partial update keeps what it does not name {again}")
+cleared = client.subjects.upsert([{"key": "consumer:lab-1", "displayName": None, "metadata": None}])
+check(cleared[0].display_name is None and cleared[0].metadata is None, f"null clears {cleared}")
+check([s.key for s in client.subjects.list()] == ["consumer:acme-1", "consumer:lab-1"], "list")
+check(client.subjects.get("consumer:acme-1").metadata == {"tier": "gold"}, "get by key")
+check(client.subjects.get(made[1].id).key == "consumer:lab-1", "get by id")
+client.subjects.delete("consumer:lab-1")
+refused(404, client.subjects.get, "consumer:lab-1", contains="consumer:lab-1")
+check([s.key for s in client.subjects.list()] == ["consumer:acme-1"], "deleted")
+refused(400, client.subjects.upsert, [{"key": "x", "stripeCustomerId": "acct_1"}], contains="stripeCustomerId")
+refused(400, client.subjects.upsert, [{"displayName": "no key"}], contains="key")
+
+step("event list filters (customerId, ingestedAtFrom/To)")
+listed = client.events.list(customer_id=[globex.id], limit=100)
+check(len(listed) == 10 and all(e.event.subject == "consumer:globex-1" and e.customer_id == globex.id
+                                for e in listed), f"globex's events {[(e.event.id, e.customer_id) for e in listed]}")
+listed = client.events.list(ingested_at_from=before_lab, limit=100)
+check(sorted(e.event.id for e in listed) == sorted(e["id"] for e in lab), f"ingested since {[e.event.id for e in listed]}")
+check(all(e.customer_id for e in listed), "lab events belong to customer lab")
+listed = client.events.list(ingested_at_to=before_lab, limit=100)
+check(len(listed) == 61 and not any(e.event.id.startswith("lab-") for e in listed),
+      f"ingested before the lab events: 60 + 1 (the retry deduplicated), got {len(listed)}")
+listed = client.events.list(ingested_at_to=before_lab, customer_id=[acme.id], limit=100)
+check(len(listed) == 51 and all(e.customer_id == acme.id for e in listed), f"acme only: 20 + 30 + 1, got {len(listed)}")
+listed = client.events.list(ingested_at_from=before_lab, ingested_at_to=before_lab, limit=100)
+check(listed == [], f"an empty ingest window lists nothing {listed}")
+refused(400, client.events.list, customer_id=["nobody"], contains="customerId")
 
 print("conformance: all steps passed", flush=True)
