@@ -257,45 +257,81 @@ pub async fn run(
     })
 }
 
-/// The result as CSV: `window_start,window_end,subject,<group keys…>,value`.
-pub fn to_csv(result: &MeterQueryResult, group_keys: &[String]) -> String {
-    let keys: Vec<&String> = group_keys
-        .iter()
-        .filter(|g| *g != "subject" && *g != "customer_id")
-        .collect();
-    let mut out = String::from("window_start,window_end,subject");
-    for k in &keys {
-        out.push(',');
-        out.push_str(k);
+/// The group-by keys a query answers by, in OpenMeter's order: those asked for, then `subject`
+/// when filtering by subject and `customer_id` when filtering by customer.
+pub fn effective_group_by(q: &MeterQuery) -> Vec<String> {
+    let mut keys = q.group_by.clone();
+    if !q.subjects.is_empty() && !keys.iter().any(|k| k == "subject") {
+        keys.push("subject".into());
     }
-    out.push_str(",value\n");
+    if !q.customers.is_empty() && !keys.iter().any(|k| k == "customer_id") {
+        keys.push("customer_id".into());
+    }
+    keys
+}
+
+/// The result as CSV, in OpenMeter's layout: `window_start,window_end`, then `subject` (and
+/// `subject_display_name` when any row's subject is a known subject) when grouped by subject,
+/// then the other group-by keys (`customer_id` among them), then `value` (`%f`).
+/// `display_names` maps subject keys to display names.
+pub fn to_csv(
+    result: &MeterQueryResult,
+    q: &MeterQuery,
+    display_names: &BTreeMap<String, Option<String>>,
+) -> String {
+    let group_by = effective_group_by(q);
+    let by_subject = group_by.iter().any(|k| k == "subject");
+    let keys: Vec<&String> = group_by.iter().filter(|k| *k != "subject").collect();
+    let names = by_subject
+        && result.data.iter().any(|r| {
+            r.subject
+                .as_ref()
+                .is_some_and(|s| display_names.contains_key(s))
+        });
     let esc = |s: &str| {
-        if s.contains([',', '"', '\n']) {
+        if s.contains([',', '"', '\n', '\r']) {
             format!("\"{}\"", s.replace('"', "\"\""))
         } else {
             s.to_owned()
         }
     };
+    let mut header = vec!["window_start".to_owned(), "window_end".to_owned()];
+    if by_subject {
+        header.push("subject".into());
+    }
+    if names {
+        header.push("subject_display_name".into());
+    }
+    header.extend(keys.iter().map(|k| esc(k)));
+    header.push("value".into());
+    let mut out = header.join(",");
+    out.push('\n');
     for row in &result.data {
-        out.push_str(&format!(
-            "{},{},{}",
+        let mut cells = vec![
             row.window_start
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             row.window_end
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            esc(row.subject.as_deref().unwrap_or(""))
-        ));
-        for k in &keys {
-            out.push(',');
-            out.push_str(&esc(row
-                .group_by
-                .get(k.as_str())
-                .cloned()
-                .flatten()
-                .as_deref()
-                .unwrap_or("")));
+        ];
+        let subject = row.subject.as_deref().unwrap_or("");
+        if by_subject {
+            cells.push(esc(subject));
         }
-        out.push_str(&format!(",{}\n", row.value));
+        if names {
+            let name = display_names.get(subject).cloned().flatten();
+            cells.push(esc(name.as_deref().unwrap_or("")));
+        }
+        for k in &keys {
+            let v = if k.as_str() == "customer_id" {
+                row.customer_id.clone()
+            } else {
+                row.group_by.get(k.as_str()).cloned().flatten()
+            };
+            cells.push(esc(v.as_deref().unwrap_or("")));
+        }
+        cells.push(format!("{:.6}", row.value));
+        out.push_str(&cells.join(","));
+        out.push('\n');
     }
     out
 }

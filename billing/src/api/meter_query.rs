@@ -1,7 +1,8 @@
 //! Meter queries: `GET /api/v1/meters/{idOrSlug}/query` (parameters in the query string) and
 //! `POST /api/v1/meters/{idOrSlug}/query` (`MeterQueryRequest` in a JSON body). Both are turned
 //! into one [`MeterQueryRequest`], checked once (every error names its field) and run by
-//! [`crate::query::run`]; the answer is `MeterQueryResult` JSON, or CSV for `Accept: text/csv`.
+//! [`crate::query::run`]; the answer is `MeterQueryResult` JSON, or CSV for `Accept: text/csv` (OpenMeter's columns,
+//! with subjects' display names).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use super::customers::customer_by;
+use super::subjects::{self, Subject};
 use super::{Api, Problem, R, bad, json_body, not_found, parse_time, query_pairs};
 use crate::filter::{FilterString, Matcher, compile_group_filters};
 use crate::meter::CompiledMeter;
@@ -194,9 +196,16 @@ async fn answer(api: &Api, id: &str, req: MeterQueryRequest, headers: &HeaderMap
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/csv"));
     if wants_csv {
+        let names: BTreeMap<String, Option<String>> = api
+            .store
+            .list_entities::<Subject>(subjects::KIND)
+            .await?
+            .into_iter()
+            .map(|s| (s.key, s.display_name))
+            .collect();
         return Ok((
             [(header::CONTENT_TYPE, "text/csv")],
-            query::to_csv(&result, &q.group_by),
+            query::to_csv(&result, &q, &names),
         )
             .into_response());
     }

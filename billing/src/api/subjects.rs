@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use super::{Api, Problem, R, bad, json_body, new_id, not_found};
 
 /// Entity kind in the store.
-const KIND: &str = "subject";
+pub(crate) const KIND: &str = "subject";
 
 /// Subject routes.
 pub fn routes() -> Router<Api> {
