@@ -243,6 +243,10 @@ check([s.key for s in client.subjects.list()] == ["consumer:acme-1"], "deleted")
 csv = client.meters.query_csv("api_requests", group_by=["subject"]).splitlines()
 check(csv[0] == "window_start,window_end,subject,subject_display_name,value", f"CSV header {csv[0]}")
 check(any(",consumer:acme-1,ACME production,21.000000" in line for line in csv), f"display name in CSV {csv}")
+csv = client.meters.query_csv("api_requests", filter_customer_id=[globex.id], group_by=["method"]).splitlines()
+check(csv[0] == "window_start,window_end,method,customer_id,value"
+      and sorted(line.split(",", 2)[2] for line in csv[1:]) == [f"GET,{globex.id},5.000000", f"POST,{globex.id},5.000000"],
+      f"CSV by customer {csv}")
 csv = client.meters.query_csv_post("llm_tokens").splitlines()
 check(csv[0] == "window_start,window_end,value" and len(csv) == 2, f"CSV of an empty POST query {csv}")
 refused(400, client.subjects.upsert, [{"key": "x", "stripeCustomerId": "acct_1"}], contains="stripeCustomerId")
