@@ -665,6 +665,76 @@ async fn subjects_and_event_filters_refuse_bad_input() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_by_added_by_update_counts_past_events_and_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Billing::start(dir.path());
+    let (s, _) = post(
+        &b,
+        "/api/v1/meters",
+        json!({"slug": "tokens", "eventType": "llm", "aggregation": "SUM", "valueProperty": "$.tokens",
+               "groupBy": {"model": "$.model"}}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let now = chrono::Utc::now().to_rfc3339();
+    let events: Vec<Value> = (0..10)
+        .map(|i| {
+            json!({"id": i.to_string(), "source": "t", "type": "llm", "subject": "s", "time": now,
+                   "data": {"tokens": i, "model": "m", "provider": if i % 2 == 0 { "even" } else { "odd" }}})
+        })
+        .collect();
+    assert_eq!(ingest(&b, json!(events)).await, 204);
+    let (s, m) = put(
+        &b,
+        "/api/v1/meters/tokens",
+        json!({"groupBy": {"model": "$.model", "provider": "$.provider"}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{m}");
+    b.kill9();
+    let b = Billing::start(dir.path());
+    let (_, m) = get(&b, "/api/v1/meters/tokens").await;
+    assert_eq!(
+        m["groupBy"]["provider"], "$.provider",
+        "the update is durable: {m}"
+    );
+    let (_, q) = post(
+        &b,
+        "/api/v1/meters/tokens/query",
+        json!({"groupBy": ["provider"]}),
+    )
+    .await;
+    let mut by: Vec<(String, f64)> = q["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["groupBy"]["provider"].as_str().unwrap().to_owned(),
+                r["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    by.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        by,
+        [("even".to_owned(), 20.0), ("odd".to_owned(), 25.0)],
+        "recounted once, durably"
+    );
+    // Events after the update count under the new group-by too.
+    let late = json!([{"id": "late", "source": "t", "type": "llm", "subject": "s", "time": now,
+                       "data": {"tokens": 100, "model": "m", "provider": "odd"}}]);
+    assert_eq!(ingest(&b, late).await, 204);
+    let (_, q) = post(
+        &b,
+        "/api/v1/meters/tokens/query",
+        json!({"advancedMeterGroupByFilters": {"provider": {"$eq": "odd"}}}),
+    )
+    .await;
+    assert_eq!(q["data"][0]["value"], 125.0, "{q}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_and_dedup_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Billing::start(dir.path());
