@@ -436,6 +436,41 @@ async fn meter_query_post_update_and_group_filters_refuse_bad_input() {
         "groupBy",
     );
     refused(put(&b, "/api/v1/meters/nope", json!({})).await, 404, "nope");
+    let values = "/api/v1/meters/tokens/group-by";
+    refused(
+        get(&b, &format!("{values}/colour/values")).await,
+        400,
+        "groupByKey",
+    );
+    refused(
+        get(&b, &format!("{values}/model/values?from=x")).await,
+        400,
+        "from",
+    );
+    refused(
+        get(
+            &b,
+            &format!("{values}/model/values?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z"),
+        )
+        .await,
+        400,
+        "from",
+    );
+    refused(
+        get(&b, &format!("{values}/model/values?colour=red")).await,
+        400,
+        "colour",
+    );
+    refused(
+        get(&b, "/api/v1/meters/tokens/subjects?search=a").await,
+        400,
+        "search",
+    );
+    refused(
+        get(&b, "/api/v1/meters/nope/group-by/model/values").await,
+        404,
+        "nope",
+    );
     // Sending the meter back as read is fine: unchanged fixed fields, read-only fields ignored.
     let (_, mut shown) = get(&b, m).await;
     shown["description"] = json!("LLM tokens");

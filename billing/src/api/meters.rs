@@ -1,19 +1,22 @@
-//! Meters: `GET/POST /api/v1/meters`, `GET/PUT/DELETE /api/v1/meters/{idOrSlug}` and `GET
-//! …/subjects`; plus meters declared in the config file. (Queries: [`super::meter_query`].)
+//! Meters: `GET/POST /api/v1/meters`, `GET/PUT/DELETE /api/v1/meters/{idOrSlug}`, `GET
+//! …/subjects` and `GET …/group-by/{key}/values`; plus meters declared in the config file.
+//! (Queries: [`super::meter_query`].)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use chrono::Utc;
+use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Api, R, bad, conflict, json_body, new_id, not_found};
+use super::{
+    Api, Problem, R, bad, conflict, json_body, new_id, not_found, parse_time, query_pairs,
+};
 use crate::entitlement::Feature;
 use crate::meter::{CompiledMeter, Meter};
 use crate::store::Store;
@@ -27,6 +30,10 @@ pub fn routes() -> Router<Api> {
             get(get_meter).put(update_meter).delete(delete_meter),
         )
         .route("/api/v1/meters/{id}/subjects", get(meter_subjects))
+        .route(
+            "/api/v1/meters/{id}/group-by/{key}/values",
+            get(group_by_values),
+        )
 }
 
 async fn list_meters(State(api): State<Api>) -> R {
@@ -179,19 +186,83 @@ async fn delete_meter(State(api): State<Api>, Path(id): Path<String>) -> R {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn meter_subjects(State(api): State<Api>, Path(id): Path<String>) -> R {
+/// `from`/`to` (both inclusive) as minute-row bounds `[from, to]` in ms; `search` when allowed.
+fn range(
+    raw: &Option<String>,
+    default_from: Option<DateTime<Utc>>,
+    allow_search: bool,
+) -> Result<(i64, i64, Option<String>), Problem> {
+    let mut from = None;
+    let mut to = None;
+    let mut search = None;
+    for (k, v) in query_pairs(raw) {
+        match k.as_str() {
+            "from" => from = Some(parse_time("from", &v)?),
+            "to" => to = Some(parse_time("to", &v)?),
+            "search" if allow_search => search = Some(v.to_lowercase()),
+            other => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
+    {
+        return Err(bad(format!("from ({f}) is after to ({t})")));
+    }
+    if from.is_none() && to.is_none() {
+        from = default_from;
+    }
+    let from_ms = from.map_or(i64::MIN, |t| crate::store::minute_of(t.timestamp_millis()));
+    let to_ms = to.map_or(i64::MAX, |t| t.timestamp_millis().saturating_add(1));
+    Ok((from_ms, to_ms, search))
+}
+
+/// `GET /api/v1/meters/{idOrSlug}/subjects?from&to`: the subjects with usage.
+async fn meter_subjects(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> R {
     let meter = api
         .store
         .meter(&id)
         .ok_or_else(|| not_found(format!("meter {id} not found")))?;
-    let mut subjects: Vec<String> = api
+    let (from_ms, to_ms, _) = range(&raw, None, false)?;
+    let subjects: BTreeSet<String> = api
         .store
-        .usage(&meter.meter.slug, &[], i64::MIN, i64::MAX)
+        .usage(&meter.meter.slug, &[], from_ms, to_ms)
         .await?
         .into_iter()
         .map(|r| r.0)
         .collect();
-    subjects.sort();
-    subjects.dedup();
     Ok(axum::Json(subjects).into_response())
+}
+
+/// `GET /api/v1/meters/{idOrSlug}/group-by/{groupByKey}/values?from&to&search`: the distinct
+/// values of a group-by with usage (default: the last 24 hours, as OpenMeter); `search` keeps
+/// values containing it, ignoring case.
+async fn group_by_values(
+    State(api): State<Api>,
+    Path((id, key)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> R {
+    let meter = api
+        .store
+        .meter(&id)
+        .ok_or_else(|| not_found(format!("meter {id} not found")))?;
+    if !meter.meter.group_by.contains_key(&key) {
+        return Err(bad(format!(
+            "groupByKey: {key:?} is not a group-by of meter {}",
+            meter.meter.slug
+        )));
+    }
+    let (from_ms, to_ms, search) = range(&raw, Some(Utc::now() - Duration::hours(24)), true)?;
+    let values: BTreeSet<String> = api
+        .store
+        .usage(&meter.meter.slug, &[], from_ms, to_ms)
+        .await?
+        .into_iter()
+        .filter_map(|mut r| r.1.remove(&key))
+        .filter(|v| search.as_ref().is_none_or(|s| v.to_lowercase().contains(s)))
+        .collect();
+    Ok(axum::Json(values).into_response())
 }

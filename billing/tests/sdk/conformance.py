@@ -159,6 +159,20 @@ refused(400, client.meters.update, "llm_tokens", {"eventType": "other", "groupBy
         contains="eventType")
 refused(404, client.meters.update, "no_such_meter", {"name": "x"})
 
+step("meter subjects and group-by values")
+check(client.meters.list_group_by_values("llm_tokens", "provider") == ["anthropic", "openai"],
+      "group-by values of the last 24 h (provider exists only on the lab events)")
+check(client.meters.list_group_by_values("llm_tokens", "model", from_parameter=start) ==
+      ["claude-3", "gpt-4o", "gpt-4o-mini"], "model values")
+check(client.meters.list_group_by_values("llm_tokens", "model", from_parameter=start,
+                                         to=start + dt.timedelta(minutes=1)) == ["gpt-4o", "gpt-4o-mini"],
+      "to is inclusive: the lab events of minutes 0 and 1")
+refused(400, client.meters.list_group_by_values, "llm_tokens", "colour", contains="groupByKey")
+check(client.meters.list_subjects("api_requests", from_parameter=start) ==
+      ["consumer:acme-1", "consumer:globex-1"], "meter subjects")
+check(client.meters.list_subjects("llm_tokens", from_parameter=start, to=start + dt.timedelta(minutes=2)) ==
+      ["consumer:acme-1", "consumer:lab-1"], "meter subjects in a range")
+
 step("features and entitlements")
 client.features.create({"key": "api_calls", "name": "API calls", "meterSlug": "api_requests"})
 client.features.create({"key": "gpt4o_prompt", "name": "GPT-4o prompt tokens", "meterSlug": "llm_tokens",
