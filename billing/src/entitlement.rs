@@ -16,6 +16,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::filter::{FilterString, compile_group_filters, group_passes};
 use crate::meter::Aggregation;
 use crate::query::value_of;
 use crate::store::{MinuteAgg, Store, StoreError, minute_of};
@@ -89,9 +90,13 @@ pub struct Feature {
     /// The meter behind it (SUM or COUNT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meter_slug: Option<String>,
-    /// Exact-match filters on the meter's group-by values.
+    /// Exact-match filters on the meter's group-by values (OpenMeter's deprecated form: the
+    /// `$eq` filters of `advancedMeterGroupByFilters`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meter_group_by_filters: Option<BTreeMap<String, String>>,
+    /// `FilterString` per group-by key of the meter; wins over `meterGroupByFilters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advanced_meter_group_by_filters: Option<BTreeMap<String, FilterString>>,
     /// Metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
@@ -104,6 +109,35 @@ pub struct Feature {
     /// Archived (DELETE archives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived_at: Option<DateTime<Utc>>,
+}
+
+impl Feature {
+    /// The group-by filters in force: `advancedMeterGroupByFilters` when set, else
+    /// `meterGroupByFilters` as `$eq` filters.
+    pub fn group_filters(&self) -> BTreeMap<String, FilterString> {
+        match &self.advanced_meter_group_by_filters {
+            Some(a) if !a.is_empty() => a.clone(),
+            _ => self
+                .meter_group_by_filters
+                .iter()
+                .flatten()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        FilterString {
+                            eq: Some(v.clone()),
+                            ..FilterString::default()
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the feature filters on group-by key `k`.
+    pub fn filters_group_by(&self, k: &str) -> bool {
+        self.group_filters().contains_key(k)
+    }
 }
 
 /// `usagePeriod`.
@@ -457,6 +491,37 @@ pub struct EntitlementValue {
     /// Static: the config string.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
+    /// Metered, v2 only: each active grant's balance by grant id (`grantBalances`). The grant
+    /// `issueAfterReset` issues shows as `issue-after-reset@<period start>`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "balances_as_numbers"
+    )]
+    pub grant_balances: Option<BTreeMap<String, Decimal>>,
+}
+
+fn balances_as_numbers<S: serde::Serializer>(
+    balances: &Option<BTreeMap<String, Decimal>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use rust_decimal::prelude::ToPrimitive;
+    use serde::ser::SerializeMap;
+    let Some(b) = balances else {
+        return s.serialize_none();
+    };
+    let mut map = s.serialize_map(Some(b.len()))?;
+    for (id, v) in b {
+        map.serialize_entry(id, &v.to_f64().unwrap_or(0.0))?;
+    }
+    map.end()
+}
+
+impl EntitlementValue {
+    /// The v1 shape (`EntitlementValue`): no `grantBalances`.
+    pub fn v1(mut self) -> Self {
+        self.grant_balances = None;
+        self
+    }
 }
 
 impl EntitlementValue {
@@ -469,6 +534,7 @@ impl EntitlementValue {
             overage: None,
             total_available_grant_amount: None,
             config: None,
+            grant_balances: None,
         }
     }
 }
@@ -490,7 +556,16 @@ pub async fn usage_between(
     if subjects.is_empty() || from >= to {
         return Ok(Decimal::ZERO);
     }
-    let filters = feature.meter_group_by_filters.clone().unwrap_or_default();
+    // Checked when the feature was created; a filter that no longer compiles counts nothing
+    // rather than everything.
+    let Ok(filters) = compile_group_filters(
+        "advancedMeterGroupByFilters",
+        &feature.group_filters(),
+        |_| true,
+    ) else {
+        tracing::warn!(feature = %feature.key, "feature group-by filters do not compile");
+        return Ok(Decimal::ZERO);
+    };
     let mut agg = MinuteAgg::default();
     for (_, group, _, a) in store
         .usage(
@@ -501,7 +576,7 @@ pub async fn usage_between(
         )
         .await?
     {
-        if filters.iter().all(|(k, v)| group.get(k) == Some(v)) {
+        if group_passes(&filters, &group) {
             agg.merge(&a);
         }
     }
@@ -746,11 +821,12 @@ async fn value_until(
             }
         }
     }
-    let balance: Decimal = live
+    let active: BTreeMap<String, Decimal> = live
         .iter()
         .filter(|g| g.grant.active_at(check_at))
-        .map(|g| g.balance)
-        .sum();
+        .map(|g| (g.grant.id.clone(), g.balance))
+        .collect();
+    let balance: Decimal = active.values().copied().sum();
     Ok(EntitlementValue {
         has_access: ent.is_soft_limit || balance > Decimal::ZERO,
         balance: Some(balance),
@@ -758,6 +834,7 @@ async fn value_until(
         overage: Some(overage),
         total_available_grant_amount: Some(available),
         config: None,
+        grant_balances: Some(active),
     })
 }
 

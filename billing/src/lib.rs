@@ -5,6 +5,7 @@
 //!   key, per-minute usage, API documents — behind one interface, with its migrations.
 //! * [`meter`]: meters and how one event contributes to them.
 //! * [`query`]: meter queries over the per-minute aggregates.
+//! * [`filter`]: OpenMeter's `FilterString` (`advancedMeterGroupByFilters`).
 //! * [`entitlement`]: customers, features, entitlements, grants and the balance engine.
 //! * [`api`]: the HTTP API on OpenMeter's paths.
 //! * [`config`]: the TOML config file.
@@ -12,6 +13,7 @@
 pub mod api;
 pub mod config;
 pub mod entitlement;
+pub mod filter;
 pub mod meter;
 pub mod query;
 pub mod store;

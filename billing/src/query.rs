@@ -9,6 +9,7 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
 
+use crate::filter::{GroupFilters, group_passes};
 use crate::meter::{Aggregation, CompiledMeter};
 use crate::store::{MinuteAgg, Store, StoreError};
 
@@ -52,12 +53,15 @@ pub struct MeterQuery {
     pub window_size: Option<WindowSize>,
     /// Window time zone.
     pub tz: Tz,
-    /// Subjects to include (all when empty).
+    /// Subjects to include (all when empty); a subject filter also groups by subject.
     pub subjects: Vec<String>,
-    /// Group-by keys (`subject` reserved).
+    /// Customers to include, with their subjects (all when empty); a customer filter also
+    /// groups by customer (`customerId` on rows), as OpenMeter does.
+    pub customers: Vec<(String, Vec<String>)>,
+    /// Group-by keys (`subject` and `customer_id` reserved).
     pub group_by: Vec<String>,
-    /// Exact-match filters on group-by values.
-    pub filter_group_by: BTreeMap<String, String>,
+    /// Filters on group-by values (`filterGroupBy` as `$in`, or `advancedMeterGroupByFilters`).
+    pub filters: GroupFilters,
 }
 
 /// One row of `MeterQueryResult.data`.
@@ -73,6 +77,9 @@ pub struct MeterQueryRow {
     /// Subject, when grouped by subject.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// Customer, when filtered by customer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
     /// Group-by values.
     pub group_by: BTreeMap<String, Option<String>>,
 }
@@ -157,18 +164,40 @@ pub async fn run(
 ) -> Result<MeterQueryResult, StoreError> {
     let from_ms = q.from.map_or(i64::MIN, |t| t.timestamp_millis());
     let to_ms = q.to.map_or(i64::MAX, |t| t.timestamp_millis());
-    let rows = store
-        .usage(&meter.meter.slug, &q.subjects, from_ms, to_ms)
-        .await?;
+    // Which subjects to read: the subject filter, narrowed to the customers' subjects.
+    let mut customer_of: BTreeMap<&str, &str> = BTreeMap::new();
+    for (id, subjects) in &q.customers {
+        for s in subjects {
+            customer_of.entry(s.as_str()).or_insert(id.as_str());
+        }
+    }
+    let scan: Vec<String> = if q.customers.is_empty() {
+        q.subjects.clone()
+    } else {
+        customer_of
+            .keys()
+            .filter(|s| q.subjects.is_empty() || q.subjects.iter().any(|x| x == *s))
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let rows = if !q.customers.is_empty() && scan.is_empty() {
+        Vec::new() // the customers have no (matching) subjects: nothing, not everything
+    } else {
+        store
+            .usage(&meter.meter.slug, &scan, from_ms, to_ms)
+            .await?
+    };
     let by_subject = q.group_by.iter().any(|g| g == "subject") || !q.subjects.is_empty();
-    let keys: Vec<&String> = q.group_by.iter().filter(|g| *g != "subject").collect();
-    type Key = (i64, Option<String>, Vec<Option<String>>);
+    let by_customer = !q.customers.is_empty();
+    let keys: Vec<&String> = q
+        .group_by
+        .iter()
+        .filter(|g| *g != "subject" && *g != "customer_id")
+        .collect();
+    type Key = (i64, Option<String>, Option<String>, Vec<Option<String>>);
     let mut folded: BTreeMap<Key, (MinuteAgg, i64, i64)> = BTreeMap::new();
     for (subject, group, minute, agg) in rows {
-        if q.filter_group_by
-            .iter()
-            .any(|(k, v)| group.get(k) != Some(v))
-        {
+        if !group_passes(&q.filters, &group) {
             continue;
         }
         let ws = match q.window_size {
@@ -178,6 +207,9 @@ pub async fn run(
         let key = (
             ws,
             by_subject.then(|| subject.clone()),
+            by_customer
+                .then(|| customer_of.get(subject.as_str()).map(|c| c.to_string()))
+                .flatten(),
             keys.iter().map(|k| group.get(*k).cloned()).collect(),
         );
         let slot = folded
@@ -189,7 +221,7 @@ pub async fn run(
     }
     let data = folded
         .into_iter()
-        .map(|((ws, subject, values), (agg, first, last))| {
+        .map(|((ws, subject, customer_id, values), (agg, first, last))| {
             let (start, end) = match q.window_size {
                 Some(size) => window_bounds(ws, size, q.tz),
                 None => (
@@ -208,6 +240,7 @@ pub async fn run(
                 window_start: start,
                 window_end: end,
                 subject,
+                customer_id,
                 group_by: keys
                     .iter()
                     .zip(values)
@@ -224,42 +257,81 @@ pub async fn run(
     })
 }
 
-/// The result as CSV: `window_start,window_end,subject,<group keys…>,value`.
-pub fn to_csv(result: &MeterQueryResult, group_keys: &[String]) -> String {
-    let keys: Vec<&String> = group_keys.iter().filter(|g| *g != "subject").collect();
-    let mut out = String::from("window_start,window_end,subject");
-    for k in &keys {
-        out.push(',');
-        out.push_str(k);
+/// The group-by keys a query answers by, in OpenMeter's order: those asked for, then `subject`
+/// when filtering by subject and `customer_id` when filtering by customer.
+pub fn effective_group_by(q: &MeterQuery) -> Vec<String> {
+    let mut keys = q.group_by.clone();
+    if !q.subjects.is_empty() && !keys.iter().any(|k| k == "subject") {
+        keys.push("subject".into());
     }
-    out.push_str(",value\n");
+    if !q.customers.is_empty() && !keys.iter().any(|k| k == "customer_id") {
+        keys.push("customer_id".into());
+    }
+    keys
+}
+
+/// The result as CSV, in OpenMeter's layout: `window_start,window_end`, then `subject` (and
+/// `subject_display_name` when any row's subject is a known subject) when grouped by subject,
+/// then the other group-by keys (`customer_id` among them), then `value` (`%f`).
+/// `display_names` maps subject keys to display names.
+pub fn to_csv(
+    result: &MeterQueryResult,
+    q: &MeterQuery,
+    display_names: &BTreeMap<String, Option<String>>,
+) -> String {
+    let group_by = effective_group_by(q);
+    let by_subject = group_by.iter().any(|k| k == "subject");
+    let keys: Vec<&String> = group_by.iter().filter(|k| *k != "subject").collect();
+    let names = by_subject
+        && result.data.iter().any(|r| {
+            r.subject
+                .as_ref()
+                .is_some_and(|s| display_names.contains_key(s))
+        });
     let esc = |s: &str| {
-        if s.contains([',', '"', '\n']) {
+        if s.contains([',', '"', '\n', '\r']) {
             format!("\"{}\"", s.replace('"', "\"\""))
         } else {
             s.to_owned()
         }
     };
+    let mut header = vec!["window_start".to_owned(), "window_end".to_owned()];
+    if by_subject {
+        header.push("subject".into());
+    }
+    if names {
+        header.push("subject_display_name".into());
+    }
+    header.extend(keys.iter().map(|k| esc(k)));
+    header.push("value".into());
+    let mut out = header.join(",");
+    out.push('\n');
     for row in &result.data {
-        out.push_str(&format!(
-            "{},{},{}",
+        let mut cells = vec![
             row.window_start
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             row.window_end
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            esc(row.subject.as_deref().unwrap_or(""))
-        ));
-        for k in &keys {
-            out.push(',');
-            out.push_str(&esc(row
-                .group_by
-                .get(k.as_str())
-                .cloned()
-                .flatten()
-                .as_deref()
-                .unwrap_or("")));
+        ];
+        let subject = row.subject.as_deref().unwrap_or("");
+        if by_subject {
+            cells.push(esc(subject));
         }
-        out.push_str(&format!(",{}\n", row.value));
+        if names {
+            let name = display_names.get(subject).cloned().flatten();
+            cells.push(esc(name.as_deref().unwrap_or("")));
+        }
+        for k in &keys {
+            let v = if k.as_str() == "customer_id" {
+                row.customer_id.clone()
+            } else {
+                row.group_by.get(k.as_str()).cloned().flatten()
+            };
+            cells.push(esc(v.as_deref().unwrap_or("")));
+        }
+        cells.push(format!("{:.6}", row.value));
+        out.push_str(&cells.join(","));
+        out.push('\n');
     }
     out
 }

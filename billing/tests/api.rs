@@ -284,6 +284,530 @@ async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
     assert_eq!(events, json!([]));
 }
 
+async fn put(b: &Billing, path: &str, body: Value) -> (u16, Value) {
+    let r = client().put(b.url(path)).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// `status` and a problem detail that names `field`.
+#[track_caller]
+fn refused(got: (u16, Value), status: u16, field: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    let detail = got.1["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(field), "{field:?} not named in {detail:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meter_query_post_update_and_group_filters_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    let (s, _) = post(
+        &b,
+        "/api/v1/meters",
+        json!({"slug": "tokens", "eventType": "llm", "aggregation": "SUM", "valueProperty": "$.tokens",
+               "groupBy": {"model": "$.model"}}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let q = "/api/v1/meters/tokens/query";
+
+    let r = client()
+        .post(b.url(q))
+        .header("content-type", "application/json")
+        .body("{\"from\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("invalid request body"));
+    refused(
+        post(&b, q, json!({"groupby": ["model"]})).await,
+        400,
+        "groupby",
+    );
+    refused(post(&b, q, json!({"from": "yesterday"})).await, 400, "from");
+    refused(
+        post(&b, q, json!({"windowSize": "WEEK"})).await,
+        400,
+        "windowSize",
+    );
+    refused(
+        post(&b, q, json!({"windowTimeZone": "Mars/Base"})).await,
+        400,
+        "windowTimeZone",
+    );
+    refused(post(&b, q, json!({"subject": "one"})).await, 400, "subject");
+    refused(
+        post(&b, q, json!({"groupBy": ["colour"]})).await,
+        400,
+        "groupBy",
+    );
+    refused(
+        post(&b, q, json!({"groupBy": ["customer_id"]})).await,
+        400,
+        "filterCustomerId",
+    );
+    refused(
+        post(&b, q, json!({"filterCustomerId": ["nobody"]})).await,
+        400,
+        "filterCustomerId",
+    );
+    refused(
+        post(&b, q, json!({"clientId": "x".repeat(37)})).await,
+        400,
+        "clientId",
+    );
+    refused(
+        post(
+            &b,
+            q,
+            json!({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}),
+        )
+        .await,
+        400,
+        "from",
+    );
+    refused(
+        post(
+            &b,
+            q,
+            json!({"subject": (0..101).map(|i| i.to_string()).collect::<Vec<_>>()}),
+        )
+        .await,
+        400,
+        "subject",
+    );
+    refused(
+        post(&b, q, json!({"filterGroupBy": {"colour": ["red"]}})).await,
+        400,
+        "filterGroupBy.colour",
+    );
+    refused(
+        post(
+            &b,
+            q,
+            json!({"filterGroupBy": {"model": ["a"]},
+                           "advancedMeterGroupByFilters": {"model": {"$eq": "a"}}}),
+        )
+        .await,
+        400,
+        "cannot be used together",
+    );
+    for (filter, named) in [
+        (
+            json!({"model": {"$eq": "a", "$in": ["b"]}}),
+            "advancedMeterGroupByFilters.model",
+        ),
+        (json!({"model": {"$in": ["a", ""]}}), "$in"),
+        (json!({"model": {"$regex": "a"}}), "$regex"),
+        (json!({"model": {"$or": []}}), "$or"),
+        (json!({"model": {"$like": "a\\"}}), "$like"),
+        (
+            json!({"model": {"$and": [{"$eq": "a"}, {"$gt": "b", "$lt": "c"}]}}),
+            "$and[1]",
+        ),
+        (
+            json!({"colour": {"$eq": "red"}}),
+            "advancedMeterGroupByFilters.colour",
+        ),
+        (json!({"model": "gpt"}), "advancedMeterGroupByFilters.model"),
+    ] {
+        refused(
+            post(&b, q, json!({"advancedMeterGroupByFilters": filter})).await,
+            400,
+            named,
+        );
+    }
+    refused(
+        get(&b, &format!("{q}?advancedMeterGroupByFilters=model")).await,
+        400,
+        "advancedMeterGroupByFilters",
+    );
+    refused(
+        post(&b, "/api/v1/meters/nope/query", json!({})).await,
+        404,
+        "nope",
+    );
+    let (s, body) = post(&b, q, json!({})).await;
+    assert_eq!(
+        (s, &body["data"]),
+        (200, &json!([])),
+        "an empty body is a query of everything"
+    );
+
+    let m = "/api/v1/meters/tokens";
+    refused(
+        put(
+            &b,
+            m,
+            json!({"slug": "other", "groupBy": {"model": "$.model"}}),
+        )
+        .await,
+        400,
+        "slug",
+    );
+    refused(
+        put(&b, m, json!({"aggregation": "MAX"})).await,
+        400,
+        "aggregation",
+    );
+    refused(
+        put(&b, m, json!({"valueProperty": "$.other"})).await,
+        400,
+        "valueProperty",
+    );
+    refused(
+        put(&b, m, json!({"description": ""})).await,
+        400,
+        "description",
+    );
+    refused(put(&b, m, json!({"name": ""})).await, 400, "name");
+    refused(put(&b, m, json!({"metadata": [1]})).await, 400, "metadata");
+    refused(put(&b, m, json!({"colour": "red"})).await, 400, "colour");
+    refused(
+        put(&b, m, json!({"groupBy": {"model": "$["}})).await,
+        400,
+        "groupBy",
+    );
+    refused(put(&b, "/api/v1/meters/nope", json!({})).await, 404, "nope");
+    let values = "/api/v1/meters/tokens/group-by";
+    refused(
+        get(&b, &format!("{values}/colour/values")).await,
+        400,
+        "groupByKey",
+    );
+    refused(
+        get(&b, &format!("{values}/model/values?from=x")).await,
+        400,
+        "from",
+    );
+    refused(
+        get(
+            &b,
+            &format!("{values}/model/values?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z"),
+        )
+        .await,
+        400,
+        "from",
+    );
+    refused(
+        get(&b, &format!("{values}/model/values?colour=red")).await,
+        400,
+        "colour",
+    );
+    refused(
+        get(&b, "/api/v1/meters/tokens/subjects?search=a").await,
+        400,
+        "search",
+    );
+    refused(
+        get(&b, "/api/v1/meters/nope/group-by/model/values").await,
+        404,
+        "nope",
+    );
+    // Sending the meter back as read is fine: unchanged fixed fields, read-only fields ignored.
+    let (_, mut shown) = get(&b, m).await;
+    shown["description"] = json!("LLM tokens");
+    let (s, updated) = put(&b, m, shown).await;
+    assert_eq!(s, 200, "{updated}");
+    assert_eq!(updated["description"], "LLM tokens");
+    assert_eq!(updated["groupBy"], json!({"model": "$.model"}));
+
+    let (s, f) = post(
+        &b,
+        "/api/v1/features",
+        json!({"key": "gpt", "name": "GPT", "meterSlug": "tokens",
+               "advancedMeterGroupByFilters": {"model": {"$like": "gpt%"}}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{f}");
+    refused(
+        post(
+            &b,
+            "/api/v1/features",
+            json!({"key": "bad", "name": "x", "meterSlug": "tokens",
+                   "advancedMeterGroupByFilters": {"colour": {"$eq": "red"}}}),
+        )
+        .await,
+        400,
+        "advancedMeterGroupByFilters.colour",
+    );
+    refused(
+        post(
+            &b,
+            "/api/v1/features",
+            json!({"key": "bad", "name": "x", "advancedMeterGroupByFilters": {"model": {"$eq": "a"}}}),
+        )
+        .await,
+        400,
+        "meterSlug",
+    );
+    refused(
+        put(&b, m, json!({"groupBy": {}})).await,
+        409,
+        "groupBy.model",
+    );
+    let (_, still) = get(&b, m).await;
+    assert_eq!(
+        still["groupBy"],
+        json!({"model": "$.model"}),
+        "a refused update changes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_grant_listing_pages_and_refuses_bad_paging() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    post(
+        &b,
+        "/api/v1/meters",
+        json!({"slug": "calls", "eventType": "call", "aggregation": "COUNT"}),
+    )
+    .await;
+    post(
+        &b,
+        "/api/v1/features",
+        json!({"key": "calls", "name": "Calls", "meterSlug": "calls"}),
+    )
+    .await;
+    post(&b, "/api/v1/customers", json!({"name": "A", "key": "a"})).await;
+    let (s, e) = post(
+        &b,
+        "/api/v2/customers/a/entitlements",
+        json!({"type": "metered", "featureKey": "calls", "usagePeriod": {"interval": "DAY"}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{e}");
+    let grants = "/api/v2/customers/a/entitlements/calls/grants";
+    for amount in [10, 20, 30] {
+        let (s, g) = post(
+            &b,
+            grants,
+            json!({"amount": amount, "effectiveAt": "2026-01-01T00:00:00Z"}),
+        )
+        .await;
+        assert_eq!(s, 201, "{g}");
+    }
+    let (s, page) = get(&b, &format!("{grants}?page=2&pageSize=2")).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (
+            page["page"].clone(),
+            page["pageSize"].clone(),
+            page["totalCount"].clone()
+        ),
+        (json!(2), json!(2), json!(3))
+    );
+    assert_eq!(page["items"][0]["amount"], 30.0, "{page}");
+    let (_, page) = get(&b, &format!("{grants}?page=9")).await;
+    assert_eq!(page["items"], json!([]), "past the end: an empty page");
+    for (query, field) in [
+        ("page=0", "page"),
+        ("pageSize=1001", "pageSize"),
+        ("limit=0", "limit"),
+        ("offset=-1", "offset"),
+        ("order=UP", "order"),
+        ("orderBy=amount", "orderBy"),
+        ("includeDeleted=maybe", "includeDeleted"),
+        ("colour=red", "colour"),
+    ] {
+        refused(get(&b, &format!("{grants}?{query}")).await, 400, field);
+    }
+    refused(
+        get(&b, "/api/v2/customers/a/entitlements/nope/grants").await,
+        404,
+        "nope",
+    );
+    let (_, v) = get(&b, "/api/v2/customers/a/entitlements/calls/value").await;
+    assert_eq!(v["grantBalances"].as_object().unwrap().len(), 3, "{v}");
+    assert!(
+        v["grantBalances"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|b| b.is_number())
+    );
+    let (_, v) = get(&b, "/api/v1/customers/a/entitlements/calls/value").await;
+    assert!(v.get("grantBalances").is_none(), "v1: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_and_event_filters_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    let subjects = "/api/v1/subjects";
+    refused(
+        post(&b, subjects, json!({"key": "a"})).await,
+        400,
+        "invalid request body",
+    );
+    refused(
+        post(&b, subjects, json!([{"displayName": "x"}])).await,
+        400,
+        "key",
+    );
+    refused(
+        post(&b, subjects, json!([{"key": ""}])).await,
+        400,
+        "[0].key",
+    );
+    refused(
+        post(&b, subjects, json!([{"key": "a", "colour": "red"}])).await,
+        400,
+        "colour",
+    );
+    refused(
+        post(&b, subjects, json!([{"key": "a", "metadata": [1]}])).await,
+        400,
+        "metadata",
+    );
+    refused(
+        post(
+            &b,
+            subjects,
+            json!([{"key": "a"}, {"key": "b", "stripeCustomerId": "acct_1"}]),
+        )
+        .await,
+        400,
+        "[1].stripeCustomerId",
+    );
+    let (_, listed) = get(&b, subjects).await;
+    assert_eq!(
+        listed,
+        json!([]),
+        "a refused upsert stores nothing, not even its good items"
+    );
+    refused(get(&b, "/api/v1/subjects/nope").await, 404, "nope");
+    let r = client()
+        .delete(b.url("/api/v1/subjects/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (s, made) = post(&b, subjects, json!([{"key": "a", "displayName": "A"}])).await;
+    assert_eq!(s, 200, "{made}");
+    let r = client()
+        .delete(b.url("/api/v1/subjects/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    let events = "/api/v1/events";
+    for (query, field) in [
+        ("ingestedAtFrom=yesterday", "ingestedAtFrom"),
+        ("ingestedAtTo=2026-13-01T00:00:00Z", "ingestedAtTo"),
+        ("customerId=nobody", "customerId"),
+        ("limit=101", "limit"),
+        ("from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
+        (
+            "ingestedAtFrom=2026-01-02T00:00:00Z&ingestedAtTo=2026-01-01T00:00:00Z",
+            "ingestedAtFrom",
+        ),
+        ("customer=a", "customer"),
+    ] {
+        refused(get(&b, &format!("{events}?{query}")).await, 400, field);
+    }
+    // Comma-separated customer ids (OpenMeter's `explode: false`) and repeated ones both work.
+    post(&b, "/api/v1/customers", json!({"name": "A", "key": "a"})).await;
+    post(&b, "/api/v1/customers", json!({"name": "B", "key": "b"})).await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let batch = json!([
+        {"id": "1", "source": "t", "type": "x", "subject": "a", "time": now},
+        {"id": "2", "source": "t", "type": "x", "subject": "b", "time": now},
+        {"id": "3", "source": "t", "type": "x", "subject": "c", "time": now},
+    ]);
+    assert_eq!(ingest(&b, batch).await, 204);
+    for query in ["customerId=a,b", "customerId=a&customerId=b"] {
+        let (s, listed) = get(&b, &format!("{events}?{query}")).await;
+        assert_eq!(s, 200, "{listed}");
+        let mut ids: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"]["id"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["1", "2"], "{query}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_by_added_by_update_counts_past_events_and_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Billing::start(dir.path());
+    let (s, _) = post(
+        &b,
+        "/api/v1/meters",
+        json!({"slug": "tokens", "eventType": "llm", "aggregation": "SUM", "valueProperty": "$.tokens",
+               "groupBy": {"model": "$.model"}}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let now = chrono::Utc::now().to_rfc3339();
+    let events: Vec<Value> = (0..10)
+        .map(|i| {
+            json!({"id": i.to_string(), "source": "t", "type": "llm", "subject": "s", "time": now,
+                   "data": {"tokens": i, "model": "m", "provider": if i % 2 == 0 { "even" } else { "odd" }}})
+        })
+        .collect();
+    assert_eq!(ingest(&b, json!(events)).await, 204);
+    let (s, m) = put(
+        &b,
+        "/api/v1/meters/tokens",
+        json!({"groupBy": {"model": "$.model", "provider": "$.provider"}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{m}");
+    b.kill9();
+    let b = Billing::start(dir.path());
+    let (_, m) = get(&b, "/api/v1/meters/tokens").await;
+    assert_eq!(
+        m["groupBy"]["provider"], "$.provider",
+        "the update is durable: {m}"
+    );
+    let (_, q) = post(
+        &b,
+        "/api/v1/meters/tokens/query",
+        json!({"groupBy": ["provider"]}),
+    )
+    .await;
+    let mut by: Vec<(String, f64)> = q["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["groupBy"]["provider"].as_str().unwrap().to_owned(),
+                r["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    by.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        by,
+        [("even".to_owned(), 20.0), ("odd".to_owned(), 25.0)],
+        "recounted once, durably"
+    );
+    // Events after the update count under the new group-by too.
+    let late = json!([{"id": "late", "source": "t", "type": "llm", "subject": "s", "time": now,
+                       "data": {"tokens": 100, "model": "m", "provider": "odd"}}]);
+    assert_eq!(ingest(&b, late).await, 204);
+    let (_, q) = post(
+        &b,
+        "/api/v1/meters/tokens/query",
+        json!({"advancedMeterGroupByFilters": {"provider": {"$eq": "odd"}}}),
+    )
+    .await;
+    assert_eq!(q["data"][0]["value"], 125.0, "{q}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_and_dedup_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();

@@ -36,7 +36,7 @@ pub fn routes() -> Router<Api> {
         )
         .route(
             "/api/v2/customers/{c}/entitlements/{e}/value",
-            get(customer_value),
+            get(customer_value_v2),
         )
         .route(
             "/api/v1/subjects/{s}/entitlements",
@@ -212,7 +212,14 @@ fn with_period(mut e: Entitlement) -> Entitlement {
     e
 }
 
-async fn value_of(api: &Api, owner: &Owner, id_or_feature: &str, raw: &Option<String>) -> R {
+/// `EntitlementValue` (v1) or `EntitlementValueV2` (`v2`: with `grantBalances`).
+async fn value_of(
+    api: &Api,
+    owner: &Owner,
+    id_or_feature: &str,
+    raw: &Option<String>,
+    v2: bool,
+) -> R {
     let at = query_pairs(raw)
         .into_iter()
         .find(|(k, _)| k == "time")
@@ -241,7 +248,7 @@ async fn value_of(api: &Api, owner: &Owner, id_or_feature: &str, raw: &Option<St
         .filter(|g| g.entitlement_id == e.id)
         .collect();
     let v = entitlement::value(&api.store, &e, &feature, &owner.subjects(), &grants, at).await?;
-    Ok(axum::Json(v).into_response())
+    Ok(axum::Json(if v2 { v } else { v.v1() }).into_response())
 }
 
 async fn customer_value(
@@ -250,7 +257,16 @@ async fn customer_value(
     RawQuery(raw): RawQuery,
 ) -> R {
     let owner = customer_owner(&api, &c).await?;
-    value_of(&api, &owner, &f, &raw).await
+    value_of(&api, &owner, &f, &raw, false).await
+}
+
+async fn customer_value_v2(
+    State(api): State<Api>,
+    Path((c, f)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> R {
+    let owner = customer_owner(&api, &c).await?;
+    value_of(&api, &owner, &f, &raw, true).await
 }
 
 async fn subject_value(
@@ -258,7 +274,7 @@ async fn subject_value(
     Path((s, f)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> R {
-    value_of(&api, &subject_owner(&api, s).await?, &f, &raw).await
+    value_of(&api, &subject_owner(&api, s).await?, &f, &raw, false).await
 }
 
 async fn customer_access(State(api): State<Api>, Path(c): Path<String>) -> R {
@@ -289,7 +305,8 @@ async fn customer_access(State(api): State<Api>, Path(c): Path<String>) -> R {
                 &grants,
                 Utc::now(),
             )
-            .await?,
+            .await?
+            .v1(),
         );
     }
     Ok(axum::Json(json!({"entitlements": out})).into_response())

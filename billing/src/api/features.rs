@@ -9,8 +9,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::Utc;
 
+use std::collections::BTreeMap;
+
 use super::{Api, Problem, R, bad, conflict, json_body, new_id, not_found};
 use crate::entitlement::Feature;
+use crate::filter::compile_group_filters;
 
 /// Feature routes.
 pub fn routes() -> Router<Api> {
@@ -75,6 +78,24 @@ async fn create_feature(State(api): State<Api>, body: Bytes) -> R {
                 )));
             }
         }
+        if let Some(advanced) = &f.advanced_meter_group_by_filters {
+            compile_group_filters("advancedMeterGroupByFilters", advanced, |k| {
+                meter.meter.group_by.contains_key(k)
+            })
+            .map_err(bad)?;
+        }
+    } else if f.advanced_meter_group_by_filters.is_some() || f.meter_group_by_filters.is_some() {
+        return Err(bad("meterSlug: group-by filters need a meter to filter"));
+    }
+    // As OpenMeter: the advanced filters win; both fields then show the filters in force.
+    let filters = f.group_filters();
+    if !filters.is_empty() {
+        let eq: BTreeMap<String, String> = filters
+            .iter()
+            .filter_map(|(k, v)| v.eq.clone().map(|e| (k.clone(), e)))
+            .collect();
+        f.meter_group_by_filters = Some(eq);
+        f.advanced_meter_group_by_filters = Some(filters);
     }
     f.id = new_id();
     f.created_at = Utc::now();

@@ -6,13 +6,15 @@
 //!
 //! * [`ingest`]: `POST` events (v1 and v3).
 //! * [`events`]: listing ingested events.
-//! * [`meters`]: meter CRUD, queries and subjects.
+//! * [`meters`]: meter CRUD (update included) and subjects.
+//! * [`meter_query`]: meter queries (GET and POST).
 //! * [`customers`]: customers and their lookup by id or key.
 //! * [`features`]: features and their lookup by id or key.
 //! * [`entitlements`]: entitlements (v1 subject, v1 customer, v2 customer), values and access.
 //! * [`grants`]: grants on an entitlement.
 //! * [`resets`]: usage resets.
 //! * [`history`]: windowed balance history.
+//! * [`subjects`]: subjects (display name and metadata for a subject key).
 
 pub mod customers;
 pub mod entitlements;
@@ -21,8 +23,10 @@ pub mod features;
 pub mod grants;
 pub mod history;
 pub mod ingest;
+pub mod meter_query;
 pub mod meters;
 pub mod resets;
+pub mod subjects;
 
 use std::sync::Arc;
 
@@ -120,12 +124,14 @@ pub fn router(api: Api) -> Router {
         .merge(ingest::routes())
         .merge(events::routes())
         .merge(meters::routes())
+        .merge(meter_query::routes())
         .merge(customers::routes())
         .merge(features::routes())
         .merge(entitlements::routes())
         .merge(grants::routes())
         .merge(resets::routes())
         .merge(history::routes())
+        .merge(subjects::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), auth))
@@ -155,14 +161,8 @@ async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
 /// The body parsed as `T`; a 400 naming what is wrong otherwise.
 pub(crate) fn json_body<T: for<'de> serde::Deserialize<'de>>(body: &Bytes) -> Result<T, Problem> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error_free(de)
-}
-
-/// serde_json with the failing field named (`path: message`).
-fn serde_path_to_error_free<'de, T: serde::Deserialize<'de>>(
-    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
-) -> Result<T, Problem> {
-    T::deserialize(de).map_err(|e| bad(format!("invalid request body: {e}")))
+    // The failing field named (`path: message`).
+    serde_path_to_error::deserialize(de).map_err(|e| bad(format!("invalid request body: {e}")))
 }
 /// The query string's pairs, decoded.
 pub(crate) fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {

@@ -526,7 +526,27 @@ impl Postgres {
     pub(crate) async fn update_meter(&self, meter: CompiledMeter) -> Result<(), StoreError> {
         let doc =
             serde_json::to_value(&meter.meter).map_err(|e| StoreError::Decode(e.to_string()))?;
-        self.change_meters(super::documents::put("meter", &meter.meter.id, &doc), None)
+        let id = meter.meter.id.clone();
+        let mut stmts = super::documents::put("meter", &id, &doc);
+        let old = self
+            .shared
+            .meters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|m| m.meter.id == id)
+            .cloned();
+        let regroup = old.is_none_or(|o| o.meter.group_by != meter.meter.group_by);
+        if regroup {
+            // Usage recounted from the stored events, in this same transaction.
+            for table in ["usage_minutes", "usage_uniques"] {
+                stmts.push(Stmt {
+                    sql: format!("DELETE FROM {table} WHERE meter_id = $1"),
+                    params: vec![Some(id.clone())],
+                });
+            }
+        }
+        self.change_meters(stmts, regroup.then(|| Arc::new(meter)))
             .await?;
         Ok(())
     }

@@ -379,15 +379,26 @@ impl Sqlite {
 
     pub(crate) async fn update_meter(&self, meter: CompiledMeter) -> Result<(), StoreError> {
         self.write(move |conn, meters| {
+            let meter = Arc::new(meter);
             let doc = serde_json::to_value(&meter.meter)
                 .map_err(|e| StoreError::Decode(e.to_string()))?;
             for s in super::documents::put("meter", &meter.meter.id, &doc) {
                 run_stmt(conn, &s)?;
             }
-            bump_meters_version(conn)?;
             let id = meter.meter.id.clone();
+            let regroup = meters
+                .iter()
+                .find(|m| m.meter.id == id)
+                .is_none_or(|old| old.meter.group_by != meter.meter.group_by);
+            if regroup {
+                // Usage recounted from the stored events, in this same transaction.
+                conn.execute("DELETE FROM usage_minutes WHERE meter_id = $1", params![id])?;
+                conn.execute("DELETE FROM usage_uniques WHERE meter_id = $1", params![id])?;
+                backfill(conn, &meter)?;
+            }
+            bump_meters_version(conn)?;
             meters.retain(|m| m.meter.id != id);
-            meters.push(Arc::new(meter));
+            meters.push(meter);
             Ok(())
         })
         .await
