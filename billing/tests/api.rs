@@ -585,8 +585,37 @@ async fn v2_grant_listing_pages_and_refuses_bad_paging() {
         404,
         "nope",
     );
+    for (path, field) in [
+        ("/api/v2/grants?customer=nobody", "customer"),
+        ("/api/v2/grants?subject=a", "subject"),
+        ("/api/v1/grants?customer=a", "customer"),
+        ("/api/v1/grants?pageSize=0", "pageSize"),
+    ] {
+        refused(get(&b, path).await, 400, field);
+    }
+    let (_, all) = get(&b, "/api/v1/grants").await;
+    let first = all[0]["id"].as_str().unwrap().to_owned();
+    let void = |q: &'static str| {
+        let url = b.url(&format!("/api/v1/grants/{first}{q}"));
+        async move {
+            let r = client().delete(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                serde_json::from_str::<Value>(&r.text().await.unwrap()).unwrap_or_default(),
+            )
+        }
+    };
+    refused(void("?at=soon").await, 400, "at");
+    refused(void("?at=2999-01-01T00:00:00Z").await, 400, "future");
+    refused(void("?at=2020-01-01T00:00:00Z").await, 400, "usage period");
+    refused(void("?colour=red").await, 400, "colour");
     let (_, v) = get(&b, "/api/v2/customers/a/entitlements/calls/value").await;
-    assert_eq!(v["grantBalances"].as_object().unwrap().len(), 3, "{v}");
+    assert_eq!(
+        v["grantBalances"].as_object().unwrap().len(),
+        3,
+        "a refused void changes nothing: {v}"
+    );
     assert!(
         v["grantBalances"]
             .as_object()
