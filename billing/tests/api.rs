@@ -893,6 +893,16 @@ async fn scenario(b: &Billing, entitlement: Value) -> chrono::DateTime<chrono::U
     t0
 }
 
+async fn grants_of_c(b: &Billing) -> Vec<String> {
+    let (_, page) = get(b, "/api/v2/customers/c/entitlements/calls/grants").await;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 async fn use_n(b: &Billing, at: chrono::DateTime<chrono::Utc>, n: usize) {
     let events: Vec<Value> = (0..n)
         .map(|_| json!({"id": uuid::Uuid::new_v4().to_string(), "source": "t", "specversion": "1.0", "type": "req", "subject": "s", "time": at}))
@@ -1078,6 +1088,22 @@ async fn recurring_grants_refill_and_history_shows_each_window() {
         (Some(3.0), Some(10.0)),
         "refilled at the day boundary: {h}"
     );
+    let burn = &h["burndownHistory"][0];
+    let gid = grants_of_c(&b).await[0].clone();
+    assert_eq!(
+        (
+            burn["balanceAtStart"].as_f64(),
+            burn["balanceAtEnd"].as_f64()
+        ),
+        (Some(10.0), Some(7.0)),
+        "{h}"
+    );
+    assert_eq!(
+        burn["grantBalancesAtStart"],
+        json!({gid.clone(): 10.0}),
+        "{h}"
+    );
+    assert_eq!(burn["grantBalancesAtEnd"], json!({gid: 7.0}), "{h}");
     let (s, _) = get(&b, "/api/v2/customers/c/entitlements/calls/history").await;
     assert_eq!(s, 400, "windowSize is required");
 }
