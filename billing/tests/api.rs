@@ -624,8 +624,37 @@ async fn v2_grant_listing_pages_and_refuses_bad_paging() {
         404,
         "nope",
     );
+    for (path, field) in [
+        ("/api/v2/grants?customer=nobody", "customer"),
+        ("/api/v2/grants?subject=a", "subject"),
+        ("/api/v1/grants?customer=a", "customer"),
+        ("/api/v1/grants?pageSize=0", "pageSize"),
+    ] {
+        refused(get(&b, path).await, 400, field);
+    }
+    let (_, all) = get(&b, "/api/v1/grants").await;
+    let first = all[0]["id"].as_str().unwrap().to_owned();
+    let void = |q: &'static str| {
+        let url = b.url(&format!("/api/v1/grants/{first}{q}"));
+        async move {
+            let r = client().delete(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                serde_json::from_str::<Value>(&r.text().await.unwrap()).unwrap_or_default(),
+            )
+        }
+    };
+    refused(void("?at=soon").await, 400, "at");
+    refused(void("?at=2999-01-01T00:00:00Z").await, 400, "future");
+    refused(void("?at=2020-01-01T00:00:00Z").await, 400, "usage period");
+    refused(void("?colour=red").await, 400, "colour");
     let (_, v) = get(&b, "/api/v2/customers/a/entitlements/calls/value").await;
-    assert_eq!(v["grantBalances"].as_object().unwrap().len(), 3, "{v}");
+    assert_eq!(
+        v["grantBalances"].as_object().unwrap().len(),
+        3,
+        "a refused void changes nothing: {v}"
+    );
     assert!(
         v["grantBalances"]
             .as_object()
@@ -903,6 +932,16 @@ async fn scenario(b: &Billing, entitlement: Value) -> chrono::DateTime<chrono::U
     t0
 }
 
+async fn grants_of_c(b: &Billing) -> Vec<String> {
+    let (_, page) = get(b, "/api/v2/customers/c/entitlements/calls/grants").await;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 async fn use_n(b: &Billing, at: chrono::DateTime<chrono::Utc>, n: usize) {
     let events: Vec<Value> = (0..n)
         .map(|_| json!({"id": uuid::Uuid::new_v4().to_string(), "source": "t", "specversion": "1.0", "type": "req", "subject": "s", "time": at}))
@@ -1088,6 +1127,22 @@ async fn recurring_grants_refill_and_history_shows_each_window() {
         (Some(3.0), Some(10.0)),
         "refilled at the day boundary: {h}"
     );
+    let burn = &h["burndownHistory"][0];
+    let gid = grants_of_c(&b).await[0].clone();
+    assert_eq!(
+        (
+            burn["balanceAtStart"].as_f64(),
+            burn["balanceAtEnd"].as_f64()
+        ),
+        (Some(10.0), Some(7.0)),
+        "{h}"
+    );
+    assert_eq!(
+        burn["grantBalancesAtStart"],
+        json!({gid.clone(): 10.0}),
+        "{h}"
+    );
+    assert_eq!(burn["grantBalancesAtEnd"], json!({gid: 7.0}), "{h}");
     let (s, _) = get(&b, "/api/v2/customers/c/entitlements/calls/history").await;
     assert_eq!(s, 400, "windowSize is required");
 }

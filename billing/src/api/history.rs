@@ -1,5 +1,6 @@
 //! Balance history: `GET …/entitlements/{idOrFeatureKey}/history` (`WindowedBalanceHistory`) on
-//! the v2 customer and v1 subject paths.
+//! the v2 customer and v1 subject paths: usage and the balance at the start of each window; per
+//! usage period, usage, overage and the balance (total and per grant) at its start and end.
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
@@ -116,14 +117,33 @@ async fn history(api: &Api, owner: Owner, e: &str, raw: &Option<String>) -> R {
                 pe.min(to) - chrono::Duration::minutes(1),
             )
             .await?;
+            let start = entitlement::value_at_instant(
+                &api.store,
+                &ent,
+                &feature,
+                &subjects,
+                &grants,
+                ps.max(from),
+            )
+            .await?;
             let f = |d: Option<rust_decimal::Decimal>| {
                 d.and_then(|d| rust_decimal::prelude::ToPrimitive::to_f64(&d))
+            };
+            // Per-grant balances as numbers, the way values show them.
+            let per_grant = |v: &entitlement::EntitlementValue| {
+                serde_json::to_value(v)
+                    .ok()
+                    .and_then(|mut j| j.get_mut("grantBalances").map(serde_json::Value::take))
+                    .unwrap_or_else(|| json!({}))
             };
             burndown.push(json!({
                 "period": {"from": ps, "to": pe},
                 "usage": f(end.usage),
                 "overage": f(end.overage),
+                "balanceAtStart": f(start.balance),
+                "grantBalancesAtStart": per_grant(&start),
                 "balanceAtEnd": f(end.balance),
+                "grantBalancesAtEnd": per_grant(&end),
             }));
             ps = pe;
             pe = interval.step(ps, 1);

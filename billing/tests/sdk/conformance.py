@@ -238,6 +238,28 @@ lab_value = client.customer_entitlement_v2.get_customer_entitlement_value("lab",
 check(lab_value.usage == 300, f"feature advanced filters: gpt requests 100 + 200, got {lab_value}")
 check(lab_value.balance == 700, f"lab balance {lab_value}")
 
+step("every grant (GET /api/v2/grants, /api/v1/grants) and voiding (DELETE /api/v1/grants/{id})")
+listed = client.grants_v2.list(customer=["acme"])
+check(listed.total_count == 2 and [g.id for g in listed.items_property] == [acme_grant.id, second_grant.id],
+      f"v2 grants of acme {listed}")
+check(client.grants_v2.list(feature=["sso"]).total_count == 0, "no grants on sso")
+check(client.grants_v2.list(feature=["api_calls"], order="DESC").items_property[0].id == second_grant.id, "DESC")
+listed = client.grants.list(subject=["consumer:acme-1"])
+check(isinstance(listed, list) and [g["id"] for g in listed] == [acme_grant.id, second_grant.id],
+      f"v1 grants: a plain list, subject resolved through the customer {listed}")
+listed = client.grants.list(page=2, page_size=1)
+check(listed["totalCount"] == 2 and [g["id"] for g in listed["items"]] == [second_grant.id],
+      f"v1 grants paginated when a page is asked {listed}")
+refused(400, client.grants.delete, second_grant.id, at=now + dt.timedelta(hours=1), contains="at")
+client.grants.delete(second_grant.id)
+v = client.customer_entitlement_v2.get_customer_entitlement_value("acme", "api_calls")
+check(v.balance == 79 and v.grant_balances == {acme_grant.id: 79},
+      f"a voided grant burns no more and its balance is gone {v}")
+voided = client.customer_entitlement_v2.get_grants("acme", "api_calls").items_property[1]
+check(voided.voided_at is not None, f"voidedAt shown {voided}")
+refused(409, client.grants.delete, second_grant.id, contains="already voided")
+refused(404, client.grants.delete, "no-such-grant", contains="no-such-grant")
+
 step("subjects (/api/v1/subjects)")
 made = client.subjects.upsert([{"key": "consumer:acme-1", "displayName": "ACME production"},
                                {"key": "consumer:lab-1", "metadata": {"team": "research"}}])
