@@ -10,8 +10,11 @@
 //!   windows by subject and model; a total per subject) beside a raw rescan of every stored event —
 //!   the work pre-aggregation avoids.
 //!
-//! Run: `cargo bench -p tollgate-billing --bench ingest_query [-- EVENTS [SUBJECTS] [--postgres]]`
-//! (default 1,000,000 events over 100 subjects and 30 days).
+//! Run: `cargo bench -p tollgate-billing --bench ingest_query [-- EVENTS [SUBJECTS] [--postgres]
+//! [--shuffled]]` (default 1,000,000 events over 100 subjects and 30 days, arriving in time order
+//! as live traffic does; `--shuffled` scatters each request's events over the 30 days, the worst
+//! case for per-minute aggregates). CPU per event (user + system, from /proc) is printed beside
+//! throughput: on a shared machine it is the steadier figure.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -20,12 +23,38 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// (events in the run, whether their times are shuffled over the 30 days instead of arriving in
+/// time order as live traffic does).
+static SPREAD: std::sync::OnceLock<(usize, bool)> = std::sync::OnceLock::new();
+
 fn event(i: usize, t0: i64, subjects: usize) -> Value {
-    let minute = (i * 7919) % (30 * 24 * 60);
+    let (n, shuffled) = *SPREAD.get().unwrap();
+    let minute = if shuffled {
+        // Worst case for per-minute aggregates: every event of a request in another minute.
+        (i * 7919) % (30 * 24 * 60)
+    } else {
+        i * (30 * 24 * 60) / n.max(1)
+    };
     let time = chrono::DateTime::from_timestamp_millis(t0 + minute as i64 * 60_000).unwrap();
     json!({"id": format!("b-{i}"), "source": "bench", "specversion": "1.0", "type": "kong.llm_request",
            "subject": format!("consumer:{}", i % subjects), "time": time,
            "data": {"tokens": (i % 50) + 1, "model": if i.is_multiple_of(2) { "gpt-4o" } else { "claude" }, "type": "request"}})
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc (children included).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12, 13, 14]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
 }
 
 /// The columns billing stores for one event.
@@ -43,18 +72,30 @@ fn row(i: usize, t0: i64, subjects: usize) -> (String, String, String, i64, Stri
     )
 }
 
-fn raw_sqlite(n: usize, t0: i64, subjects: usize) -> f64 {
+/// Raw SQLite: the same rows into a table of the same shape as billing's `events` (with or
+/// without its (source, id) unique key), same file settings, one prepared INSERT per row and one
+/// transaction per 1000 rows.
+fn raw_sqlite(n: usize, t0: i64, subjects: usize, unique_key: bool) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let mut conn = rusqlite::Connection::open(dir.path().join("raw.db")).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute_batch(
-        "CREATE TABLE events (seq INTEGER PRIMARY KEY, source TEXT, id TEXT, type TEXT, \
-         subject TEXT, time_ms INTEGER, ingested_ms INTEGER, body TEXT)",
-    )
+    conn.pragma_update(None, "cache_size", -65_536).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, source TEXT NOT NULL, id TEXT NOT NULL, \
+         type TEXT NOT NULL, subject TEXT NOT NULL, time_ms INTEGER NOT NULL, \
+         ingested_ms INTEGER NOT NULL, body TEXT NOT NULL{})",
+        if unique_key {
+            ", UNIQUE (source, id)"
+        } else {
+            ""
+        }
+    ))
     .unwrap();
+    let rows: Vec<_> = (0..n).map(|i| row(i, t0, subjects)).collect();
+    let cpu = cpu_seconds(std::process::id());
     let start = Instant::now();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+    for chunk in rows.chunks(1000) {
         let tx = conn.transaction().unwrap();
         {
             let mut stmt = tx
@@ -63,15 +104,16 @@ fn raw_sqlite(n: usize, t0: i64, subjects: usize) -> f64 {
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .unwrap();
-            for &i in chunk {
-                let (id, kind, subject, time, body) = row(i, t0, subjects);
+            for (id, kind, subject, time, body) in chunk {
                 stmt.execute(rusqlite::params!["bench", id, kind, subject, time, 0, body])
                     .unwrap();
             }
         }
         tx.commit().unwrap();
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let us = (cpu_seconds(std::process::id()) - cpu) * 1e6 / n as f64;
+    (rate, us)
 }
 
 async fn raw_postgres(url: String, n: usize, t0: i64, subjects: usize) -> f64 {
@@ -164,27 +206,36 @@ fn start_billing(dir: &std::path::Path, database_url: Option<&str>) -> Billing {
     }
 }
 
-async fn http_ingest(base: &str, n: usize, t0: i64, subjects: usize) -> f64 {
+/// Request bodies of 1000 events each, made before the clock starts (as the raw peers' rows are).
+fn bodies(n: usize, t0: i64, subjects: usize) -> Vec<bytes::Bytes> {
+    (0..n)
+        .step_by(1000)
+        .map(|i| {
+            let batch: Vec<Value> = (i..(i + 1000).min(n))
+                .map(|j| event(j, t0, subjects))
+                .collect();
+            bytes::Bytes::from(serde_json::to_vec(&batch).unwrap())
+        })
+        .collect()
+}
+
+async fn http_ingest(base: &str, bodies: &[bytes::Bytes], n: usize) -> f64 {
     let client = reqwest::Client::new();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..4 {
         let (client, base) = (client.clone(), base.to_owned());
+        let mine: Vec<bytes::Bytes> = bodies.iter().skip(w).step_by(4).cloned().collect();
         tasks.push(tokio::spawn(async move {
-            let mut i = w * 1000;
-            while i < n {
-                let batch: Vec<Value> = (i..(i + 1000).min(n))
-                    .map(|j| event(j, t0, subjects))
-                    .collect();
+            for body in mine {
                 let r = client
                     .post(format!("{base}/api/v1/events"))
                     .header("content-type", "application/cloudevents-batch+json")
-                    .body(serde_json::to_vec(&batch).unwrap())
+                    .body(body)
                     .send()
                     .await
                     .unwrap();
                 assert_eq!(r.status(), 204);
-                i += 4000;
             }
         }));
     }
@@ -212,6 +263,8 @@ fn main() {
     let n = numbers.next().unwrap_or(1_000_000);
     let subjects = numbers.next().unwrap_or(100);
     let postgres = args.iter().any(|a| a == "--postgres");
+    let shuffled = args.iter().any(|a| a == "--shuffled");
+    SPREAD.set((n, shuffled)).unwrap();
     let t0 = chrono::Utc::now().timestamp_millis() - 31 * 86_400_000;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -219,12 +272,19 @@ fn main() {
         .build()
         .unwrap();
 
-    let raw = raw_sqlite(n, t0, subjects);
+    let bodies = bodies(n, t0, subjects);
+    let raw_plain = raw_sqlite(n, t0, subjects, false);
+    let raw = raw_sqlite(n, t0, subjects, true);
     let dir = tempfile::tempdir().unwrap();
     let billing = start_billing(dir.path(), None);
     let expected: usize = (0..n).map(|i| (i % 50) + 1).sum();
     let (ingest, q_total, q_daily, daily_rows, q_subjects, subject_rows) = rt.block_on(async {
-        let ingest = http_ingest(&billing.base, n, t0, subjects).await;
+        let cpu = cpu_seconds(billing.child.id());
+        let ingest = http_ingest(&billing.base, &bodies, n).await;
+        let ingest = (
+            ingest,
+            (cpu_seconds(billing.child.id()) - cpu) * 1e6 / n as f64,
+        );
         let client = reqwest::Client::new();
         let base = &billing.base;
         let (total_t, total) = timed(&client, format!("{base}/api/v1/meters/tokens/query")).await;
@@ -294,7 +354,7 @@ fn main() {
         let url = cluster.database().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let billing = start_billing(dir.path(), Some(&url));
-        let ingest = rt.block_on(http_ingest(&billing.base, n, t0, subjects));
+        let ingest = rt.block_on(http_ingest(&billing.base, &bodies, n));
         let q = rt.block_on(async {
             timed(
                 &reqwest::Client::new(),
@@ -307,15 +367,33 @@ fn main() {
     });
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("tollgate-billing, {n} events ({subjects} subjects, 2 models, 30 days), 2 cores");
+    println!(
+        "tollgate-billing, {n} events ({subjects} subjects, 2 models, 30 days, {}), 2 cores",
+        if shuffled {
+            "times shuffled"
+        } else {
+            "in time order"
+        }
+    );
     println!("{:<62} {:>12}", "ingest", "events/s");
     println!(
         "{:<62} {:>12.0}",
-        "raw SQLite: INSERT rows, commit per 1000 (WAL, FULL)", raw
+        "raw SQLite: INSERT rows, commit per 1000 (WAL, FULL)", raw_plain.0
     );
     println!(
         "{:<62} {:>12.0}",
-        "tollgate-billing on SQLite, HTTP, 4 clients × 1000", ingest
+        "raw SQLite, same with billing's (source, id) unique key", raw.0
+    );
+    println!(
+        "{:<62} {:>12.0}",
+        "tollgate-billing on SQLite, HTTP, 4 clients × 1000", ingest.0
+    );
+    println!("{:<62} {:>12}", "CPU per event (user + system)", "µs");
+    println!("{:<62} {:>12.2}", "raw SQLite, plain table", raw_plain.1);
+    println!("{:<62} {:>12.2}", "raw SQLite, with the unique key", raw.1);
+    println!(
+        "{:<62} {:>12.2}",
+        "tollgate-billing process (HTTP, JSON, dedup, usage, commit)", ingest.1
     );
     if let Some((raw, ingest, _)) = pg {
         println!(
@@ -352,8 +430,10 @@ fn main() {
         ms(rescan)
     );
     println!(
-        "SQLite ingest / raw: {:.2}x   total query / rescan: {:.3}x",
-        ingest / raw,
+        "SQLite ingest / raw with key: {:.2}x (/ plain table: {:.2}x); CPU per event raw with key / billing: {:.2}x   total query / rescan: {:.3}x",
+        ingest.0 / raw.0,
+        ingest.0 / raw_plain.0,
+        raw.1 / ingest.1,
         q_total.as_secs_f64() / rescan.as_secs_f64()
     );
     if let Some((raw, ingest, _)) = pg {

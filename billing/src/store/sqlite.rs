@@ -12,6 +12,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -30,11 +31,32 @@ use super::{
 use crate::meter::CompiledMeter;
 
 type Meters = Vec<Arc<CompiledMeter>>;
+
+/// What the writer thread keeps between jobs: the meters as of its transaction, and their
+/// generation (bumped by every meter change), which ingest compares with the generation its
+/// usage was precomputed for.
+#[derive(Clone)]
+struct WriterState {
+    meters: Meters,
+    generation: u64,
+}
+
+/// One event's usage rows, computed before the job reaches the writer.
+type Precomputed = Vec<Vec<(UsageKey, MinuteAgg)>>;
 /// Called with the group's commit outcome; sends the job's answer.
 type Done = Box<dyn FnOnce(Option<StoreError>) + Send>;
 /// Runs inside the group transaction; says whether it succeeded (else its savepoint is rolled
 /// back) and how to answer once the group has committed.
-type Job = Box<dyn FnOnce(&Connection, &mut Meters) -> (bool, Done) + Send>;
+type Run = Box<dyn FnOnce(&Connection, &mut WriterState) -> (bool, Done) + Send>;
+
+/// A write for the writer thread.
+struct Job {
+    run: Run,
+    /// Whether the job may fail on its own (a unique key taken…) and so runs in a savepoint that
+    /// is rolled back alone. Ingest cannot fail but by the database failing, which fails the
+    /// group; it runs without one, since a savepoint makes SQLite copy every page it touches.
+    savepoint: bool,
+}
 
 /// Jobs folded into one transaction at most.
 const MAX_GROUP: usize = 512;
@@ -45,6 +67,11 @@ pub(crate) struct Sqlite {
     path: PathBuf,
     jobs: mpsc::Sender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    meters: Arc<RwLock<Meters>>,
+    /// The generation of the published meters (changed only under `meters`' write lock).
+    generation: Arc<AtomicU64>,
+    /// Dropped with the store: the checkpoint thread ends.
+    _stop_checkpoints: mpsc::Sender<()>,
     _lock: File,
 }
 
@@ -264,6 +291,14 @@ impl Sqlite {
         }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(|e| open_err(e.into()))?;
+        // 64 MiB of page cache for the writer (SQLite's default is 2 MiB): usage rows and the
+        // dedup index stay in memory under load.
+        conn.pragma_update(None, "cache_size", -65_536)
+            .map_err(|e| open_err(e.into()))?;
+        // Checkpoints run on their own thread (below), not in the writer's commits; the writer
+        // checkpoints itself only if the WAL grows past ~64 MiB anyway.
+        conn.pragma_update(None, "wal_autocheckpoint", 16_384)
+            .map_err(|e| open_err(e.into()))?;
         register_decimal_functions(&conn).map_err(|e| open_err(e.into()))?;
         migrate(&mut conn, &path).map_err(open_err)?;
         let docs: Vec<String> = conn
@@ -272,16 +307,28 @@ impl Sqlite {
             .map_err(|e| open_err(e.into()))?;
         *meters.write().unwrap_or_else(|e| e.into_inner()) = compile_meters(docs);
 
+        let checkpointer = open_connection(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|e| open_err(e.into()))?;
         let (jobs, rx) = mpsc::channel::<Job>();
+        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("billing-sqlite-checkpoint".into())
+            .spawn(move || checkpoints(checkpointer, stopped))
+            .map_err(|e| StoreError::Open(format!("starting the SQLite checkpointer: {e}")))?;
         let shared = meters.clone();
+        let generation = Arc::new(AtomicU64::new(0));
+        let published = generation.clone();
         std::thread::Builder::new()
             .name("billing-sqlite-writer".into())
-            .spawn(move || writer(conn, rx, shared))
+            .spawn(move || writer(conn, rx, shared, published))
             .map_err(|e| StoreError::Open(format!("starting the SQLite writer: {e}")))?;
         Ok(Sqlite {
             path,
             jobs,
             readers: Arc::new(Mutex::new(Vec::new())),
+            meters,
+            generation,
+            _stop_checkpoints: stop_checkpoints,
             _lock: lock,
         })
     }
@@ -289,11 +336,20 @@ impl Sqlite {
     /// Runs `f` in the writer's next group transaction and answers after its commit.
     async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection, &mut Meters) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Connection, &mut WriterState) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.submit(true, f).await
+    }
+
+    /// Sends a job to the writer and waits for its answer, given after the group's commit.
+    async fn submit<T: Send + 'static>(
+        &self,
+        savepoint: bool,
+        f: impl FnOnce(&Connection, &mut WriterState) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn, meters| {
-            let result = f(conn, meters);
+        let run: Run = Box::new(move |conn, state| {
+            let result = f(conn, state);
             let ok = result.is_ok();
             let done: Done = Box::new(move |commit_error| {
                 let _ = tx.send(match commit_error {
@@ -304,7 +360,7 @@ impl Sqlite {
             (ok, done)
         });
         self.jobs
-            .send(job)
+            .send(Job { run, savepoint })
             .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?
@@ -338,31 +394,62 @@ impl Sqlite {
     }
 
     pub(crate) async fn ingest(&self, events: Vec<NewEvent>) -> Result<usize, StoreError> {
-        self.write(move |conn, meters| {
-            let mut insert = conn.prepare_cached(INSERT_EVENT)?;
-            let mut new = Vec::with_capacity(events.len());
-            for e in &events {
-                let n = insert.execute(params![
-                    e.source,
-                    e.id,
-                    e.kind,
-                    e.subject,
-                    e.stored.time_ms,
-                    e.stored.ingested_ms,
-                    e.body
-                ])?;
-                if n == 1 {
-                    new.push(&e.stored);
+        // Usage rows computed and folded here, on the request's thread, so the writer only
+        // writes; redone in the writer if a meter changed in between or some events were
+        // duplicates.
+        let (generation, meters) = {
+            let guard = self.meters.read().unwrap_or_else(|e| e.into_inner());
+            (self.generation.load(Ordering::Acquire), guard.clone())
+        };
+        let precomputed: Precomputed = events
+            .iter()
+            .map(|e| {
+                meters
+                    .iter()
+                    .filter_map(|m| usage::contribution(m, &e.stored))
+                    .collect()
+            })
+            .collect();
+        let all_new = usage::fold_contributions(precomputed.iter().flatten());
+        let (count, leftovers) = self
+            .submit(false, move |conn, state| {
+                let mut insert = conn.prepare_cached(INSERT_EVENT)?;
+                let mut new = Vec::with_capacity(events.len());
+                for (i, e) in events.iter().enumerate() {
+                    let n = insert.execute(params![
+                        e.source,
+                        e.id,
+                        e.kind,
+                        e.subject,
+                        e.stored.time_ms,
+                        e.stored.ingested_ms,
+                        e.body
+                    ])?;
+                    if n == 1 {
+                        new.push(i);
+                    }
                 }
-            }
-            write_usage(conn, &usage::fold(meters, new.iter().copied()))?;
-            Ok(new.len())
-        })
-        .await
+                let current = state.generation == generation;
+                if current && new.len() == events.len() {
+                    write_usage(conn, &all_new)?;
+                } else if current {
+                    let rows =
+                        usage::fold_contributions(new.iter().flat_map(|i| precomputed[*i].iter()));
+                    write_usage(conn, &rows)?;
+                } else {
+                    let rows = usage::fold(&state.meters, new.iter().map(|i| &events[*i].stored));
+                    write_usage(conn, &rows)?;
+                }
+                // The buffers go back to be freed on the request's thread, not the writer's.
+                Ok((new.len(), (events, precomputed, all_new)))
+            })
+            .await?;
+        drop(leftovers);
+        Ok(count)
     }
 
     pub(crate) async fn add_meter(&self, meter: CompiledMeter) -> Result<(), StoreError> {
-        self.write(move |conn, meters| {
+        self.write(move |conn, state| {
             let meter = Arc::new(meter);
             let doc = serde_json::to_value(&meter.meter)
                 .map_err(|e| StoreError::Decode(e.to_string()))?;
@@ -371,14 +458,15 @@ impl Sqlite {
             }
             backfill(conn, &meter)?;
             bump_meters_version(conn)?;
-            meters.push(meter);
+            state.meters.push(meter);
+            state.generation += 1;
             Ok(())
         })
         .await
     }
 
     pub(crate) async fn update_meter(&self, meter: CompiledMeter) -> Result<(), StoreError> {
-        self.write(move |conn, meters| {
+        self.write(move |conn, state| {
             let meter = Arc::new(meter);
             let doc = serde_json::to_value(&meter.meter)
                 .map_err(|e| StoreError::Decode(e.to_string()))?;
@@ -386,7 +474,8 @@ impl Sqlite {
                 run_stmt(conn, &s)?;
             }
             let id = meter.meter.id.clone();
-            let regroup = meters
+            let regroup = state
+                .meters
                 .iter()
                 .find(|m| m.meter.id == id)
                 .is_none_or(|old| old.meter.group_by != meter.meter.group_by);
@@ -397,20 +486,22 @@ impl Sqlite {
                 backfill(conn, &meter)?;
             }
             bump_meters_version(conn)?;
-            meters.retain(|m| m.meter.id != id);
-            meters.push(meter);
+            state.meters.retain(|m| m.meter.id != id);
+            state.meters.push(meter);
+            state.generation += 1;
             Ok(())
         })
         .await
     }
 
     pub(crate) async fn delete_meter(&self, id: String) -> Result<bool, StoreError> {
-        self.write(move |conn, meters| {
+        self.write(move |conn, state| {
             conn.execute("DELETE FROM usage_minutes WHERE meter_id = $1", params![id])?;
             conn.execute("DELETE FROM usage_uniques WHERE meter_id = $1", params![id])?;
             let n = conn.execute("DELETE FROM meters WHERE id = $1", params![id])?;
             bump_meters_version(conn)?;
-            meters.retain(|m| m.meter.id != id);
+            state.meters.retain(|m| m.meter.id != id);
+            state.generation += 1;
             Ok(n > 0)
         })
         .await
@@ -536,9 +627,29 @@ fn run_stmt(conn: &Connection, s: &Stmt) -> Result<usize, StoreError> {
     Ok(stmt.execute(rusqlite::params_from_iter(s.params.iter()))?)
 }
 
+/// Copies committed WAL frames into the database every 100 ms (a passive checkpoint never blocks
+/// the writer), so commits do not pay for it, until the store is dropped.
+fn checkpoints(conn: Connection, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(std::time::Duration::from_millis(100))
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "WAL checkpoint");
+        }
+    }
+}
+
 /// The writer thread: group commit until every sender is gone.
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, shared: Arc<RwLock<Meters>>) {
-    let mut meters: Meters = shared.read().unwrap_or_else(|e| e.into_inner()).clone();
+fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    shared: Arc<RwLock<Meters>>,
+    published: Arc<AtomicU64>,
+) {
+    let mut state = WriterState {
+        meters: shared.read().unwrap_or_else(|e| e.into_inner()).clone(),
+        generation: published.load(Ordering::Acquire),
+    };
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -547,19 +658,30 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, shared: Arc<RwLock<Mete
                 Err(_) => break,
             }
         }
-        let before = meters.clone();
+        let before = state.clone();
         let mut dones: Vec<Done> = Vec::with_capacity(group.len());
         let outcome = (|| -> Result<(), rusqlite::Error> {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for job in group.drain(..) {
+                if !job.savepoint {
+                    let (ok, done) = (job.run)(&tx, &mut state);
+                    dones.push(done);
+                    if !ok {
+                        // Nothing to roll back to: the whole group fails and is answered so.
+                        return Err(rusqlite::Error::UserFunctionError(
+                            "a write in this group failed; the group was rolled back".into(),
+                        ));
+                    }
+                    continue;
+                }
                 tx.execute_batch("SAVEPOINT job")?;
-                let kept = meters.clone();
-                let (ok, done) = job(&tx, &mut meters);
+                let kept = (state.generation, state.meters.clone());
+                let (ok, done) = (job.run)(&tx, &mut state);
                 if ok {
                     tx.execute_batch("RELEASE job")?;
                 } else {
                     tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
-                    meters = kept;
+                    (state.generation, state.meters) = kept;
                 }
                 dones.push(done);
             }
@@ -567,14 +689,18 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, shared: Arc<RwLock<Mete
         })();
         match outcome {
             Ok(()) => {
-                *shared.write().unwrap_or_else(|e| e.into_inner()) = meters.clone();
+                if state.generation != before.generation {
+                    let mut cache = shared.write().unwrap_or_else(|e| e.into_inner());
+                    *cache = state.meters.clone();
+                    published.store(state.generation, Ordering::Release);
+                }
                 for d in dones {
                     d(None);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "SQLite commit failed; the group's requests get 503");
-                meters = before;
+                state = before;
                 let msg = e.to_string();
                 for d in dones {
                     d(Some(StoreError::Unavailable(msg.clone())));

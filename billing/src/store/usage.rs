@@ -146,3 +146,19 @@ pub fn fold<'a>(
     }
     rows
 }
+
+/// Folds already computed contributions per row, in key order.
+pub fn fold_contributions<'a>(
+    contributions: impl IntoIterator<Item = &'a (UsageKey, MinuteAgg)>,
+) -> BTreeMap<UsageKey, MinuteAgg> {
+    let mut rows: BTreeMap<UsageKey, MinuteAgg> = BTreeMap::new();
+    for (key, agg) in contributions {
+        match rows.get_mut(key) {
+            Some(row) => row.merge(agg),
+            None => {
+                rows.insert(key.clone(), agg.clone());
+            }
+        }
+    }
+    rows
+}
