@@ -110,8 +110,14 @@ pub fn window_bounds(minute_ms: i64, size: WindowSize, tz: Tz) -> (DateTime<Utc>
     match size {
         WindowSize::Minute => (t, t + chrono::Duration::minutes(1)),
         WindowSize::Hour => {
+            // The hour on the zone's clock (zones with half-hour offsets start it at :30 UTC).
+            let offset_ms = i64::from(
+                chrono::Offset::fix(&tz.offset_from_utc_datetime(&t.naive_utc())).local_minus_utc(),
+            ) * 1000;
             let start = Utc
-                .timestamp_millis_opt(minute_ms.div_euclid(3_600_000) * 3_600_000)
+                .timestamp_millis_opt(
+                    (minute_ms + offset_ms).div_euclid(3_600_000) * 3_600_000 - offset_ms,
+                )
                 .single()
                 .unwrap_or_default();
             (start, start + chrono::Duration::hours(1))
@@ -139,6 +145,37 @@ pub fn window_bounds(minute_ms: i64, size: WindowSize, tz: Tz) -> (DateTime<Utc>
             };
             (at_midnight(start), at_midnight(end))
         }
+    }
+}
+
+/// The coarsest usage rows (UTC minutes, hours or days) that never straddle one of the query's
+/// windows: any for a total; days for UTC days and months; hours for days and months in a time
+/// zone whose offset is whole hours at both ends of the range (and now); minutes otherwise.
+pub fn coarsest_grain(size: Option<WindowSize>, tz: Tz, from_ms: i64, to_ms: i64) -> i64 {
+    use crate::store::{DAY, HOUR, MINUTE};
+    use chrono::Offset;
+    let whole_hours = |ms: i64| {
+        let t = Utc
+            .timestamp_millis_opt(ms.clamp(0, 253_402_300_799_000))
+            .single()
+            .unwrap_or_default();
+        tz.offset_from_utc_datetime(&t.naive_utc())
+            .fix()
+            .local_minus_utc()
+            % 3600
+            == 0
+    };
+    let tz_hours = [from_ms, to_ms, Utc::now().timestamp_millis()]
+        .into_iter()
+        .all(whole_hours);
+    match size {
+        None => DAY,
+        Some(WindowSize::Minute) => MINUTE,
+        Some(WindowSize::Hour) if tz_hours => HOUR,
+        Some(WindowSize::Hour) => MINUTE,
+        Some(WindowSize::Day | WindowSize::Month) if tz == chrono_tz::UTC => DAY,
+        Some(WindowSize::Day | WindowSize::Month) if tz_hours => HOUR,
+        Some(WindowSize::Day | WindowSize::Month) => MINUTE,
     }
 }
 
@@ -183,8 +220,9 @@ pub async fn run(
     let rows = if !q.customers.is_empty() && scan.is_empty() {
         Vec::new() // the customers have no (matching) subjects: nothing, not everything
     } else {
+        let coarsest = coarsest_grain(q.window_size, q.tz, from_ms, to_ms);
         store
-            .usage(&meter.meter.slug, &scan, from_ms, to_ms)
+            .usage_grained(&meter.meter.slug, &scan, from_ms, to_ms, coarsest)
             .await?
     };
     let by_subject = q.group_by.iter().any(|g| g == "subject") || !q.subjects.is_empty();
@@ -196,12 +234,14 @@ pub async fn run(
         .collect();
     type Key = (i64, Option<String>, Option<String>, Vec<Option<String>>);
     let mut folded: BTreeMap<Key, (MinuteAgg, i64, i64)> = BTreeMap::new();
-    for (subject, group, minute, agg) in rows {
+    for (subject, group, span, agg) in rows {
         if !group_passes(&q.filters, &group) {
             continue;
         }
         let ws = match q.window_size {
-            Some(size) => window_bounds(minute, size, q.tz).0.timestamp_millis(),
+            Some(size) => window_bounds(span.start_ms, size, q.tz)
+                .0
+                .timestamp_millis(),
             None => i64::MIN,
         };
         let key = (
@@ -216,8 +256,8 @@ pub async fn run(
             .entry(key)
             .or_insert_with(|| (MinuteAgg::default(), i64::MAX, i64::MIN));
         slot.0.merge(&agg);
-        slot.1 = slot.1.min(minute);
-        slot.2 = slot.2.max(minute + 60_000);
+        slot.1 = slot.1.min(span.start_ms);
+        slot.2 = slot.2.max(span.end_ms);
     }
     let data = folded
         .into_iter()

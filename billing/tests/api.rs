@@ -1146,3 +1146,107 @@ async fn recurring_grants_refill_and_history_shows_each_window() {
     let (s, _) = get(&b, "/api/v2/customers/c/entitlements/calls/history").await;
     assert_eq!(s, 400, "windowSize is required");
 }
+
+/// Windows read from day and hour rollups (UTC, whole-hour zones) or minutes (half-hour zones)
+/// give exactly what the events say, window by window, across DST-free and DST zones and ranges
+/// that start and end mid-hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_in_any_time_zone_match_the_events_exactly() {
+    use chrono::{Datelike, TimeZone, Timelike};
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    let (s, body) = post(
+        &b,
+        "/api/v1/meters",
+        json!({"slug": "w", "eventType": "w", "aggregation": "SUM", "valueProperty": "$.v"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    // 600 events every 7 minutes over ~3 days, each worth its index.
+    let t0 = chrono::Utc
+        .with_ymd_and_hms(2026, 3, 27, 21, 13, 0)
+        .unwrap();
+    let times: Vec<chrono::DateTime<chrono::Utc>> = (0..600)
+        .map(|i| t0 + chrono::Duration::minutes(7 * i))
+        .collect();
+    let events: Vec<Value> = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({"id": format!("w{i}"), "source": "w", "type": "w", "subject": "s",
+                   "time": t, "data": {"v": i}})
+        })
+        .collect();
+    assert_eq!(ingest(&b, Value::Array(events)).await, 204);
+    let from = t0 + chrono::Duration::minutes(95);
+    let to = t0 + chrono::Duration::minutes(7 * 600 - 200);
+    for (tz, size) in [
+        ("UTC", "DAY"),
+        ("Europe/Berlin", "DAY"),
+        ("America/New_York", "DAY"),
+        ("Asia/Kolkata", "DAY"),
+        ("Asia/Kolkata", "HOUR"),
+        ("Europe/Berlin", "MONTH"),
+        ("UTC", "HOUR"),
+    ] {
+        let zone: chrono_tz::Tz = tz.parse().unwrap();
+        let (s, body) = get(
+            &b,
+            &format!(
+                "/api/v1/meters/w/query?windowSize={size}&windowTimeZone={tz}&from={}&to={}",
+                from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    .replace('+', "%2B"),
+                to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    .replace('+', "%2B")
+            ),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        let mut expected: std::collections::BTreeMap<String, f64> = Default::default();
+        for (i, t) in times.iter().enumerate() {
+            if *t < from || *t >= to {
+                continue;
+            }
+            let local = t.with_timezone(&zone);
+            let start = match size {
+                "HOUR" => local.with_minute(0).unwrap().with_second(0).unwrap(),
+                "DAY" => zone
+                    .from_local_datetime(&local.date_naive().and_hms_opt(0, 0, 0).unwrap())
+                    .earliest()
+                    .unwrap(),
+                _ => zone
+                    .from_local_datetime(
+                        &local
+                            .date_naive()
+                            .with_day(1)
+                            .unwrap()
+                            .and_hms_opt(0, 0, 0)
+                            .unwrap(),
+                    )
+                    .earliest()
+                    .unwrap(),
+            };
+            *expected
+                .entry(
+                    start
+                        .with_timezone(&chrono::Utc)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                )
+                .or_default() += i as f64;
+        }
+        let got: std::collections::BTreeMap<String, f64> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let start: chrono::DateTime<chrono::Utc> =
+                    r["windowStart"].as_str().unwrap().parse().unwrap();
+                (
+                    start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    r["value"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected, "{size} windows in {tz}");
+    }
+}

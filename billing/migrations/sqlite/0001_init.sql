@@ -15,29 +15,34 @@ CREATE TABLE events (
     UNIQUE (source, id)
 );
 
--- Per meter, subject, group-by values and minute: the partial aggregates every aggregation needs.
-CREATE TABLE usage_minutes (
+-- Usage pre-aggregated per meter, subject and group-by values, at three grains: per minute, hour
+-- and day (UTC-aligned; `grain_ms` 60000, 3600000, 86400000), each row holding the partial
+-- aggregates every aggregation needs. Ingest writes all three in its transaction; a query reads
+-- the coarsest rows that fit its range and windows, and minutes only at the edges.
+CREATE TABLE usage_rollups (
     meter_id  TEXT    NOT NULL,
+    grain_ms  INTEGER NOT NULL,
     subject   TEXT    NOT NULL,
     group_key TEXT    NOT NULL,
-    minute_ms INTEGER NOT NULL,
+    start_ms  INTEGER NOT NULL,
     count     INTEGER NOT NULL,
     sum       TEXT    NOT NULL,
-    min       TEXT,
-    max       TEXT,
+    min       TEXT   ,
+    max       TEXT   ,
     latest_ms INTEGER,
-    latest    TEXT,
-    PRIMARY KEY (meter_id, subject, group_key, minute_ms)
+    latest    TEXT   ,
+    PRIMARY KEY (meter_id, grain_ms, subject, group_key, start_ms)
 ) WITHOUT ROWID;
 
 -- Distinct values per usage row, for UNIQUE_COUNT meters.
 CREATE TABLE usage_uniques (
     meter_id  TEXT    NOT NULL,
+    grain_ms  INTEGER NOT NULL,
     subject   TEXT    NOT NULL,
     group_key TEXT    NOT NULL,
-    minute_ms INTEGER NOT NULL,
+    start_ms  INTEGER NOT NULL,
     value     TEXT    NOT NULL,
-    PRIMARY KEY (meter_id, subject, group_key, minute_ms, value)
+    PRIMARY KEY (meter_id, grain_ms, subject, group_key, start_ms, value)
 ) WITHOUT ROWID;
 
 CREATE TABLE meters (

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::meter::{CompiledMeter, Meter};
 
-pub use usage::{MinuteAgg, UsageRow, minute_of};
+pub use usage::{DAY, HOUR, MINUTE, MinuteAgg, Span, UsageRow, minute_of};
 
 /// Store errors.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -263,14 +263,28 @@ impl Store {
         }
     }
 
-    /// Usage rows of a meter (by id or slug) for `subjects` (all when empty) with minutes in
-    /// `[from, to)`.
+    /// Usage rows of a meter (by id or slug) for `subjects` (all when empty) covering minutes in
+    /// `[from, to)`, at whatever grain reads fewest rows (for totals).
     pub async fn usage(
         &self,
         meter: &str,
         subjects: &[String],
         from_ms: i64,
         to_ms: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        self.usage_grained(meter, subjects, from_ms, to_ms, DAY)
+            .await
+    }
+
+    /// As [`Store::usage`], with rows no coarser than `coarsest` ([`MINUTE`], [`HOUR`] or
+    /// [`DAY`], UTC-aligned): a windowed query asks for rows that fit inside its windows.
+    pub async fn usage_grained(
+        &self,
+        meter: &str,
+        subjects: &[String],
+        from_ms: i64,
+        to_ms: i64,
+        coarsest: i64,
     ) -> Result<Vec<UsageRow>, StoreError> {
         let Some(m) = self.meter(meter) else {
             return Ok(Vec::new());
@@ -279,8 +293,7 @@ impl Store {
         let q = UsageQuery {
             meter_id: m.meter.id.clone(),
             subjects: subjects.to_vec(),
-            from_ms,
-            to_ms,
+            segments: usage::segments(from_ms, to_ms, coarsest),
             unique,
         };
         match &self.db {
@@ -351,39 +364,56 @@ fn decode<T: for<'de> Deserialize<'de>>(doc: &str) -> Result<T, StoreError> {
 pub(crate) struct UsageQuery {
     pub meter_id: String,
     pub subjects: Vec<String>,
-    pub from_ms: i64,
-    pub to_ms: i64,
+    /// `(grain, lo, hi)`: rows of that grain starting in `[lo, hi)`.
+    pub segments: Vec<(i64, i64, i64)>,
     pub unique: bool,
 }
+
+/// A usage row as a backend reads it: subject, group key, grain, start, aggregates.
+pub(crate) type RawUsage = (String, String, i64, i64, MinuteAgg);
+/// A distinct value as a backend reads it: subject, group key, grain, start, value.
+pub(crate) type RawUnique = (String, String, i64, i64, String);
 
 /// A boxed event filter.
 pub(crate) type EventFilter = Box<dyn FnMut(&StoredEvent) -> bool + Send + 'static>;
 
 /// Assembles usage rows (and their distinct values) read from either backend.
-pub(crate) fn assemble_usage(
-    rows: Vec<(String, String, i64, MinuteAgg)>,
-    uniques: Vec<(String, String, i64, String)>,
-) -> Vec<UsageRow> {
+pub(crate) fn assemble_usage(rows: Vec<RawUsage>, uniques: Vec<RawUnique>) -> Vec<UsageRow> {
+    let span = |grain: i64, start: i64| Span {
+        start_ms: start,
+        end_ms: start.saturating_add(grain),
+    };
     let mut out: Vec<UsageRow> = Vec::with_capacity(rows.len());
+    // Rows share a few group keys: parse each once.
+    let mut groups: std::collections::HashMap<String, std::collections::BTreeMap<String, String>> =
+        std::collections::HashMap::new();
+    let mut group_of = |g: &str| -> std::collections::BTreeMap<String, String> {
+        if let Some(v) = groups.get(g) {
+            return v.clone();
+        }
+        let v = usage::parse_group_key(g);
+        groups.insert(g.to_owned(), v.clone());
+        v
+    };
     if uniques.is_empty() {
-        for (subject, group, minute, agg) in rows {
-            out.push((subject, usage::parse_group_key(&group), minute, agg));
+        for (subject, group, grain, start, agg) in rows {
+            out.push((subject, group_of(&group), span(grain, start), agg));
         }
         return out;
     }
-    let mut by_key: std::collections::BTreeMap<(String, String, i64), MinuteAgg> = rows
+    let mut by_key: std::collections::BTreeMap<(String, String, i64, i64), MinuteAgg> = rows
         .into_iter()
-        .map(|(s, g, m, a)| ((s, g, m), a))
+        .map(|(s, g, gr, st, a)| ((s, g, gr, st), a))
         .collect();
-    for (s, g, m, v) in uniques {
-        if let Some(agg) = by_key.get_mut(&(s, g, m))
+    for (s, g, gr, st, v) in uniques {
+        if let Some(agg) = by_key.get_mut(&(s, g, gr, st))
             && let Err(i) = agg.uniques.binary_search(&v)
         {
             agg.uniques.insert(i, v);
         }
     }
-    for ((subject, group, minute), agg) in by_key {
-        out.push((subject, usage::parse_group_key(&group), minute, agg));
+    for ((subject, group, grain, start), agg) in by_key {
+        out.push((subject, group_of(&group), span(grain, start), agg));
     }
     out
 }

@@ -127,21 +127,22 @@ async fn load_meters(
     Ok((version, docs))
 }
 
-const UPSERT_USAGE: &str = "INSERT INTO usage_minutes \
-     (meter_id, subject, group_key, minute_ms, count, sum, min, max, latest_ms, latest) \
-     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], \
+const UPSERT_USAGE: &str = "INSERT INTO usage_rollups \
+     (meter_id, grain_ms, subject, group_key, start_ms, count, sum, min, max, latest_ms, latest) \
+     SELECT * FROM UNNEST($1::text[], $11::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], \
                           $6::numeric[], $7::numeric[], $8::numeric[], $9::int8[], $10::numeric[]) \
-     ON CONFLICT (meter_id, subject, group_key, minute_ms) DO UPDATE SET \
-       count = usage_minutes.count + excluded.count, \
-       sum = usage_minutes.sum + excluded.sum, \
-       min = LEAST(usage_minutes.min, excluded.min), \
-       max = GREATEST(usage_minutes.max, excluded.max), \
-       latest = CASE WHEN usage_minutes.latest_ms IS NULL OR excluded.latest_ms >= usage_minutes.latest_ms \
-                THEN excluded.latest ELSE usage_minutes.latest END, \
-       latest_ms = GREATEST(usage_minutes.latest_ms, excluded.latest_ms)";
+     ON CONFLICT (meter_id, grain_ms, subject, group_key, start_ms) DO UPDATE SET \
+       count = usage_rollups.count + excluded.count, \
+       sum = usage_rollups.sum + excluded.sum, \
+       min = LEAST(usage_rollups.min, excluded.min), \
+       max = GREATEST(usage_rollups.max, excluded.max), \
+       latest = CASE WHEN usage_rollups.latest_ms IS NULL OR excluded.latest_ms >= usage_rollups.latest_ms \
+                THEN excluded.latest ELSE usage_rollups.latest END, \
+       latest_ms = GREATEST(usage_rollups.latest_ms, excluded.latest_ms)";
 
-const INSERT_UNIQUES: &str = "INSERT INTO usage_uniques (meter_id, subject, group_key, minute_ms, value) \
-     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[]) \
+const INSERT_UNIQUES: &str = "INSERT INTO usage_uniques \
+     (meter_id, grain_ms, subject, group_key, start_ms, value) \
+     SELECT * FROM UNNEST($1::text[], $6::int8[], $2::text[], $3::text[], $4::int8[], $5::text[]) \
      ON CONFLICT DO NOTHING";
 
 async fn write_usage(
@@ -168,11 +169,13 @@ async fn write_usage(
     );
     let mut uniques: [Vec<String>; 3] = Default::default();
     let (mut u_minute, mut u_value) = (Vec::new(), Vec::new());
+    let (mut grain, mut u_grain) = (Vec::with_capacity(n), Vec::new());
     for (k, a) in rows {
         meter.push(k.meter_id.as_str());
         subject.push(k.subject.as_str());
         group.push(k.group_key.as_str());
-        minute.push(k.minute_ms);
+        minute.push(k.start_ms);
+        grain.push(k.grain_ms);
         count.push(a.count as i64);
         sum.push(a.sum);
         min.push(a.min);
@@ -183,7 +186,8 @@ async fn write_usage(
             uniques[0].push(k.meter_id.clone());
             uniques[1].push(k.subject.clone());
             uniques[2].push(k.group_key.clone());
-            u_minute.push(k.minute_ms);
+            u_minute.push(k.start_ms);
+            u_grain.push(k.grain_ms);
             u_value.push(v.clone());
         }
     }
@@ -192,6 +196,7 @@ async fn write_usage(
             UPSERT_USAGE,
             &[
                 &meter, &subject, &group, &minute, &count, &sum, &min, &max, &latest_ms, &latest,
+                &grain,
             ],
         )
         .await?;
@@ -199,7 +204,14 @@ async fn write_usage(
         client
             .execute(
                 INSERT_UNIQUES,
-                &[&uniques[0], &uniques[1], &uniques[2], &u_minute, &u_value],
+                &[
+                    &uniques[0],
+                    &uniques[1],
+                    &uniques[2],
+                    &u_minute,
+                    &u_value,
+                    &u_grain,
+                ],
             )
             .await?;
     }
@@ -539,7 +551,7 @@ impl Postgres {
         let regroup = old.is_none_or(|o| o.meter.group_by != meter.meter.group_by);
         if regroup {
             // Usage recounted from the stored events, in this same transaction.
-            for table in ["usage_minutes", "usage_uniques"] {
+            for table in ["usage_rollups", "usage_uniques"] {
                 stmts.push(Stmt {
                     sql: format!("DELETE FROM {table} WHERE meter_id = $1"),
                     params: vec![Some(id.clone())],
@@ -555,7 +567,7 @@ impl Postgres {
         let p = vec![Some(id)];
         let stmts = vec![
             Stmt {
-                sql: "DELETE FROM usage_minutes WHERE meter_id = $1".into(),
+                sql: "DELETE FROM usage_rollups WHERE meter_id = $1".into(),
                 params: p.clone(),
             },
             Stmt {
@@ -629,60 +641,40 @@ impl Postgres {
 
     pub(crate) async fn usage(&self, q: UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         let client = self.pool.get().await?;
-        const COLS: &str = "subject, group_key, minute_ms, count, sum, min, max, latest_ms, latest";
-        let rows = if q.subjects.is_empty() {
-            client
-                .query(
-                    &format!(
-                        "SELECT {COLS} FROM usage_minutes WHERE meter_id = $1 \
-                         AND minute_ms >= $2 AND minute_ms < $3"
-                    ),
-                    &[&q.meter_id, &q.from_ms, &q.to_ms],
-                )
-                .await?
-        } else {
-            client
-                .query(
-                    &format!(
-                        "SELECT {COLS} FROM usage_minutes WHERE meter_id = $1 \
-                         AND subject = ANY($4) AND minute_ms >= $2 AND minute_ms < $3"
-                    ),
-                    &[&q.meter_id, &q.from_ms, &q.to_ms, &q.subjects],
-                )
-                .await?
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let latest_ms: Option<i64> = r.get(7);
-            let latest: Option<Decimal> = r.get(8);
-            out.push((
-                r.get::<_, String>(0),
-                r.get::<_, String>(1),
-                r.get::<_, i64>(2),
-                MinuteAgg {
-                    count: r.get::<_, i64>(3) as u64,
-                    sum: r.get(4),
-                    min: r.get(5),
-                    max: r.get(6),
-                    latest: latest_ms.zip(latest),
-                    uniques: Vec::new(),
-                },
-            ));
-        }
+        let all = q.subjects.is_empty();
+        let rows_sql = "SELECT subject, group_key, count, sum, min, max, latest_ms, latest, start_ms \
+             FROM usage_rollups WHERE meter_id = $1 AND grain_ms = $2 \
+             AND start_ms >= $3 AND start_ms < $4 AND ($5 OR subject = ANY($6))";
+        let uniques_sql = "SELECT subject, group_key, value, start_ms FROM usage_uniques \
+             WHERE meter_id = $1 AND grain_ms = $2 AND start_ms >= $3 AND start_ms < $4 \
+             AND ($5 OR subject = ANY($6))";
+        let mut out = Vec::new();
         let mut uniques = Vec::new();
-        if q.unique {
-            let rows = client
-                .query(
-                    "SELECT subject, group_key, minute_ms, value FROM usage_uniques \
-                     WHERE meter_id = $1 AND minute_ms >= $2 AND minute_ms < $3 \
-                     AND (cardinality($4::text[]) = 0 OR subject = ANY($4))",
-                    &[&q.meter_id, &q.from_ms, &q.to_ms, &q.subjects],
-                )
-                .await?;
-            uniques = rows
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                .collect();
+        for (grain, lo, hi) in &q.segments {
+            let params: [&(dyn ToSql + Sync); 6] = [&q.meter_id, grain, lo, hi, &all, &q.subjects];
+            for r in client.query(rows_sql, &params).await? {
+                let latest_ms: Option<i64> = r.get(6);
+                let latest: Option<Decimal> = r.get(7);
+                out.push((
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    *grain,
+                    r.get::<_, i64>(8),
+                    MinuteAgg {
+                        count: r.get::<_, i64>(2) as u64,
+                        sum: r.get(3),
+                        min: r.get(4),
+                        max: r.get(5),
+                        latest: latest_ms.zip(latest),
+                        uniques: Vec::new(),
+                    },
+                ));
+            }
+            if q.unique {
+                for r in client.query(uniques_sql, &params).await? {
+                    uniques.push((r.get(0), r.get(1), *grain, r.get(3), r.get(2)));
+                }
+            }
         }
         Ok(assemble_usage(out, uniques))
     }

@@ -167,20 +167,21 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 const INSERT_EVENT: &str = "INSERT INTO events (source, id, type, subject, time_ms, ingested_ms, body) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source, id) DO NOTHING";
 
-const UPSERT_USAGE: &str = "INSERT INTO usage_minutes \
-     (meter_id, subject, group_key, minute_ms, count, sum, min, max, latest_ms, latest) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-     ON CONFLICT (meter_id, subject, group_key, minute_ms) DO UPDATE SET \
-       count = usage_minutes.count + excluded.count, \
-       sum = dec_add(usage_minutes.sum, excluded.sum), \
-       min = dec_min(usage_minutes.min, excluded.min), \
-       max = dec_max(usage_minutes.max, excluded.max), \
-       latest = CASE WHEN usage_minutes.latest_ms IS NULL OR excluded.latest_ms >= usage_minutes.latest_ms \
-                THEN excluded.latest ELSE usage_minutes.latest END, \
-       latest_ms = MAX(COALESCE(usage_minutes.latest_ms, excluded.latest_ms), COALESCE(excluded.latest_ms, usage_minutes.latest_ms))";
+const UPSERT_USAGE: &str = "INSERT INTO usage_rollups \
+     (meter_id, grain_ms, subject, group_key, start_ms, count, sum, min, max, latest_ms, latest) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+     ON CONFLICT (meter_id, grain_ms, subject, group_key, start_ms) DO UPDATE SET \
+       count = usage_rollups.count + excluded.count, \
+       sum = dec_add(usage_rollups.sum, excluded.sum), \
+       min = dec_min(usage_rollups.min, excluded.min), \
+       max = dec_max(usage_rollups.max, excluded.max), \
+       latest = CASE WHEN usage_rollups.latest_ms IS NULL OR excluded.latest_ms >= usage_rollups.latest_ms \
+                THEN excluded.latest ELSE usage_rollups.latest END, \
+       latest_ms = MAX(COALESCE(usage_rollups.latest_ms, excluded.latest_ms), COALESCE(excluded.latest_ms, usage_rollups.latest_ms))";
 
-const INSERT_UNIQUE: &str = "INSERT INTO usage_uniques (meter_id, subject, group_key, minute_ms, value) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+const INSERT_UNIQUE: &str = "INSERT INTO usage_uniques \
+     (meter_id, grain_ms, subject, group_key, start_ms, value) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
 
 fn write_usage(
     conn: &Connection,
@@ -191,9 +192,10 @@ fn write_usage(
     for (k, a) in rows {
         upsert.execute(params![
             k.meter_id,
+            k.grain_ms,
             k.subject,
             k.group_key,
-            k.minute_ms,
+            k.start_ms,
             a.count as i64,
             a.sum.to_string(),
             a.min.map(|d| d.to_string()),
@@ -202,7 +204,14 @@ fn write_usage(
             a.latest.map(|l| l.1.to_string()),
         ])?;
         for v in &a.uniques {
-            unique.execute(params![k.meter_id, k.subject, k.group_key, k.minute_ms, v])?;
+            unique.execute(params![
+                k.meter_id,
+                k.grain_ms,
+                k.subject,
+                k.group_key,
+                k.start_ms,
+                v
+            ])?;
         }
     }
     Ok(())
@@ -481,7 +490,7 @@ impl Sqlite {
                 .is_none_or(|old| old.meter.group_by != meter.meter.group_by);
             if regroup {
                 // Usage recounted from the stored events, in this same transaction.
-                conn.execute("DELETE FROM usage_minutes WHERE meter_id = $1", params![id])?;
+                conn.execute("DELETE FROM usage_rollups WHERE meter_id = $1", params![id])?;
                 conn.execute("DELETE FROM usage_uniques WHERE meter_id = $1", params![id])?;
                 backfill(conn, &meter)?;
             }
@@ -496,7 +505,7 @@ impl Sqlite {
 
     pub(crate) async fn delete_meter(&self, id: String) -> Result<bool, StoreError> {
         self.write(move |conn, state| {
-            conn.execute("DELETE FROM usage_minutes WHERE meter_id = $1", params![id])?;
+            conn.execute("DELETE FROM usage_rollups WHERE meter_id = $1", params![id])?;
             conn.execute("DELETE FROM usage_uniques WHERE meter_id = $1", params![id])?;
             let n = conn.execute("DELETE FROM meters WHERE id = $1", params![id])?;
             bump_meters_version(conn)?;
@@ -579,40 +588,48 @@ impl Sqlite {
                 q.subjects.iter().map(|s| Some(s.as_str())).collect()
             };
             let mut stmt = conn.prepare_cached(
-                "SELECT subject, group_key, minute_ms, count, sum, min, max, latest_ms, latest \
-                 FROM usage_minutes WHERE meter_id = $1 AND ($2 IS NULL OR subject = $2) \
-                 AND minute_ms >= $3 AND minute_ms < $4",
+                "SELECT subject, group_key, count, sum, min, max, latest_ms, latest, start_ms \
+                 FROM usage_rollups WHERE meter_id = $1 AND grain_ms = $2 \
+                 AND ($3 IS NULL OR subject = $3) AND start_ms >= $4 AND start_ms < $5",
             )?;
             let mut ustmt = conn.prepare_cached(
-                "SELECT subject, group_key, minute_ms, value FROM usage_uniques \
-                 WHERE meter_id = $1 AND ($2 IS NULL OR subject = $2) \
-                 AND minute_ms >= $3 AND minute_ms < $4",
+                "SELECT subject, group_key, value, start_ms FROM usage_uniques \
+                 WHERE meter_id = $1 AND grain_ms = $2 AND ($3 IS NULL OR subject = $3) \
+                 AND start_ms >= $4 AND start_ms < $5",
             )?;
             for s in subjects {
-                let mut r = stmt.query(params![q.meter_id, s, q.from_ms, q.to_ms])?;
-                while let Some(row) = r.next()? {
-                    let sum: String = row.get(4)?;
-                    let min: Option<String> = row.get(5)?;
-                    let max: Option<String> = row.get(6)?;
-                    let latest_ms: Option<i64> = row.get(7)?;
-                    let latest: Option<String> = row.get(8)?;
-                    let agg = MinuteAgg {
-                        count: row.get::<_, i64>(3)? as u64,
-                        sum: dec(&sum)?,
-                        min: min.as_deref().map(dec).transpose()?,
-                        max: max.as_deref().map(dec).transpose()?,
-                        latest: match (latest_ms, latest) {
-                            (Some(t), Some(v)) => Some((t, dec(&v)?)),
-                            _ => None,
-                        },
-                        uniques: Vec::new(),
-                    };
-                    rows.push((row.get(0)?, row.get(1)?, row.get(2)?, agg));
-                }
-                if q.unique {
-                    let mut r = ustmt.query(params![q.meter_id, s, q.from_ms, q.to_ms])?;
+                for (grain, lo, hi) in &q.segments {
+                    let mut r = stmt.query(params![q.meter_id, grain, s, lo, hi])?;
                     while let Some(row) = r.next()? {
-                        uniques.push((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?));
+                        let sum: String = row.get(3)?;
+                        let min: Option<String> = row.get(4)?;
+                        let max: Option<String> = row.get(5)?;
+                        let latest_ms: Option<i64> = row.get(6)?;
+                        let latest: Option<String> = row.get(7)?;
+                        let agg = MinuteAgg {
+                            count: row.get::<_, i64>(2)? as u64,
+                            sum: dec(&sum)?,
+                            min: min.as_deref().map(dec).transpose()?,
+                            max: max.as_deref().map(dec).transpose()?,
+                            latest: match (latest_ms, latest) {
+                                (Some(t), Some(v)) => Some((t, dec(&v)?)),
+                                _ => None,
+                            },
+                            uniques: Vec::new(),
+                        };
+                        rows.push((row.get(0)?, row.get(1)?, *grain, row.get(8)?, agg));
+                    }
+                    if q.unique {
+                        let mut r = ustmt.query(params![q.meter_id, grain, s, lo, hi])?;
+                        while let Some(row) = r.next()? {
+                            uniques.push((
+                                row.get(0)?,
+                                row.get(1)?,
+                                *grain,
+                                row.get(3)?,
+                                row.get(2)?,
+                            ));
+                        }
                     }
                 }
             }

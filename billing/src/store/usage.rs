@@ -1,6 +1,7 @@
 //! Usage pre-aggregation, shared by both backends: what one stored event contributes to each meter
-//! (a row per meter × subject × group-by values × minute), folded per row before it is written, so
-//! a request's events touch each row once. Pure: no database here.
+//! (a row per meter × subject × group-by values × minute, rolled up into its hour and day), folded
+//! per row before it is written, so a request's events touch each row once; and which rows a read
+//! of `[from, to)` takes at which grain ([`segments`]). Pure: no database here.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,20 +54,40 @@ impl MinuteAgg {
     }
 }
 
-/// One usage row read back: subject, group, minute start (ms), aggregates.
-pub type UsageRow = (String, BTreeMap<String, String>, i64, MinuteAgg);
+/// The time a usage row covers: `[start_ms, end_ms)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Start, Unix ms.
+    pub start_ms: i64,
+    /// End (exclusive), Unix ms.
+    pub end_ms: i64,
+}
 
-/// The key of a usage row: meter id, subject, group-by values as canonical JSON, minute (ms).
+/// One usage row read back: subject, group, the time it covers, aggregates.
+pub type UsageRow = (String, BTreeMap<String, String>, Span, MinuteAgg);
+
+/// A minute, in ms.
+pub const MINUTE: i64 = 60_000;
+/// An hour, in ms.
+pub const HOUR: i64 = 3_600_000;
+/// A day (UTC), in ms.
+pub const DAY: i64 = 86_400_000;
+/// The grains usage is kept at, finest first.
+pub const GRAINS: [i64; 3] = [MINUTE, HOUR, DAY];
+
+/// The key of a usage row: meter id, grain, subject, group-by values as canonical JSON, start.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct UsageKey {
     /// The meter's id.
     pub meter_id: String,
+    /// The row's length: [`MINUTE`], [`HOUR`] or [`DAY`].
+    pub grain_ms: i64,
     /// The event's subject.
     pub subject: String,
     /// Group-by values, a JSON object with sorted keys.
     pub group_key: String,
-    /// Minute start, Unix ms.
-    pub minute_ms: i64,
+    /// Start of the minute, hour or day (UTC), Unix ms.
+    pub start_ms: i64,
 }
 
 /// Truncates ms to the minute.
@@ -117,16 +138,17 @@ pub fn contribution(meter: &CompiledMeter, e: &StoredEvent) -> Option<(UsageKey,
     Some((
         UsageKey {
             meter_id: m.id.clone(),
+            grain_ms: MINUTE,
             subject: subject.to_owned(),
             group_key: group_key(&c.group),
-            minute_ms: minute_of(e.time_ms),
+            start_ms: minute_of(e.time_ms),
         },
         agg,
     ))
 }
 
-/// The usage rows `events` add to `meters`, folded per row, in key order (the order both backends
-/// write them in, so concurrent writers lock rows in one order).
+/// The usage rows `events` add to `meters` at every grain, folded per row, in key order (the order
+/// both backends write them in, so concurrent writers lock rows in one order).
 pub fn fold<'a>(
     meters: &[Arc<CompiledMeter>],
     events: impl IntoIterator<Item = &'a StoredEvent>,
@@ -144,10 +166,78 @@ pub fn fold<'a>(
             }
         }
     }
-    rows
+    with_rollups(rows)
 }
 
-/// Folds already computed contributions per row, in key order.
+/// Minute rows plus the hour and day rows they roll up into.
+fn with_rollups(minutes: BTreeMap<UsageKey, MinuteAgg>) -> BTreeMap<UsageKey, MinuteAgg> {
+    let mut out = BTreeMap::new();
+    for grain in [HOUR, DAY] {
+        for (k, a) in &minutes {
+            let key = UsageKey {
+                grain_ms: grain,
+                start_ms: k.start_ms.div_euclid(grain) * grain,
+                ..k.clone()
+            };
+            match out.get_mut(&key) {
+                Some(row) => MinuteAgg::merge(row, a),
+                None => {
+                    out.insert(key, a.clone());
+                }
+            }
+        }
+    }
+    out.extend(minutes);
+    out
+}
+
+/// How a read of usage in `[from_ms, to_ms)` is answered: `(grain, lo, hi)` parts, each read as
+/// the rows of that grain starting in `[lo, hi)` — the coarsest grain up to `coarsest` that fits,
+/// finer ones only at the edges — so every minute in the range is counted exactly once.
+pub fn segments(from_ms: i64, to_ms: i64, coarsest: i64) -> Vec<(i64, i64, i64)> {
+    let grains: Vec<i64> = GRAINS
+        .iter()
+        .rev()
+        .copied()
+        .filter(|g| *g <= coarsest)
+        .collect();
+    let mut out = Vec::new();
+    split(from_ms, to_ms, &grains, &mut out);
+    out
+}
+
+fn split(from: i64, to: i64, grains: &[i64], out: &mut Vec<(i64, i64, i64)>) {
+    if from >= to {
+        return;
+    }
+    let Some((&g, finer)) = grains.split_first() else {
+        return;
+    };
+    if finer.is_empty() {
+        out.push((g, from, to));
+        return;
+    }
+    // First and last whole rows of this grain inside the range (open ends stay open).
+    let a = if from == i64::MIN {
+        i64::MIN
+    } else {
+        from.div_euclid(g) * g + if from.rem_euclid(g) == 0 { 0 } else { g }
+    };
+    let b = if to == i64::MAX {
+        i64::MAX
+    } else {
+        to.div_euclid(g) * g
+    };
+    if a < b {
+        out.push((g, a, b));
+        split(from, a, finer, out);
+        split(b, to, finer, out);
+    } else {
+        split(from, to, finer, out);
+    }
+}
+
+/// Folds already computed (minute) contributions per row and adds their rollups, in key order.
 pub fn fold_contributions<'a>(
     contributions: impl IntoIterator<Item = &'a (UsageKey, MinuteAgg)>,
 ) -> BTreeMap<UsageKey, MinuteAgg> {
@@ -160,5 +250,88 @@ pub fn fold_contributions<'a>(
             }
         }
     }
-    rows
+    with_rollups(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every minute of `[from, to)` is in exactly one part, and parts are whole rows.
+    fn check(from: i64, to: i64, coarsest: i64) {
+        let parts = segments(from, to, coarsest);
+        for (g, lo, hi) in &parts {
+            assert!(*g <= coarsest);
+            if *g > MINUTE {
+                assert_eq!(lo.rem_euclid(*g), 0, "{parts:?}");
+                assert_eq!(hi.rem_euclid(*g), 0, "{parts:?}");
+            }
+        }
+        let mut m = minute_of(from)
+            + if from.rem_euclid(MINUTE) == 0 {
+                0
+            } else {
+                MINUTE
+            };
+        while m < to {
+            let n = parts
+                .iter()
+                .filter(|(g, lo, hi)| {
+                    let start = m.div_euclid(*g) * *g;
+                    start >= *lo && start < *hi && (*g == MINUTE || start + *g <= to)
+                })
+                .count();
+            assert_eq!(n, 1, "minute {m} in {n} parts of {parts:?}");
+            m += MINUTE;
+        }
+    }
+
+    #[test]
+    fn a_range_is_read_at_the_coarsest_grain_that_fits_and_minutes_at_the_edges() {
+        let d = 1_700_006_400_000; // a UTC midnight
+        check(d + 7 * MINUTE, d + 3 * DAY + 5 * HOUR + 2 * MINUTE, DAY);
+        check(d + 30_000, d + HOUR + 90_000, DAY);
+        check(d, d + 2 * DAY, HOUR);
+        check(d - 3 * MINUTE, d + 3 * MINUTE, MINUTE);
+        assert_eq!(segments(d, d + 2 * DAY, DAY), vec![(DAY, d, d + 2 * DAY)]);
+        assert_eq!(
+            segments(i64::MIN, i64::MAX, DAY),
+            vec![(DAY, i64::MIN, i64::MAX)]
+        );
+        let parts = segments(d + 5 * MINUTE, i64::MAX, DAY);
+        assert_eq!(parts[0], (DAY, d + DAY, i64::MAX));
+    }
+
+    #[test]
+    fn rollups_carry_the_minutes_totals() {
+        let key = |start_ms| UsageKey {
+            meter_id: "m".into(),
+            grain_ms: MINUTE,
+            subject: "s".into(),
+            group_key: "{}".into(),
+            start_ms,
+        };
+        let agg = |v: i64| MinuteAgg {
+            count: 1,
+            sum: Decimal::from(v),
+            ..MinuteAgg::default()
+        };
+        let d = 1_700_006_400_000;
+        let rows = fold_contributions(&[
+            (key(d), agg(2)),
+            (key(d + MINUTE), agg(3)),
+            (key(d + HOUR), agg(5)),
+        ]);
+        let sum = |g: i64| -> Decimal {
+            rows.iter()
+                .filter(|(k, _)| k.grain_ms == g)
+                .map(|(_, a)| a.sum)
+                .sum()
+        };
+        assert_eq!(
+            (sum(MINUTE), sum(HOUR), sum(DAY)),
+            (10.into(), 10.into(), 10.into())
+        );
+        assert_eq!(rows.iter().filter(|(k, _)| k.grain_ms == HOUR).count(), 2);
+    }
 }
