@@ -11,9 +11,9 @@
 //!   the work pre-aggregation avoids.
 //!
 //! Run: `cargo bench -p tollgate-billing --bench ingest_query [-- EVENTS [SUBJECTS] [--postgres]
-//! [--shuffled]]` (default 1,000,000 events over 100 subjects and 30 days, arriving in time order
-//! as live traffic does; `--shuffled` scatters each request's events over the 30 days, the worst
-//! case for per-minute aggregates). CPU per event (user + system, from /proc) is printed beside
+//! [--shuffled | --live]]` (default 1,000,000 events over 100 subjects and 30 days, arriving in
+//! time order; `--shuffled` scatters each request's events over the 30 days, the worst case for
+//! the aggregates; `--live` puts them all in the last 10 minutes, as live ingest at this rate is). CPU per event (user + system, from /proc) is printed beside
 //! throughput: on a shared machine it is the steadier figure.
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -23,19 +23,28 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-/// (events in the run, whether their times are shuffled over the 30 days instead of arriving in
-/// time order as live traffic does).
-static SPREAD: std::sync::OnceLock<(usize, bool)> = std::sync::OnceLock::new();
+/// How the events' times spread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Spread {
+    /// Over 30 days, in time order (a month of traffic replayed).
+    Month,
+    /// Over 30 days, each request's events scattered: the worst case for the aggregates.
+    Shuffled,
+    /// Over the last 10 minutes: what live ingest at this rate looks like.
+    Live,
+}
+
+/// (events in the run, their spread).
+static SPREAD: std::sync::OnceLock<(usize, Spread)> = std::sync::OnceLock::new();
 
 fn event(i: usize, t0: i64, subjects: usize) -> Value {
-    let (n, shuffled) = *SPREAD.get().unwrap();
-    let minute = if shuffled {
-        // Worst case for per-minute aggregates: every event of a request in another minute.
-        (i * 7919) % (30 * 24 * 60)
-    } else {
-        i * (30 * 24 * 60) / n.max(1)
+    let (n, spread) = *SPREAD.get().unwrap();
+    let ms = match spread {
+        Spread::Shuffled => ((i * 7919) % (30 * 24 * 60)) as i64 * 60_000,
+        Spread::Month => (i * (30 * 24 * 60) / n.max(1)) as i64 * 60_000,
+        Spread::Live => 30 * 86_400_000 - 600_000 + (i as i64 * 600_000) / n.max(1) as i64,
     };
-    let time = chrono::DateTime::from_timestamp_millis(t0 + minute as i64 * 60_000).unwrap();
+    let time = chrono::DateTime::from_timestamp_millis(t0 + ms).unwrap();
     json!({"id": format!("b-{i}"), "source": "bench", "specversion": "1.0", "type": "kong.llm_request",
            "subject": format!("consumer:{}", i % subjects), "time": time,
            "data": {"tokens": (i % 50) + 1, "model": if i.is_multiple_of(2) { "gpt-4o" } else { "claude" }, "type": "request"}})
@@ -263,8 +272,14 @@ fn main() {
     let n = numbers.next().unwrap_or(1_000_000);
     let subjects = numbers.next().unwrap_or(100);
     let postgres = args.iter().any(|a| a == "--postgres");
-    let shuffled = args.iter().any(|a| a == "--shuffled");
-    SPREAD.set((n, shuffled)).unwrap();
+    let spread = if args.iter().any(|a| a == "--shuffled") {
+        Spread::Shuffled
+    } else if args.iter().any(|a| a == "--live") {
+        Spread::Live
+    } else {
+        Spread::Month
+    };
+    SPREAD.set((n, spread)).unwrap();
     let t0 = chrono::Utc::now().timestamp_millis() - 31 * 86_400_000;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -368,11 +383,11 @@ fn main() {
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "tollgate-billing, {n} events ({subjects} subjects, 2 models, 30 days, {}), 2 cores",
-        if shuffled {
-            "times shuffled"
-        } else {
-            "in time order"
+        "tollgate-billing, {n} events ({subjects} subjects, 2 models, {}), 2 cores",
+        match spread {
+            Spread::Shuffled => "30 days, times shuffled",
+            Spread::Month => "30 days in time order",
+            Spread::Live => "the last 10 minutes",
         }
     );
     println!("{:<62} {:>12}", "ingest", "events/s");
