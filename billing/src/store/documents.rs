@@ -124,6 +124,75 @@ pub fn put(kind: &str, id: &str, doc: &Value) -> Vec<Stmt> {
     out
 }
 
+/// The compare-and-set statement: stores `doc` as `kind`/`id` only if the stored document's text
+/// is exactly `expected`, or, with `expected` `None`, only if there is none. Its row count (0 or 1)
+/// says whether it was stored. One statement, so the database decides it atomically: on PostgreSQL
+/// a concurrent `UPDATE` of the row waits for the first to commit and re-checks the `WHERE` against
+/// the new text. Customers are refused (their subjects live in a second table).
+pub fn swap(kind: &str, id: &str, expected: Option<&str>, doc: &Value) -> Result<Stmt, String> {
+    if kind == "customer" {
+        return Err("compare-and-set is not available for customers".into());
+    }
+    let text = doc.to_string();
+    let Some(t) = table(kind) else {
+        return Ok(match expected {
+            None => Stmt {
+                sql: "INSERT INTO documents (kind, id, doc) VALUES ($1, $2, $3) \
+                      ON CONFLICT (kind, id) DO NOTHING"
+                    .into(),
+                params: vec![Some(kind.into()), Some(id.into()), Some(text)],
+            },
+            Some(old) => Stmt {
+                sql: "UPDATE documents SET doc = $3 WHERE kind = $1 AND id = $2 AND doc = $4"
+                    .into(),
+                params: vec![
+                    Some(kind.into()),
+                    Some(id.into()),
+                    Some(text),
+                    Some(old.into()),
+                ],
+            },
+        });
+    };
+    let names: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
+    let mut params = vec![Some(id.to_owned())];
+    params.extend(t.columns.iter().map(|(_, p)| column_value(doc, p)));
+    params.push(Some(text));
+    Ok(match expected {
+        None => {
+            let placeholders: Vec<String> =
+                (2..names.len() + 3).map(|i| format!("${i}")).collect();
+            Stmt {
+                sql: format!(
+                    "INSERT INTO {} (id, {}, doc) VALUES ($1, {}) ON CONFLICT (id) DO NOTHING",
+                    t.table,
+                    names.join(", "),
+                    placeholders.join(", ")
+                ),
+                params,
+            }
+        }
+        Some(old) => {
+            let sets: Vec<String> = names
+                .iter()
+                .chain(std::iter::once(&"doc"))
+                .enumerate()
+                .map(|(i, c)| format!("{c} = ${}", i + 2))
+                .collect();
+            let n = params.len() + 1;
+            params.push(Some(old.into()));
+            Stmt {
+                sql: format!(
+                    "UPDATE {} SET {} WHERE id = $1 AND doc = ${n}",
+                    t.table,
+                    sets.join(", ")
+                ),
+                params,
+            }
+        }
+    })
+}
+
 /// The statement that reads one document (`doc` column).
 pub fn get(kind: &str, id: &str) -> Stmt {
     match table(kind) {
@@ -199,6 +268,22 @@ mod tests {
             .map(|s| s.params[0].clone().unwrap())
             .collect();
         assert_eq!(subjects, ["acme", "s1"]);
+    }
+
+    #[test]
+    fn compare_and_set_names_the_old_text() {
+        let s = swap("clock", "billing", Some("{\"a\":1}"), &json!({"a": 2})).unwrap();
+        assert!(s.sql.starts_with("UPDATE documents SET doc = $3"));
+        assert_eq!(s.params[3].as_deref(), Some("{\"a\":1}"));
+        let s = swap("clock", "billing", None, &json!({"a": 1})).unwrap();
+        assert!(s.sql.ends_with("DO NOTHING"));
+        let s = swap("grant", "g1", Some("old"), &json!({"entitlementId": "e1"})).unwrap();
+        assert_eq!(
+            s.sql,
+            "UPDATE grants SET entitlement_id = $2, doc = $3 WHERE id = $1 AND doc = $4"
+        );
+        assert_eq!(s.params[1].as_deref(), Some("e1"));
+        assert!(swap("customer", "c1", None, &json!({})).is_err());
     }
 
     #[test]
