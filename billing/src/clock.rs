@@ -219,8 +219,16 @@ impl Clock {
     /// when another writer got there first, until it is stored or `change` says nothing is left
     /// to change (returns false). Returns the state as stored afterwards.
     async fn update(&self, change: impl Fn(&mut State) -> bool) -> Result<State, StoreError> {
+        let mut lost_to: Option<String> = None;
         loop {
             let (raw, mut st) = self.load().await?;
+            if lost_to.as_deref() == Some(raw.as_str()) {
+                // Refused although nobody changed it: never spin on that.
+                return Err(StoreError::Database(
+                    "the clock document's compare-and-set fails without a concurrent change"
+                        .into(),
+                ));
+            }
             if !change(&mut st) {
                 return Ok(st);
             }
@@ -228,6 +236,7 @@ impl Clock {
             if self.store.swap_entity(KIND, ID, Some(&raw), &st).await? {
                 return Ok(st);
             }
+            lost_to = Some(raw);
         }
     }
 

@@ -204,9 +204,10 @@ async fn create_entitlement(api: &Api, owner: Owner, body: &Bytes) -> R {
 /// `e` with its current usage period at `now` (and its last reset) filled in.
 fn with_period(mut e: Entitlement, now: DateTime<Utc>) -> Entitlement {
     if let Some(p) = &e.usage_period
-        && let Ok(interval) = Interval::parse(&p.interval)
+        && Interval::parse(&p.interval).is_ok()
     {
-        let anchor = p.anchor.or(e.measure_usage_from).unwrap_or(e.created_at);
+        // The grid the balance engine resets on.
+        let (interval, anchor, _) = e.period_basis();
         let (from, to) = interval.period_at(anchor, now);
         e.current_usage_period = Some(json!({"from": from, "to": to}));
     }

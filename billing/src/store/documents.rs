@@ -142,24 +142,26 @@ pub fn swap(kind: &str, id: &str, expected: Option<&str>, doc: &Value) -> Result
                     .into(),
                 params: vec![Some(kind.into()), Some(id.into()), Some(text)],
             },
+            // Parameters in order of appearance: SQLite numbers `$n` by first appearance.
             Some(old) => Stmt {
-                sql: "UPDATE documents SET doc = $3 WHERE kind = $1 AND id = $2 AND doc = $4"
+                sql: "UPDATE documents SET doc = $1 WHERE kind = $2 AND id = $3 AND doc = $4"
                     .into(),
                 params: vec![
+                    Some(text),
                     Some(kind.into()),
                     Some(id.into()),
-                    Some(text),
                     Some(old.into()),
                 ],
             },
         });
     };
     let names: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
-    let mut params = vec![Some(id.to_owned())];
-    params.extend(t.columns.iter().map(|(_, p)| column_value(doc, p)));
-    params.push(Some(text));
+    let values = t.columns.iter().map(|(_, p)| column_value(doc, p));
     Ok(match expected {
         None => {
+            let mut params = vec![Some(id.to_owned())];
+            params.extend(values);
+            params.push(Some(text));
             let placeholders: Vec<String> =
                 (2..names.len() + 3).map(|i| format!("${i}")).collect();
             Stmt {
@@ -173,19 +175,25 @@ pub fn swap(kind: &str, id: &str, expected: Option<&str>, doc: &Value) -> Result
             }
         }
         Some(old) => {
+            // Parameters in order of appearance: SQLite numbers `$n` by first appearance.
             let sets: Vec<String> = names
                 .iter()
                 .chain(std::iter::once(&"doc"))
                 .enumerate()
-                .map(|(i, c)| format!("{c} = ${}", i + 2))
+                .map(|(i, c)| format!("{c} = ${}", i + 1))
                 .collect();
-            let n = params.len() + 1;
+            let mut params: Vec<Option<String>> = values.collect();
+            params.push(Some(text));
+            let n = params.len();
+            params.push(Some(id.to_owned()));
             params.push(Some(old.into()));
             Stmt {
                 sql: format!(
-                    "UPDATE {} SET {} WHERE id = $1 AND doc = ${n}",
+                    "UPDATE {} SET {} WHERE id = ${} AND doc = ${}",
                     t.table,
-                    sets.join(", ")
+                    sets.join(", "),
+                    n + 1,
+                    n + 2
                 ),
                 params,
             }
@@ -273,16 +281,17 @@ mod tests {
     #[test]
     fn compare_and_set_names_the_old_text() {
         let s = swap("clock", "billing", Some("{\"a\":1}"), &json!({"a": 2})).unwrap();
-        assert!(s.sql.starts_with("UPDATE documents SET doc = $3"));
+        assert!(s.sql.starts_with("UPDATE documents SET doc = $1"));
         assert_eq!(s.params[3].as_deref(), Some("{\"a\":1}"));
         let s = swap("clock", "billing", None, &json!({"a": 1})).unwrap();
         assert!(s.sql.ends_with("DO NOTHING"));
         let s = swap("grant", "g1", Some("old"), &json!({"entitlementId": "e1"})).unwrap();
         assert_eq!(
             s.sql,
-            "UPDATE grants SET entitlement_id = $2, doc = $3 WHERE id = $1 AND doc = $4"
+            "UPDATE grants SET entitlement_id = $1, doc = $2 WHERE id = $3 AND doc = $4"
         );
-        assert_eq!(s.params[1].as_deref(), Some("e1"));
+        assert_eq!(s.params[0].as_deref(), Some("e1"));
+        assert_eq!(s.params[2].as_deref(), Some("g1"));
         assert!(swap("customer", "c1", None, &json!({})).is_err());
     }
 
