@@ -7,9 +7,11 @@
 //! An advance runs what falls due between the old and the new time in time order
 //! ([`crate::scheduler`]) and answers once the clock stands at the new time. Advances serialise:
 //! in one process behind a lock, across replicas because every change of the document is a
-//! compare-and-set ([`Store::swap_entity`]). The document says how far time-driven work is done
-//! (`now`) and, while an advance runs or after one was interrupted, where it is going
-//! (`advancingTo`). The clock is moved to an instant only after that instant's work ran, and that
+//! compare-and-set ([`Store::swap_entity`]): an advance takes a lease in the document
+//! (`advancing`: target, owner, renewed every few seconds), and an advance on another replica waits
+//! for it, or takes it over once the lease ran out ([`LEASE`]: its holder was killed). The
+//! document says how far time-driven work is done (`now`) and, while an advance runs or after one
+//! was interrupted, where it is going. The clock is moved to an instant only after that instant's work ran, and that
 //! work is idempotent, so a kill -9 during an advance leaves the clock at an instant whose work is
 //! complete, and repeating the advance (`{"to": …}`) finishes it without doing anything twice.
 
@@ -35,14 +37,28 @@ pub const MAX_REPORTED: usize = 1000;
 struct State {
     /// Billing's now: every time-driven step up to here is done.
     now: DateTime<Utc>,
-    /// An advance to here was started and has not finished (under way, or interrupted).
+    /// The advance under way (or interrupted): also the lock that serialises advances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    advancing_to: Option<DateTime<Utc>>,
+    advancing: Option<Advancing>,
     /// Bumped on every change.
     revision: u64,
     /// The real time the clock was created.
     created_at: DateTime<Utc>,
 }
+
+/// An advance under way: where to, by which process, and when that process last said it is still
+/// at it (real time). Another process takes the lock over once [`LEASE`] passed without that
+/// (its holder was killed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct Advancing {
+    to: DateTime<Utc>,
+    owner: String,
+    renewed_at: DateTime<Utc>,
+}
+
+/// How long an advance's lock holds without being renewed (renewed every third of it).
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What `GET /api/tollgate/v1/clock` shows.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -115,6 +131,8 @@ pub struct Advanced {
 pub struct Clock {
     store: Arc<Store>,
     simulated: bool,
+    /// This process, as the owner of an advance's lock.
+    owner: String,
     advancing: tokio::sync::Mutex<()>,
     works: Vec<Arc<dyn DueWork>>,
 }
@@ -140,6 +158,7 @@ impl Clock {
         Ok(Clock {
             store,
             simulated: false,
+            owner: uuid::Uuid::now_v7().to_string(),
             advancing: tokio::sync::Mutex::new(()),
             works: scheduler::registry(),
         })
@@ -150,11 +169,12 @@ impl Clock {
         let clock = Clock {
             store,
             simulated: true,
+            owner: uuid::Uuid::now_v7().to_string(),
             advancing: tokio::sync::Mutex::new(()),
             works: scheduler::registry(),
         };
         let (_, st) = clock.load().await?;
-        if let Some(to) = st.advancing_to {
+        if let Some(Advancing { to, .. }) = st.advancing {
             tracing::warn!(
                 now = %st.now, advancing_to = %to,
                 "an advance of the simulated clock did not finish: repeat it with \
@@ -191,7 +211,7 @@ impl Clock {
         Ok(View {
             now: st.now,
             simulated: true,
-            advancing_to: st.advancing_to,
+            advancing_to: st.advancing.map(|a| a.to),
         })
     }
 
@@ -206,7 +226,7 @@ impl Clock {
             let now = to_ms(Utc::now());
             let st = State {
                 now,
-                advancing_to: None,
+                advancing: None,
                 revision: 1,
                 created_at: now,
             };
@@ -248,37 +268,54 @@ impl Clock {
             return Err(AdvanceError::NotSimulated);
         }
         let _one_at_a_time = self.advancing.lock().await;
-        let (_, st) = self.load().await?;
-        let previous = st.now;
-        let to = match target {
-            Target::By(d) => d
-                .after(previous)
-                .ok_or_else(|| AdvanceError::OutOfRange(format!("{d:?}"), previous))?,
-            Target::To(t) => t,
+        // Take the lock in the document: wait while another process advances (its lease is
+        // fresh); the target of `advanceBy` counts from where the clock stands once it is ours.
+        let (previous, to) = loop {
+            let (raw, st) = self.load().await?;
+            if let Some(a) = &st.advancing
+                && a.owner != self.owner
+                && !stale(a)
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            let to = match target {
+                Target::By(d) => d
+                    .after(st.now)
+                    .ok_or_else(|| AdvanceError::OutOfRange(format!("{d:?}"), st.now))?,
+                Target::To(t) => t,
+            };
+            let to = to_ms(to);
+            if to < st.now {
+                return Err(AdvanceError::Backwards { now: st.now, to });
+            }
+            if to == st.now {
+                break (st.now, to);
+            }
+            let mut mine = st.clone();
+            mine.advancing = Some(Advancing {
+                to,
+                owner: self.owner.clone(),
+                renewed_at: Utc::now(),
+            });
+            mine.revision += 1;
+            if self.store.swap_entity(KIND, ID, Some(&raw), &mine).await? {
+                break (st.now, to);
+            }
         };
-        let to = to_ms(to);
-        if to < previous {
-            return Err(AdvanceError::Backwards { now: previous, to });
-        }
         let mut report = Report::default();
         if to > previous {
-            self.update(|s| {
-                let goal = s.advancing_to.map_or(to, |a| a.max(to));
-                let changed = s.now < to && s.advancing_to != Some(goal);
-                s.advancing_to = Some(goal);
-                changed
-            })
-            .await?;
             self.run_due(previous, to, &mut report).await?;
         }
+        let owner = self.owner.clone();
         let st = self
             .update(|s| {
-                let before = (s.now, s.advancing_to);
+                let before = (s.now, s.advancing.clone());
                 s.now = s.now.max(to);
-                if s.advancing_to.is_some_and(|a| a <= s.now) {
-                    s.advancing_to = None;
+                if s.advancing.as_ref().is_some_and(|a| a.owner == owner) {
+                    s.advancing = None;
                 }
-                before != (s.now, s.advancing_to)
+                before != (s.now, s.advancing.clone())
             })
             .await?;
         if report.count > 0 {
@@ -294,6 +331,19 @@ impl Clock {
         })
     }
 
+    /// Renews this process's lease on the advance (if it still holds it).
+    async fn renew(&self) -> Result<(), StoreError> {
+        self.update(|s| match &mut s.advancing {
+            Some(a) if a.owner == self.owner => {
+                a.renewed_at = Utc::now();
+                true
+            }
+            _ => false,
+        })
+        .await
+        .map(drop)
+    }
+
     /// Runs every work's items in `(from, to]` in time order. After an instant whose work wrote,
     /// the clock is moved there (that instant is done) and every work is asked again from there.
     async fn run_due(
@@ -303,6 +353,7 @@ impl Clock {
         report: &mut Report,
     ) -> Result<(), StoreError> {
         let mut pos = from;
+        let mut renewed = std::time::Instant::now();
         'plan: while pos < to {
             let mut queues = Vec::with_capacity(self.works.len());
             for w in &self.works {
@@ -319,6 +370,10 @@ impl Clock {
                     let done = work.run(&self.store, at, items).await?;
                     report.add(done.happened);
                     wrote |= done.wrote;
+                }
+                if renewed.elapsed() > LEASE / 3 {
+                    self.renew().await?;
+                    renewed = std::time::Instant::now();
                 }
                 if wrote {
                     let st = self
@@ -337,6 +392,13 @@ impl Clock {
         }
         Ok(())
     }
+}
+
+/// Whether an advance's holder stopped renewing its lease (it was killed).
+fn stale(a: &Advancing) -> bool {
+    (Utc::now() - a.renewed_at)
+        .to_std()
+        .is_ok_and(|age| age > LEASE)
 }
 
 #[derive(Default)]
