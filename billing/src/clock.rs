@@ -245,8 +245,7 @@ impl Clock {
             if lost_to.as_deref() == Some(raw.as_str()) {
                 // Refused although nobody changed it: never spin on that.
                 return Err(StoreError::Database(
-                    "the clock document's compare-and-set fails without a concurrent change"
-                        .into(),
+                    "the clock document's compare-and-set fails without a concurrent change".into(),
                 ));
             }
             if !change(&mut st) {

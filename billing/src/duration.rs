@@ -103,7 +103,9 @@ mod tests {
             Some(t("2028-03-01T00:00:00Z"))
         );
         assert_eq!(
-            IsoDuration::parse("PT90M").unwrap().after(t("2026-01-01T00:00:00Z")),
+            IsoDuration::parse("PT90M")
+                .unwrap()
+                .after(t("2026-01-01T00:00:00Z")),
             Some(t("2026-01-01T01:30:00Z"))
         );
         assert!(IsoDuration::parse("P0D").unwrap().is_zero());
@@ -111,7 +113,9 @@ mod tests {
 
     #[test]
     fn malformed_durations_are_named() {
-        for s in ["", "P", "PT", "1M", "P1", "P1H", "PT1D", "P-1D", "P1.5D", "month"] {
+        for s in [
+            "", "P", "PT", "1M", "P1", "P1H", "PT1D", "P-1D", "P1.5D", "month",
+        ] {
             let e = IsoDuration::parse(s).unwrap_err();
             assert!(e.contains(&format!("{s:?}")), "{s}: {e}");
         }

@@ -28,17 +28,16 @@ struct Args {
     /// instead of SQLite, so several billing processes can serve one database.
     #[arg(long, env = "TOLLGATE_BILLING_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// Run on a simulated clock kept in the database (overrides `simulated_clock`): it starts
+    /// Run on a simulated clock kept in the database (as `simulated_clock = true`): it starts
     /// at the real time of the first start and moves only forward, by
     /// `POST /api/tollgate/v1/clock`.
     #[arg(
         long,
         env = "TOLLGATE_BILLING_SIMULATED_CLOCK",
-        value_parser = clap::builder::BoolishValueParser::new(),
-        num_args = 0..=1,
-        default_missing_value = "true"
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
     )]
-    simulated_clock: Option<bool>,
+    simulated_clock: bool,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -89,8 +88,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(url) = args.database_url.filter(|u| !u.trim().is_empty()) {
         config.database_url = Some(url);
     }
-    if let Some(simulated) = args.simulated_clock {
-        config.simulated_clock = simulated;
+    if args.simulated_clock {
+        config.simulated_clock = true;
     }
     let location = config.location();
     let store = Arc::new(Store::open(&location).await.map_err(|e| match e {

@@ -206,8 +206,14 @@ async fn a_month_through_the_sdk_resets_usage_and_small_steps_agree_with_one_big
     let big = tokio::task::spawn_blocking(|| sdk_month("big"));
     let small = tokio::task::spawn_blocking(|| sdk_month("small"));
     let (big, small) = (big.await.unwrap(), small.await.unwrap());
-    assert_eq!(big, small, "one advance of P1M and many small ones disagree");
-    assert_eq!(big["final"], json!({"usage": 5.0, "balance": 95.0, "hasAccess": true}));
+    assert_eq!(
+        big, small,
+        "one advance of P1M and many small ones disagree"
+    );
+    assert_eq!(
+        big["final"],
+        json!({"usage": 5.0, "balance": 95.0, "hasAccess": true})
+    );
 }
 
 /// A meter, a feature and a customer with a metered entitlement (`interval`, `issue` per period)
@@ -220,7 +226,12 @@ async fn entitlements(b: &Billing, features: &[&str], interval: &str, issue: u32
     )
     .await;
     assert_eq!(s, 201, "{v}");
-    let (s, v) = post(b, "/api/v1/customers", json!({"name": "ACME", "key": "acme"})).await;
+    let (s, v) = post(
+        b,
+        "/api/v1/customers",
+        json!({"name": "ACME", "key": "acme"}),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     for f in features {
         let (s, v) = post(
@@ -283,7 +294,10 @@ async fn the_clock_moves_only_forward_and_survives_a_restart() {
     for (body, wanted) in [
         (json!({}), "advanceBy"),
         (json!({"advanceBy": "one month"}), "advanceBy"),
-        (json!({"advanceBy": "P1M", "to": "2030-01-01T00:00:00Z"}), "not both"),
+        (
+            json!({"advanceBy": "P1M", "to": "2030-01-01T00:00:00Z"}),
+            "not both",
+        ),
         (json!({"to": "tomorrow"}), "to"),
         (json!({"advanceBy": "P1M", "extra": 1}), "extra"),
         (json!({"advanceBy": "P999999Y"}), "representable"),
@@ -291,7 +305,10 @@ async fn the_clock_moves_only_forward_and_survives_a_restart() {
         let (s, kind, v) = call(&b, "POST", CLOCK, Some(body.clone())).await;
         assert_eq!(s, 400, "{body}: {v}");
         assert_eq!(kind, "application/problem+json");
-        assert!(v["detail"].as_str().unwrap().contains(wanted), "{body}: {v}");
+        assert!(
+            v["detail"].as_str().unwrap().contains(wanted),
+            "{body}: {v}"
+        );
     }
     assert_eq!(time(&get(&b, CLOCK).await["now"]), t0);
 
@@ -311,13 +328,19 @@ async fn the_clock_moves_only_forward_and_survives_a_restart() {
     assert_eq!(resets.len(), 2, "{v}");
     assert!(resets[0] < resets[1] && resets[1] <= t1, "{v}");
     let value = get(&b, "/api/v2/customers/acme/entitlements/api/value").await;
-    assert_eq!((value["usage"].as_f64(), value["balance"].as_f64()), (Some(0.0), Some(10.0)));
+    assert_eq!(
+        (value["usage"].as_f64(), value["balance"].as_f64()),
+        (Some(0.0), Some(10.0))
+    );
 
     // Backwards is a conflict, and leaves the clock where it is.
     let (s, kind, v) = call(&b, "POST", CLOCK, Some(json!({"to": t0.to_rfc3339()}))).await;
     assert_eq!(s, 409, "{v}");
     assert_eq!(kind, "application/problem+json");
-    assert!(v["detail"].as_str().unwrap().contains("only moves forward"), "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("only moves forward"),
+        "{v}"
+    );
     // Advancing to where it stands does nothing.
     let (s, v) = post(&b, CLOCK, json!({"to": t1.to_rfc3339()})).await;
     assert_eq!((s, v["happenedCount"].as_u64()), (200, Some(0)), "{v}");
@@ -327,11 +350,18 @@ async fn the_clock_moves_only_forward_and_survives_a_restart() {
     b.kill9();
     let b = Billing::simulated(dir.path());
     let c = get(&b, CLOCK).await;
-    assert_eq!((c["simulated"].clone(), time(&c["now"])), (json!(true), t1), "{c}");
+    assert_eq!(
+        (c["simulated"].clone(), time(&c["now"])),
+        (json!(true), t1),
+        "{c}"
+    );
     assert!(c.get("advancingTo").is_none(), "{c}");
     ingest(&b, 3..7).await;
     let value = get(&b, "/api/v2/customers/acme/entitlements/api/value").await;
-    assert_eq!((value["usage"].as_f64(), value["balance"].as_f64()), (Some(4.0), Some(6.0)));
+    assert_eq!(
+        (value["usage"].as_f64(), value["balance"].as_f64()),
+        (Some(4.0), Some(6.0))
+    );
     drop(b);
 
     // The same database started without the flag runs on real time again.
@@ -341,7 +371,10 @@ async fn the_clock_moves_only_forward_and_survives_a_restart() {
     let b = Billing::start(dir.path(), "", None);
     let c = get(&b, CLOCK).await;
     assert_eq!(c["simulated"], false, "{c}");
-    assert!((time(&c["now"]) - Utc::now()).num_seconds().abs() < 60, "{c}");
+    assert!(
+        (time(&c["now"]) - Utc::now()).num_seconds().abs() < 60,
+        "{c}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +387,10 @@ async fn without_the_flag_the_clock_is_real_time_and_cannot_be_moved() {
     assert!((now - Utc::now()).num_seconds().abs() < 5, "{c}");
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(time(&get(&b, CLOCK).await["now"]) > now, "real time moves");
-    for body in [json!({"advanceBy": "P1M"}), json!({"to": "2100-01-01T00:00:00Z"})] {
+    for body in [
+        json!({"advanceBy": "P1M"}),
+        json!({"to": "2100-01-01T00:00:00Z"}),
+    ] {
         let (s, kind, v) = call(&b, "POST", CLOCK, Some(body)).await;
         assert_eq!(s, 403, "{v}");
         assert_eq!(kind, "application/problem+json");
@@ -371,13 +407,8 @@ async fn concurrent_advances_serialise_and_each_reset_is_reported_once() {
     let dir = tempfile::tempdir().unwrap();
     let a = Billing::simulated(dir.path());
     // On PostgreSQL a second replica on the same database advances too.
-    let second = (crate::backend() == Backend::Postgres).then(|| {
-        Billing::start(
-            dir.path(),
-            "",
-            Some(tollgate_e2e::stack::free_port()),
-        )
-    });
+    let second = (crate::backend() == Backend::Postgres)
+        .then(|| Billing::start(dir.path(), "", Some(tollgate_e2e::stack::free_port())));
     let t0 = time(&get(&a, CLOCK).await["now"]);
     entitlements(&a, &["api"], "PT1H", 5).await;
     let replicas: Vec<&Billing> = std::iter::once(&a).chain(second.as_ref()).collect();
@@ -395,15 +426,28 @@ async fn concurrent_advances_serialise_and_each_reset_is_reported_once() {
             chrono::Duration::hours(1),
             "{v}"
         );
-        resets.extend(v["happened"].as_array().unwrap().iter().map(|h| time(&h["at"])));
+        resets.extend(
+            v["happened"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| time(&h["at"])),
+        );
     }
     for b in &replicas {
-        assert_eq!(time(&get(b, CLOCK).await["now"]), t0 + chrono::Duration::hours(8));
+        assert_eq!(
+            time(&get(b, CLOCK).await["now"]),
+            t0 + chrono::Duration::hours(8)
+        );
     }
     resets.sort();
     let before = resets.len();
     resets.dedup();
-    assert_eq!((before, resets.len()), (8, 8), "each hourly reset reported once: {resets:?}");
+    assert_eq!(
+        (before, resets.len()),
+        (8, 8),
+        "each hourly reset reported once: {resets:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,7 +476,10 @@ async fn a_kill_9_during_an_advance_leaves_a_consistent_clock_and_the_advance_ca
             assert_eq!(time(&c["advancingTo"]), target, "{c}");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "the advance never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the advance never started"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;

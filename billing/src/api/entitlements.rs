@@ -299,16 +299,9 @@ async fn customer_access(State(api): State<Api>, Path(c): Path<String>) -> R {
             .collect();
         out.insert(
             e.feature_key.clone(),
-            entitlement::value(
-                &api.store,
-                &e,
-                &feature,
-                &owner.subjects(),
-                &grants,
-                now,
-            )
-            .await?
-            .v1(),
+            entitlement::value(&api.store, &e, &feature, &owner.subjects(), &grants, now)
+                .await?
+                .v1(),
         );
     }
     Ok(axum::Json(json!({"entitlements": out})).into_response())

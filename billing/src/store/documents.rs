@@ -162,8 +162,7 @@ pub fn swap(kind: &str, id: &str, expected: Option<&str>, doc: &Value) -> Result
             let mut params = vec![Some(id.to_owned())];
             params.extend(values);
             params.push(Some(text));
-            let placeholders: Vec<String> =
-                (2..names.len() + 3).map(|i| format!("${i}")).collect();
+            let placeholders: Vec<String> = (2..names.len() + 3).map(|i| format!("${i}")).collect();
             Stmt {
                 sql: format!(
                     "INSERT INTO {} (id, {}, doc) VALUES ($1, {}) ON CONFLICT (id) DO NOTHING",
