@@ -135,6 +135,9 @@ pub struct Clock {
     owner: String,
     advancing: tokio::sync::Mutex<()>,
     works: Vec<Arc<dyn DueWork>>,
+    /// The clock's time as this process last read or wrote it, used by [`Clock::now`] when the
+    /// database is this process's alone (SQLite): nobody else can have moved it.
+    cached: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
 /// `t` to the millisecond (what the document keeps).
@@ -161,6 +164,7 @@ impl Clock {
             owner: uuid::Uuid::now_v7().to_string(),
             advancing: tokio::sync::Mutex::new(()),
             works: scheduler::registry(),
+            cached: std::sync::Mutex::new(None),
         })
     }
 
@@ -172,6 +176,7 @@ impl Clock {
             owner: uuid::Uuid::now_v7().to_string(),
             advancing: tokio::sync::Mutex::new(()),
             works: scheduler::registry(),
+            cached: std::sync::Mutex::new(None),
         };
         let (_, st) = clock.load().await?;
         if let Some(Advancing { to, .. }) = st.advancing {
@@ -195,7 +200,16 @@ impl Clock {
         if !self.simulated {
             return Ok(Utc::now());
         }
+        if self.store.is_exclusive()
+            && let Some(now) = *self.cached.lock().unwrap_or_else(|e| e.into_inner())
+        {
+            return Ok(now);
+        }
         Ok(self.load().await?.1.now)
+    }
+
+    fn remember(&self, now: DateTime<Utc>) {
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
     }
 
     /// What `GET /api/tollgate/v1/clock` shows.
@@ -219,8 +233,9 @@ impl Clock {
     async fn load(&self) -> Result<(String, State), StoreError> {
         loop {
             if let Some(raw) = self.store.get_entity_raw(KIND, ID).await? {
-                let st = serde_json::from_str(&raw)
+                let st: State = serde_json::from_str(&raw)
                     .map_err(|e| StoreError::Decode(format!("the clock document: {e}")))?;
+                self.remember(st.now);
                 return Ok((raw, st));
             }
             let now = to_ms(Utc::now());
@@ -253,6 +268,7 @@ impl Clock {
             }
             st.revision += 1;
             if self.store.swap_entity(KIND, ID, Some(&raw), &st).await? {
+                self.remember(st.now);
                 return Ok(st);
             }
             lost_to = Some(raw);

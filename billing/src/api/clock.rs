@@ -58,7 +58,12 @@ async fn advance(State(api): State<Api>, body: Bytes) -> R {
             ));
         }
     };
-    match api.clock.advance(target).await {
+    // In its own task: a client that hangs up does not stop an advance half way.
+    let clock = api.clock.clone();
+    let outcome = tokio::spawn(async move { clock.advance(target).await })
+        .await
+        .map_err(|e| Problem(StatusCode::INTERNAL_SERVER_ERROR, format!("advance: {e}")))?;
+    match outcome {
         Ok(done) => Ok(axum::Json(done).into_response()),
         Err(e @ AdvanceError::Backwards { .. }) => Err(conflict(e.to_string())),
         Err(e @ AdvanceError::OutOfRange(..)) => Err(bad(e.to_string())),

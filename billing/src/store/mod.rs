@@ -164,6 +164,12 @@ impl Store {
         }
     }
 
+    /// Whether this process is the only one using the database (SQLite, whose directory is
+    /// locked by one process), so what it wrote last is what is stored.
+    pub fn is_exclusive(&self) -> bool {
+        matches!(self.db, Db::Sqlite(_))
+    }
+
     /// Every write is committed before it returns; kept so callers can say "durable here".
     pub async fn flush(&self) -> Result<(), StoreError> {
         Ok(())
