@@ -102,8 +102,8 @@ pub enum AdvanceError {
         to: DateTime<Utc>,
     },
     /// The target cannot be represented.
-    #[error("advanceBy: {0} from {1} is past the last representable time")]
-    OutOfRange(String, DateTime<Utc>),
+    #[error("advanceBy: from {0} it ends past the last representable time")]
+    OutOfRange(DateTime<Utc>),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -285,8 +285,15 @@ impl Clock {
         let _one_at_a_time = self.advancing.lock().await;
         // Take the lock in the document: wait while another process advances (its lease is
         // fresh); the target of `advanceBy` counts from where the clock stands once it is ours.
+        let mut lost_to: Option<String> = None;
         let (previous, to) = loop {
             let (raw, st) = self.load().await?;
+            if lost_to.as_deref() == Some(raw.as_str()) {
+                return Err(StoreError::Database(
+                    "the clock document's compare-and-set fails without a concurrent change".into(),
+                )
+                .into());
+            }
             if let Some(a) = &st.advancing
                 && a.owner != self.owner
                 && !stale(a)
@@ -295,9 +302,7 @@ impl Clock {
                 continue;
             }
             let to = match target {
-                Target::By(d) => d
-                    .after(st.now)
-                    .ok_or_else(|| AdvanceError::OutOfRange(format!("{d:?}"), st.now))?,
+                Target::By(d) => d.after(st.now).ok_or(AdvanceError::OutOfRange(st.now))?,
                 Target::To(t) => t,
             };
             let to = to_ms(to);
@@ -317,6 +322,7 @@ impl Clock {
             if self.store.swap_entity(KIND, ID, Some(&raw), &mine).await? {
                 break (st.now, to);
             }
+            lost_to = Some(raw);
         };
         let mut report = Report::default();
         if to > previous {

@@ -248,3 +248,44 @@ impl DueWork for GrantTimes {
         Box::pin(async move { Ok(report(at, items)) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn series_merge_in_time_order_within_the_window() {
+        let every = |h: i64, name: &'static str| Series {
+            next: Box::new(move |t: DateTime<Utc>| {
+                let step = Duration::hours(h).num_milliseconds();
+                let ms = (t.timestamp_millis().div_euclid(step) + 1) * step;
+                DateTime::from_timestamp_millis(ms)
+            }),
+            detail: Box::new(move |_| json!(name)),
+        };
+        let mut q = SeriesQueue::new(
+            vec![every(2, "two"), every(3, "three")],
+            t("2026-01-01T00:00:00Z"),
+            t("2026-01-01T06:00:00Z"),
+        );
+        let mut seen = Vec::new();
+        while let Some(at) = q.peek() {
+            let items: Vec<Value> = q.pop().into_iter().map(|d| d.detail).collect();
+            seen.push((at.format("%H").to_string(), items));
+        }
+        let names = |v: &[&str]| v.iter().map(|s| json!(s)).collect::<Vec<_>>();
+        assert_eq!(
+            seen,
+            vec![
+                ("02".into(), names(&["two"])),
+                ("03".into(), names(&["three"])),
+                ("04".into(), names(&["two"])),
+                ("06".into(), names(&["two", "three"])),
+            ]
+        );
+    }
+}

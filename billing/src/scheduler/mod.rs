@@ -10,7 +10,10 @@
 //! [`Done::wrote`], and the clock then records that instant as done before going on, so a crash
 //! never loses or repeats finished work — provided each step is idempotent (keyed by what it is
 //! for, e.g. one invoice per subscription period), because a step that ran just before a crash
-//! runs again when the advance is repeated.
+//! runs again when the advance is repeated. The clock renews its lease between instants, so one
+//! instant's work should take well under [`crate::clock::LEASE`]; if it does not, another replica
+//! may take the advance over and run the same steps at the same time, which idempotent steps and the
+//! clock's compare-and-set make harmless but wasteful.
 
 pub mod entitlements;
 
