@@ -62,10 +62,15 @@ async fn main() -> anyhow::Result<()> {
             println!("meter {}: {:?} of {}", m.slug, m.aggregation, m.event_type);
         }
         println!(
-            "{}: ok (listen {}, database {})",
+            "{}: ok (listen {}, database {}{})",
             file.display(),
             config.listen,
-            config.location().describe()
+            config.location().describe(),
+            if config.simulated_clock {
+                ", simulated clock"
+            } else {
+                ""
+            }
         );
         return Ok(());
     }
