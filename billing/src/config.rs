@@ -1,6 +1,6 @@
 //! `tollgate-billing`'s config file (TOML): where to listen, where the data lives (SQLite under
 //! `data_dir`, or PostgreSQL at `database_url`), optional Bearer tokens, and meters declared at
-//! start (like OpenMeter's `meters:` config list).
+//! start (like OpenMeter's `meters:` config list), and whether the clock is simulated.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,9 @@ pub struct Config {
     pub api_tokens: Vec<String>,
     /// Meters created at start if missing.
     pub meters: Vec<Meter>,
+    /// Billing's "now" from a clock kept in the database that moves only when advanced
+    /// (`POST /api/tollgate/v1/clock`), for sandboxes, demos and tests; real time when false.
+    pub simulated_clock: bool,
 }
 
 impl Default for Config {
@@ -35,6 +38,7 @@ impl Default for Config {
             database_url: None,
             api_tokens: Vec::new(),
             meters: Vec::new(),
+            simulated_clock: false,
         }
     }
 }

@@ -16,6 +16,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::duration::IsoDuration;
 use crate::filter::{FilterString, compile_group_filters, group_passes};
 use crate::meter::Aggregation;
 use crate::query::value_of;
@@ -172,35 +173,9 @@ impl Interval {
         }
         let bad =
             || format!("{s:?} is not DAY, WEEK, MONTH, YEAR or an ISO 8601 duration like P1D");
-        let rest = s.strip_prefix('P').ok_or_else(bad)?;
-        let (date, time) = rest.split_once('T').unwrap_or((rest, ""));
-        let mut fixed = Duration::zero();
-        let mut months = 0u32;
-        for (part, is_time) in [(date, false), (time, true)] {
-            let mut num = String::new();
-            for c in part.chars() {
-                if c.is_ascii_digit() {
-                    num.push(c);
-                    continue;
-                }
-                let n: i64 = num.parse().map_err(|_| bad())?;
-                num.clear();
-                match (c, is_time) {
-                    ('Y', false) => months += 12 * n as u32,
-                    ('M', false) => months += n as u32,
-                    ('W', false) => fixed += Duration::weeks(n),
-                    ('D', false) => fixed += Duration::days(n),
-                    ('H', true) => fixed += Duration::hours(n),
-                    ('M', true) => fixed += Duration::minutes(n),
-                    _ => return Err(bad()),
-                }
-            }
-            if !num.is_empty() {
-                return Err(bad());
-            }
-        }
-        match (months, fixed.is_zero()) {
-            (0, false) if fixed >= Duration::hours(1) => Ok(Interval::Fixed(fixed)),
+        let d = IsoDuration::parse(s).map_err(|_| bad())?;
+        match (d.months, d.fixed.is_zero()) {
+            (0, false) if d.fixed >= Duration::hours(1) => Ok(Interval::Fixed(d.fixed)),
             (0, false) => Err(format!("{s:?}: the shortest usage period is PT1H")),
             (m, true) if m > 0 => Ok(Interval::Months(m)),
             _ => Err(bad()),
@@ -333,6 +308,36 @@ pub struct Entitlement {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Entitlement {
+    /// What its usage periods are made of, as the balance engine uses them: the interval, the
+    /// anchor of its grid (`usagePeriod.anchor`, else where usage is measured from) and the
+    /// minute usage is measured from (`measureUsageFrom`, else creation).
+    pub fn period_basis(&self) -> (Interval, DateTime<Utc>, DateTime<Utc>) {
+        let measure_from = self.measure_usage_from.unwrap_or(self.created_at);
+        let measure_from =
+            DateTime::from_timestamp_millis(minute_of(measure_from.timestamp_millis()))
+                .unwrap_or(measure_from);
+        let interval = self
+            .usage_period
+            .as_ref()
+            .and_then(|p| Interval::parse(&p.interval).ok())
+            .unwrap_or(Interval::Months(1));
+        let anchor = self
+            .usage_period
+            .as_ref()
+            .and_then(|p| p.anchor)
+            .unwrap_or(measure_from);
+        (interval, anchor, measure_from)
+    }
+
+    /// The first automatic usage-period boundary (a reset) after `t`: the end of the period that
+    /// holds `t` on the anchor's grid (`anchor + n` periods, so month ends do not drift).
+    pub fn next_period_boundary(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let (interval, anchor, measure_from) = self.period_basis();
+        interval.period_at(anchor, t.max(measure_from)).1
+    }
+}
+
 /// `expiration`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Expiration {
@@ -446,12 +451,22 @@ impl Grant {
             if t > from && t > self.effective_at {
                 out.push(t);
             }
-            t = interval.step(t, 1);
+            // On the anchor's grid (`anchor + n` periods), so month ends do not drift.
+            t = interval.period_at(anchor, t).1;
         }
         out
     }
 
-    fn active_at(&self, t: DateTime<Utc>) -> bool {
+    /// The first recurrence boundary (refill) after `t`, if the grant recurs.
+    pub fn next_recurrence(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let r = self.recurrence.as_ref()?;
+        let interval = Interval::parse(&r.interval).ok()?;
+        let anchor = r.anchor.unwrap_or(self.effective_at);
+        Some(interval.period_at(anchor, t.max(self.effective_at)).1)
+    }
+
+    /// Whether it is in force at `t` (effective, not expired, not voided).
+    pub fn active_at(&self, t: DateTime<Utc>) -> bool {
         self.effective_at <= t
             && self.expires_at.is_none_or(|e| t < e)
             && self.voided_at.is_none_or(|v| t < v)
@@ -647,30 +662,14 @@ async fn value_until(
         }
         _ => {}
     }
-    let measure_from = ent.measure_usage_from.unwrap_or(ent.created_at);
-    let measure_from = DateTime::from_timestamp_millis(minute_of(measure_from.timestamp_millis()))
-        .unwrap_or(measure_from);
-    let interval = ent
-        .usage_period
-        .as_ref()
-        .and_then(|p| Interval::parse(&p.interval).ok())
-        .unwrap_or(Interval::Months(1));
-    let anchor = ent
-        .usage_period
-        .as_ref()
-        .and_then(|p| p.anchor)
-        .unwrap_or(measure_from);
+    let (_, _, measure_from) = ent.period_basis();
 
     // Period boundaries from measure_from to at: anchor steps plus manual resets.
     let mut boundaries: Vec<(DateTime<Utc>, bool)> = Vec::new(); // (time, preserve overage)
-    let (mut p_start, _) = interval.period_at(anchor, measure_from);
-    loop {
-        let next = interval.step(p_start, 1);
-        if next > at {
-            break;
-        }
+    let mut next = ent.next_period_boundary(measure_from);
+    while next <= at {
         boundaries.push((next, ent.preserve_overage_at_reset));
-        p_start = next;
+        next = ent.next_period_boundary(next);
     }
     for r in &ent.resets {
         if r.at > measure_from && r.at <= at {

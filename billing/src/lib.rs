@@ -9,11 +9,17 @@
 //! * [`entitlement`]: customers, features, entitlements, grants and the balance engine.
 //! * [`api`]: the HTTP API on OpenMeter's paths.
 //! * [`config`]: the TOML config file.
+//! * [`clock`]: billing's "now" — real time, or a simulated clock kept in the database.
+//! * [`scheduler`]: what falls due when billing's time passes (run by a clock advance).
+//! * [`duration`]: ISO 8601 durations.
 
 pub mod api;
+pub mod clock;
 pub mod config;
+pub mod duration;
 pub mod entitlement;
 pub mod filter;
 pub mod meter;
 pub mod query;
+pub mod scheduler;
 pub mod store;

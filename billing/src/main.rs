@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use tollgate_billing::api::{self, Api};
+use tollgate_billing::clock::Clock;
 use tollgate_billing::config::Config;
 use tollgate_billing::store::Store;
 
@@ -33,6 +34,16 @@ struct Args {
     /// instead of SQLite, so several billing processes can serve one database.
     #[arg(long, env = "TOLLGATE_BILLING_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// Run on a simulated clock kept in the database (as `simulated_clock = true`): it starts
+    /// at the real time of the first start and moves only forward, by
+    /// `POST /api/tollgate/v1/clock`.
+    #[arg(
+        long,
+        env = "TOLLGATE_BILLING_SIMULATED_CLOCK",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    simulated_clock: bool,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -57,10 +68,15 @@ async fn main() -> anyhow::Result<()> {
             println!("meter {}: {:?} of {}", m.slug, m.aggregation, m.event_type);
         }
         println!(
-            "{}: ok (listen {}, database {})",
+            "{}: ok (listen {}, database {}{})",
             file.display(),
             config.listen,
-            config.location().describe()
+            config.location().describe(),
+            if config.simulated_clock {
+                ", simulated clock"
+            } else {
+                ""
+            }
         );
         return Ok(());
     }
@@ -83,6 +99,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(url) = args.database_url.filter(|u| !u.trim().is_empty()) {
         config.database_url = Some(url);
     }
+    if args.simulated_clock {
+        config.simulated_clock = true;
+    }
     let location = config.location();
     let store = Arc::new(Store::open(&location).await.map_err(|e| match e {
         tollgate_billing::store::StoreError::Open(_)
@@ -91,8 +110,14 @@ async fn main() -> anyhow::Result<()> {
         }
         other => anyhow::anyhow!("opening the database {}: {other}", location.describe()),
     })?);
+    let clock = Arc::new(if config.simulated_clock {
+        Clock::simulated(store.clone()).await?
+    } else {
+        Clock::real(store.clone()).await?
+    });
+    let now = clock.now().await?;
     for meter in config.meters.clone() {
-        api::ensure_meter(&store, meter)
+        api::ensure_meter(&store, meter, now)
             .await
             .map_err(anyhow::Error::msg)?;
     }
@@ -101,9 +126,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
     tracing::info!(addr = %config.listen, database = %store.describe(), "tollgate-billing listening");
+    if clock.is_simulated() {
+        tracing::info!(now = %now, "simulated clock: advance it with POST /api/tollgate/v1/clock");
+    }
     let app = api::router(Api {
         store: store.clone(),
         tokens: Arc::new(config.api_tokens),
+        clock: clock.clone(),
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use chrono::Utc;
 use serde_json::json;
 
 use super::{Api, Problem, R, bad, conflict, json_body, new_id, not_found};
@@ -64,7 +63,7 @@ async fn create_customer(State(api): State<Api>, body: Bytes) -> R {
         }
     }
     c.id = new_id();
-    c.created_at = Utc::now();
+    c.created_at = api.now().await?;
     c.updated_at = c.created_at;
     api.store.put_entity("customer", &c.id, &c).await?;
     api.store.flush().await?;

@@ -10,7 +10,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::customers::customer_by;
@@ -180,7 +180,8 @@ async fn create_entitlement(api: &Api, owner: Owner, body: &Bytes) -> R {
         }
         Owner::Subject(s) => e.subject_key = Some(s.clone()),
     }
-    e.created_at = Utc::now();
+    let now = api.now().await?;
+    e.created_at = now;
     e.updated_at = e.created_at;
     e.resets.clear();
     api.store.put_entity("entitlement", &e.id, &e).await?;
@@ -192,20 +193,22 @@ async fn create_entitlement(api: &Api, owner: Owner, body: &Bytes) -> R {
             g.normalise().map_err(|m| bad(format!("grants: {m}")))?;
             g.id = new_id();
             g.entitlement_id = e.id.clone();
-            g.created_at = Utc::now();
+            g.created_at = now;
             api.store.put_entity("grant", &g.id, &g).await?;
         }
     }
     api.store.flush().await?;
-    Ok((StatusCode::CREATED, axum::Json(with_period(e))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(with_period(e, now))).into_response())
 }
 
-fn with_period(mut e: Entitlement) -> Entitlement {
+/// `e` with its current usage period at `now` (and its last reset) filled in.
+fn with_period(mut e: Entitlement, now: DateTime<Utc>) -> Entitlement {
     if let Some(p) = &e.usage_period
-        && let Ok(interval) = Interval::parse(&p.interval)
+        && Interval::parse(&p.interval).is_ok()
     {
-        let anchor = p.anchor.or(e.measure_usage_from).unwrap_or(e.created_at);
-        let (from, to) = interval.period_at(anchor, Utc::now());
+        // The grid the balance engine resets on.
+        let (interval, anchor, _) = e.period_basis();
+        let (from, to) = interval.period_at(anchor, now);
         e.current_usage_period = Some(json!({"from": from, "to": to}));
     }
     e.last_reset = e.resets.last().map(|r| r.at);
@@ -220,12 +223,10 @@ async fn value_of(
     raw: &Option<String>,
     v2: bool,
 ) -> R {
-    let at = query_pairs(raw)
-        .into_iter()
-        .find(|(k, _)| k == "time")
-        .map(|(_, v)| parse_time("time", &v))
-        .transpose()?
-        .unwrap_or_else(Utc::now);
+    let at = match query_pairs(raw).into_iter().find(|(k, _)| k == "time") {
+        Some((_, v)) => parse_time("time", &v)?,
+        None => api.now().await?,
+    };
     let Ok(e) = entitlement_of(api, owner, id_or_feature).await else {
         // OpenMeter: no entitlement means no access, unless the feature itself is unknown.
         if feature_by(api, id_or_feature).await?.is_none() {
@@ -279,6 +280,7 @@ async fn subject_value(
 
 async fn customer_access(State(api): State<Api>, Path(c): Path<String>) -> R {
     let owner = customer_owner(&api, &c).await?;
+    let now = api.now().await?;
     let mut out = HashMap::new();
     for e in entitlements_of(&api, &owner).await? {
         let Some(feature) = api
@@ -297,16 +299,9 @@ async fn customer_access(State(api): State<Api>, Path(c): Path<String>) -> R {
             .collect();
         out.insert(
             e.feature_key.clone(),
-            entitlement::value(
-                &api.store,
-                &e,
-                &feature,
-                &owner.subjects(),
-                &grants,
-                Utc::now(),
-            )
-            .await?
-            .v1(),
+            entitlement::value(&api.store, &e, &feature, &owner.subjects(), &grants, now)
+                .await?
+                .v1(),
         );
     }
     Ok(axum::Json(json!({"entitlements": out})).into_response())
@@ -314,10 +309,11 @@ async fn customer_access(State(api): State<Api>, Path(c): Path<String>) -> R {
 
 async fn list_customer_entitlements(State(api): State<Api>, Path(c): Path<String>) -> R {
     let owner = customer_owner(&api, &c).await?;
+    let now = api.now().await?;
     let items: Vec<Entitlement> = entitlements_of(&api, &owner)
         .await?
         .into_iter()
-        .map(with_period)
+        .map(|e| with_period(e, now))
         .collect();
     Ok(axum::Json(
         json!({"items": items, "page": 1, "pageSize": items.len(), "totalCount": items.len()}),
@@ -339,14 +335,16 @@ async fn get_customer_entitlement(
     Path((c, e)): Path<(String, String)>,
 ) -> R {
     let owner = customer_owner(&api, &c).await?;
-    Ok(axum::Json(with_period(entitlement_of(&api, &owner, &e).await?)).into_response())
+    let now = api.now().await?;
+    Ok(axum::Json(with_period(entitlement_of(&api, &owner, &e).await?, now)).into_response())
 }
 
 async fn list_subject_entitlements(State(api): State<Api>, Path(s): Path<String>) -> R {
+    let now = api.now().await?;
     let items: Vec<Entitlement> = entitlements_of(&api, &subject_owner(&api, s).await?)
         .await?
         .into_iter()
-        .map(with_period)
+        .map(|e| with_period(e, now))
         .collect();
     Ok(axum::Json(items).into_response())
 }

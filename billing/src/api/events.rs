@@ -55,7 +55,10 @@ async fn list_events(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
             other => return Err(bad(format!("unknown query parameter {other:?}"))),
         }
     }
-    let from = from.unwrap_or_else(|| Utc::now() - chrono::Duration::hours(72));
+    let from = match from {
+        Some(f) => f,
+        None => api.now().await? - chrono::Duration::hours(72),
+    };
     for (name, lo, hi) in [
         ("from", Some(from), to),
         ("ingestedAtFrom", ingested_from, ingested_to),

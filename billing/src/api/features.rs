@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use chrono::Utc;
 
 use std::collections::BTreeMap;
 
@@ -98,7 +97,7 @@ async fn create_feature(State(api): State<Api>, body: Bytes) -> R {
         f.advanced_meter_group_by_filters = Some(filters);
     }
     f.id = new_id();
-    f.created_at = Utc::now();
+    f.created_at = api.now().await?;
     f.updated_at = f.created_at;
     api.store.put_entity("feature", &f.id, &f).await?;
     api.store.flush().await?;
@@ -116,7 +115,7 @@ async fn archive_feature(State(api): State<Api>, Path(id): Path<String>) -> R {
     let mut f = feature_by(&api, &id)
         .await?
         .ok_or_else(|| not_found(format!("feature {id} not found")))?;
-    f.archived_at = Some(Utc::now());
+    f.archived_at = Some(api.now().await?);
     api.store.put_entity("feature", &f.id, &f).await?;
     api.store.flush().await?;
     Ok(StatusCode::NO_CONTENT.into_response())

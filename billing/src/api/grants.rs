@@ -48,7 +48,7 @@ async fn create_grant(api: &Api, owner: Owner, e: &str, body: &Bytes) -> R {
     g.normalise().map_err(bad)?;
     g.id = new_id();
     g.entitlement_id = ent.id.clone();
-    g.created_at = Utc::now();
+    g.created_at = api.now().await?;
     api.store.put_entity("grant", &g.id, &g).await?;
     api.store.flush().await?;
     Ok((StatusCode::CREATED, axum::Json(g)).into_response())
@@ -325,7 +325,7 @@ async fn void_grant(State(api): State<Api>, Path(id): Path<String>, RawQuery(raw
     if let Some(v) = grant.voided_at {
         return Err(conflict(format!("grant {id} was already voided at {v}")));
     }
-    let now = Utc::now();
+    let now = api.now().await?;
     let at = at.unwrap_or(now);
     if at > now {
         return Err(bad("at: cannot be in the future"));

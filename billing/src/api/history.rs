@@ -6,7 +6,6 @@ use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use chrono::Utc;
 use serde_json::json;
 
 use super::entitlements::{Owner, customer_owner, entitlement_of, subject_owner};
@@ -55,7 +54,10 @@ async fn history(api: &Api, owner: Owner, e: &str, raw: &Option<String>) -> R {
         }
     }
     let size = size.ok_or_else(|| bad("windowSize is required (MINUTE, HOUR, DAY or MONTH)"))?;
-    let to = to.unwrap_or_else(Utc::now);
+    let to = match to {
+        Some(t) => t,
+        None => api.now().await?,
+    };
     let from = from.unwrap_or(ent.measure_usage_from.unwrap_or(ent.created_at));
     let feature = api
         .store

@@ -113,7 +113,7 @@ fn validate_event(
 
 async fn ingest(api: &Api, headers: &HeaderMap, body: &Bytes) -> Result<(), Problem> {
     let events = parse_events(headers, body)?;
-    let now = Utc::now();
+    let now = api.now().await?;
     // Validate everything first: a bad request stores nothing.
     let checked: Vec<(Value, DateTime<Utc>)> = events
         .into_iter()

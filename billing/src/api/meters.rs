@@ -47,7 +47,7 @@ async fn create_meter(State(api): State<Api>, body: Bytes) -> R {
         return Err(conflict(format!("meter {} already exists", meter.slug)));
     }
     meter.id = new_id();
-    meter.created_at = Some(Utc::now());
+    meter.created_at = Some(api.now().await?);
     meter.updated_at = meter.created_at;
     let compiled = CompiledMeter::new(meter).map_err(|e| bad(e.to_string()))?;
     let shown = compiled.meter.clone();
@@ -57,12 +57,17 @@ async fn create_meter(State(api): State<Api>, body: Bytes) -> R {
 }
 
 /// Adds a meter from the config file unless one with its slug exists.
-pub async fn ensure_meter(store: &Store, mut meter: Meter) -> Result<(), String> {
+/// `now` is billing's clock at start.
+pub async fn ensure_meter(
+    store: &Store,
+    mut meter: Meter,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
     if store.meter(&meter.slug).is_some() {
         return Ok(());
     }
     meter.id = new_id();
-    meter.created_at = Some(Utc::now());
+    meter.created_at = Some(now);
     meter.updated_at = meter.created_at;
     let slug = meter.slug.clone();
     let compiled = CompiledMeter::new(meter).map_err(|e| format!("meters.{slug}.{e}"))?;
@@ -170,7 +175,7 @@ async fn update_meter(State(api): State<Api>, Path(id): Path<String>, body: Byte
     meter.description = update.description;
     meter.metadata = update.metadata;
     meter.group_by = group_by;
-    meter.updated_at = Some(Utc::now());
+    meter.updated_at = Some(api.now().await?);
     let compiled = CompiledMeter::new(meter).map_err(|e| bad(e.to_string()))?;
     let shown = compiled.meter.clone();
     api.store.update_meter(compiled).await?;
@@ -255,7 +260,7 @@ async fn group_by_values(
             meter.meter.slug
         )));
     }
-    let (from_ms, to_ms, search) = range(&raw, Some(Utc::now() - Duration::hours(24)), true)?;
+    let (from_ms, to_ms, search) = range(&raw, Some(api.now().await? - Duration::hours(24)), true)?;
     let values: BTreeSet<String> = api
         .store
         .usage(&meter.meter.slug, &[], from_ms, to_ms)

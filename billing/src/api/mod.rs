@@ -15,7 +15,9 @@
 //! * [`resets`]: usage resets.
 //! * [`history`]: windowed balance history.
 //! * [`subjects`]: subjects (display name and metadata for a subject key).
+//! * [`clock`]: billing's clock, and moving the simulated one forward.
 
+pub mod clock;
 pub mod customers;
 pub mod entitlements;
 pub mod events;
@@ -40,6 +42,7 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use crate::clock::Clock;
 use crate::store::Store;
 
 pub use meters::ensure_meter;
@@ -54,6 +57,15 @@ pub struct Api {
     pub store: Arc<Store>,
     /// Accepted Bearer tokens; empty means no auth.
     pub tokens: Arc<Vec<String>>,
+    /// Billing's "now": every handler takes its time from here, never from `Utc::now()`.
+    pub clock: Arc<Clock>,
+}
+
+impl Api {
+    /// Billing's now (the simulated clock's when it runs on one).
+    pub(crate) async fn now(&self) -> Result<DateTime<Utc>, Problem> {
+        Ok(self.clock.now().await?)
+    }
 }
 
 /// A problem+json error.
@@ -132,6 +144,7 @@ pub fn router(api: Api) -> Router {
         .merge(resets::routes())
         .merge(history::routes())
         .merge(subjects::routes())
+        .merge(clock::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), auth))

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use serde_json::{Value, json};
 
 use super::entitlements::{Owner, customer_owner, entitlement_of, subject_owner};
@@ -34,7 +34,7 @@ async fn reset(api: &Api, owner: Owner, e: &str, body: &Bytes) -> R {
     } else {
         serde_json::from_slice(body).map_err(|err| bad(format!("malformed JSON: {err}")))?
     };
-    let now = Utc::now();
+    let now = api.now().await?;
     let at = match input["effectiveAt"].as_str() {
         Some(t) => parse_time("effectiveAt", t)?,
         None => now,

@@ -113,7 +113,7 @@ async fn upsert_subjects(State(api): State<Api>, body: Bytes) -> R {
         }
     }
     let mut existing = api.store.list_entities::<Subject>(KIND).await?;
-    let now = Utc::now();
+    let now = api.now().await?;
     let mut out = Vec::with_capacity(input.len());
     for u in input {
         let subject = match existing.iter_mut().find(|s| s.key == u.key) {

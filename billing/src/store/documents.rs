@@ -124,6 +124,82 @@ pub fn put(kind: &str, id: &str, doc: &Value) -> Vec<Stmt> {
     out
 }
 
+/// The compare-and-set statement: stores `doc` as `kind`/`id` only if the stored document's text
+/// is exactly `expected`, or, with `expected` `None`, only if there is none. Its row count (0 or 1)
+/// says whether it was stored. One statement, so the database decides it atomically: on PostgreSQL
+/// a concurrent `UPDATE` of the row waits for the first to commit and re-checks the `WHERE` against
+/// the new text. Customers are refused (their subjects live in a second table).
+pub fn swap(kind: &str, id: &str, expected: Option<&str>, doc: &Value) -> Result<Stmt, String> {
+    if kind == "customer" {
+        return Err("compare-and-set is not available for customers".into());
+    }
+    let text = doc.to_string();
+    let Some(t) = table(kind) else {
+        return Ok(match expected {
+            None => Stmt {
+                sql: "INSERT INTO documents (kind, id, doc) VALUES ($1, $2, $3) \
+                      ON CONFLICT (kind, id) DO NOTHING"
+                    .into(),
+                params: vec![Some(kind.into()), Some(id.into()), Some(text)],
+            },
+            // Parameters in order of appearance: SQLite numbers `$n` by first appearance.
+            Some(old) => Stmt {
+                sql: "UPDATE documents SET doc = $1 WHERE kind = $2 AND id = $3 AND doc = $4"
+                    .into(),
+                params: vec![
+                    Some(text),
+                    Some(kind.into()),
+                    Some(id.into()),
+                    Some(old.into()),
+                ],
+            },
+        });
+    };
+    let names: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
+    let values = t.columns.iter().map(|(_, p)| column_value(doc, p));
+    Ok(match expected {
+        None => {
+            let mut params = vec![Some(id.to_owned())];
+            params.extend(values);
+            params.push(Some(text));
+            let placeholders: Vec<String> = (2..names.len() + 3).map(|i| format!("${i}")).collect();
+            Stmt {
+                sql: format!(
+                    "INSERT INTO {} (id, {}, doc) VALUES ($1, {}) ON CONFLICT (id) DO NOTHING",
+                    t.table,
+                    names.join(", "),
+                    placeholders.join(", ")
+                ),
+                params,
+            }
+        }
+        Some(old) => {
+            // Parameters in order of appearance: SQLite numbers `$n` by first appearance.
+            let sets: Vec<String> = names
+                .iter()
+                .chain(std::iter::once(&"doc"))
+                .enumerate()
+                .map(|(i, c)| format!("{c} = ${}", i + 1))
+                .collect();
+            let mut params: Vec<Option<String>> = values.collect();
+            params.push(Some(text));
+            let n = params.len();
+            params.push(Some(id.to_owned()));
+            params.push(Some(old.into()));
+            Stmt {
+                sql: format!(
+                    "UPDATE {} SET {} WHERE id = ${} AND doc = ${}",
+                    t.table,
+                    sets.join(", "),
+                    n + 1,
+                    n + 2
+                ),
+                params,
+            }
+        }
+    })
+}
+
 /// The statement that reads one document (`doc` column).
 pub fn get(kind: &str, id: &str) -> Stmt {
     match table(kind) {
@@ -199,6 +275,23 @@ mod tests {
             .map(|s| s.params[0].clone().unwrap())
             .collect();
         assert_eq!(subjects, ["acme", "s1"]);
+    }
+
+    #[test]
+    fn compare_and_set_names_the_old_text() {
+        let s = swap("clock", "billing", Some("{\"a\":1}"), &json!({"a": 2})).unwrap();
+        assert!(s.sql.starts_with("UPDATE documents SET doc = $1"));
+        assert_eq!(s.params[3].as_deref(), Some("{\"a\":1}"));
+        let s = swap("clock", "billing", None, &json!({"a": 1})).unwrap();
+        assert!(s.sql.ends_with("DO NOTHING"));
+        let s = swap("grant", "g1", Some("old"), &json!({"entitlementId": "e1"})).unwrap();
+        assert_eq!(
+            s.sql,
+            "UPDATE grants SET entitlement_id = $1, doc = $2 WHERE id = $3 AND doc = $4"
+        );
+        assert_eq!(s.params[0].as_deref(), Some("e1"));
+        assert_eq!(s.params[2].as_deref(), Some("g1"));
+        assert!(swap("customer", "c1", None, &json!({})).is_err());
     }
 
     #[test]

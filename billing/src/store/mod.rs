@@ -164,6 +164,12 @@ impl Store {
         }
     }
 
+    /// Whether this process is the only one using the database (SQLite, whose directory is
+    /// locked by one process), so what it wrote last is what is stored.
+    pub fn is_exclusive(&self) -> bool {
+        matches!(self.db, Db::Sqlite(_))
+    }
+
     /// Every write is committed before it returns; kept so callers can say "durable here".
     pub async fn flush(&self) -> Result<(), StoreError> {
         Ok(())
@@ -330,6 +336,36 @@ impl Store {
             Db::Postgres(db) => db.query_docs(stmt).await?,
         };
         docs.first().map(|d| decode(d)).transpose()
+    }
+
+    /// One document's stored text, exactly as stored: what [`Store::swap_entity`] compares.
+    pub async fn get_entity_raw(&self, kind: &str, id: &str) -> Result<Option<String>, StoreError> {
+        let stmt = documents::get(kind, id);
+        let docs = match &self.db {
+            Db::Sqlite(db) => db.query_docs(stmt).await?,
+            Db::Postgres(db) => db.query_docs(stmt).await?,
+        };
+        Ok(docs.into_iter().next())
+    }
+
+    /// Compare-and-set: stores `value` as `kind`/`id` only if the stored text is still `expected`
+    /// (as read by [`Store::get_entity_raw`]), or there is none when `expected` is `None`; whether
+    /// it was stored. Atomic on both backends, so of concurrent writers on any replica exactly one
+    /// wins and the others re-read.
+    pub async fn swap_entity<T: Serialize>(
+        &self,
+        kind: &str,
+        id: &str,
+        expected: Option<&str>,
+        value: &T,
+    ) -> Result<bool, StoreError> {
+        let doc = serde_json::to_value(value).map_err(|e| StoreError::Decode(e.to_string()))?;
+        let stmt = documents::swap(kind, id, expected, &doc).map_err(StoreError::Database)?;
+        let n = match &self.db {
+            Db::Sqlite(db) => db.execute(vec![stmt]).await?,
+            Db::Postgres(db) => db.execute(vec![stmt]).await?,
+        };
+        Ok(n == 1)
     }
 
     /// Every document of a kind, in id order.
