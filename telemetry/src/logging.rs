@@ -18,8 +18,9 @@ use std::io::{self, IsTerminal, Write};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FormatFields, MakeWriter};
+use tracing_subscriber::fmt::format::{Format, Json, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::redact;
@@ -118,8 +119,42 @@ where
                 .flatten_event(true)
                 .with_current_span(true)
                 .with_span_list(true)
+                .map_event_format(|json| AlwaysMessage(json))
                 .finish(),
         ),
+    }
+}
+
+/// `tracing-subscriber`'s JSON lines, with `"message":""` added to events that have no message
+/// (some dependencies log fields only), so every line has the same required keys.
+pub struct AlwaysMessage<T>(Format<Json, T>);
+
+impl<S, N, T> FormatEvent<S, N> for AlwaysMessage<T>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    Format<Json, T>: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        if event.metadata().fields().field("message").is_some() {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        // After the level (`{"timestamp":…,"level":"INFO",`), else right after the `{`.
+        let at = line
+            .find(",\"level\":\"")
+            .and_then(|i| line[i + 10..].find("\",").map(|j| i + 10 + j + 2))
+            .or_else(|| line.find('{').map(|i| i + 1));
+        if let Some(at) = at {
+            line.insert_str(at, "\"message\":\"\",");
+        }
+        writer.write_str(&line)
     }
 }
 
@@ -277,13 +312,14 @@ mod tests {
             "delivery failed\nfor a while"
         );
         tracing::info!(batch = 7, "plain");
+        tracing::debug!(state = "Flushing");
     }
 
     #[test]
     fn text_is_one_line_per_event_with_escapes_and_no_ansi() {
         let out = capture(LogFormat::Text, false, sample);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines.len(), 3, "{out}");
         assert!(!out.contains('\u{1b}'), "{out}");
         assert!(lines[0].contains("WARN"), "{out}");
         assert!(lines[0].contains("delivery failed\\nfor a while"), "{out}");
@@ -301,7 +337,7 @@ mod tests {
     fn text_on_a_terminal_is_coloured() {
         let out = capture(LogFormat::Text, true, sample);
         assert!(out.contains('\u{1b}'), "{out}");
-        assert_eq!(out.lines().count(), 2);
+        assert_eq!(out.lines().count(), 3);
     }
 
     #[test]
@@ -312,7 +348,7 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).expect("each line is JSON"))
             .collect();
-        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines.len(), 3, "{out}");
         for l in &lines {
             for key in ["timestamp", "level", "target", "message"] {
                 assert!(l.get(key).is_some(), "{key} missing in {l}");
@@ -324,6 +360,11 @@ mod tests {
         assert_eq!(lines[0]["message"], "delivery failed\nfor a while");
         assert_eq!(lines[0]["subject"], "consumer:1");
         assert_eq!(lines[1]["batch"], 7);
+        assert_eq!(
+            lines[2]["message"], "",
+            "a fields-only event gets an empty message"
+        );
+        assert_eq!(lines[2]["state"], "Flushing");
     }
 
     #[test]
