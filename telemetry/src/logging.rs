@@ -119,7 +119,7 @@ where
                 .flatten_event(true)
                 .with_current_span(true)
                 .with_span_list(true)
-                .map_event_format(|json| AlwaysMessage(json))
+                .map_event_format(AlwaysMessage)
                 .finish(),
         ),
     }
