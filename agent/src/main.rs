@@ -138,7 +138,7 @@ fn main() -> ExitCode {
             match runtime.block_on(tollgate_agent::app::run(config, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    logging::fatal(&e);
                     ExitCode::FAILURE
                 }
             }

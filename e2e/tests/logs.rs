@@ -359,3 +359,84 @@ async fn json_logs_are_objects_with_the_required_fields_without_secrets() {
         "the agent's delivery lines carry the destination span's fields"
     );
 }
+
+/// `tollgate` started with a filter that does not parse and an agent address that is wrong: a
+/// warning, then the fatal error as one event, not anyhow's multi-line report.
+fn failing_plugin(format: &str, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(binary("tollgate"));
+    cmd.args(["--agent", "nope", "--log-format", format])
+        .env("TOLLGATE_LOG", "info,tollgate=loud")
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .envs(env.iter().copied());
+    cmd
+}
+
+/// Runs `cmd` under `script`, on a pseudo-terminal, and returns what the terminal showed.
+fn on_a_terminal(cmd: &Command) -> String {
+    let (mut unset, mut set) = (String::new(), String::new());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => set += &format!("{}='{}' ", k.display(), v.display()),
+            None => unset += &format!("-u {} ", k.display()),
+        }
+    }
+    let mut line = format!("{unset}{set}");
+    line = format!("env {line}{}", cmd.get_program().display());
+    for a in cmd.get_args() {
+        line += &format!(" '{}'", a.display());
+    }
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run script (util-linux): {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn fatal_errors_are_one_event_and_colour_is_for_terminals_without_no_color() {
+    // Not a terminal: two plain lines, text or JSON.
+    let out = failing_plugin("text", &[]).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "a warning and the error, one line each:\n{text}"
+    );
+    assert!(
+        lines[0].contains(" WARN ") && lines[0].contains("TOLLGATE_LOG is not a valid filter"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains(" ERROR ") && lines[1].contains("bad agent address \"nope\""),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+
+    let out = failing_plugin("json", &[]).output().unwrap();
+    let text = String::from_utf8(out.stderr).unwrap();
+    let levels: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            v["level"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(levels, ["WARN", "ERROR"], "{text}");
+
+    // A terminal gets colour, unless NO_COLOR says otherwise; JSON never has any.
+    let coloured = on_a_terminal(&failing_plugin("text", &[]));
+    assert!(
+        coloured.contains("\u{1b}["),
+        "no colour on a terminal: {coloured:?}"
+    );
+    assert!(coloured.contains("bad agent address"), "{coloured:?}");
+    for (format, env) in [("text", [("NO_COLOR", "1")]), ("json", [("NO_COLOR", "")])] {
+        let plain = on_a_terminal(&failing_plugin(format, &env));
+        assert!(plain.contains("bad agent address"), "{plain:?}");
+        assert!(!plain.contains('\u{1b}'), "{format} {env:?}: {plain:?}");
+    }
+}

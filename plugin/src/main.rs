@@ -59,7 +59,18 @@ fn normalise_args() -> Vec<String> {
         .collect()
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line in Kong's error log, not anyhow's multi-line report.
+            logging::fatal(&e);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse_from(normalise_args());
     let invoked_as = std::env::args().next().unwrap_or_default();
     let plugin = match args.plugin.as_deref() {

@@ -81,6 +81,20 @@ pub fn init(args: &LogArgs) -> Result<(), InitError> {
     Ok(())
 }
 
+/// Reports the error a binary exits with as one event: through the logger when [`init`] ran (so
+/// it has the chosen format, and its cause chain is one line), else as one `error: …` line on
+/// stderr. Either way it is scrubbed of secrets.
+pub fn fatal(error: &dyn fmt::Display) {
+    let text = format!("{error:#}");
+    if tracing::dispatcher::has_been_set() {
+        tracing::error!(error = %text, "exiting on an error");
+    } else {
+        let mut line = String::new();
+        let _ = write_escaped(&mut line, &text);
+        eprintln!("error: {}", redact::scrub(&line));
+    }
+}
+
 /// `TOLLGATE_LOG` as a filter, or `info` and what was wrong with it.
 fn filter_from_env() -> (EnvFilter, Option<(String, String)>) {
     match std::env::var(FILTER_ENV) {
