@@ -71,6 +71,7 @@ pub fn init(args: &LogArgs) -> Result<(), InitError> {
     subscriber(args.log_format, filter, ansi, Scrubbed(io::stderr))
         .try_init()
         .map_err(|e| InitError(e.to_string()))?;
+    std::panic::set_hook(Box::new(log_panic));
     if let Some((value, why)) = bad_filter {
         tracing::warn!(
             filter = %value,
@@ -79,6 +80,24 @@ pub fn init(args: &LogArgs) -> Result<(), InitError> {
         );
     }
     Ok(())
+}
+
+/// The panic hook [`init`] installs: a panic is one `ERROR` event (message, location and, when
+/// `RUST_BACKTRACE` asks for one, the backtrace as a field), not the default hook's several lines.
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let message = info
+        .payload_as_str()
+        .unwrap_or("(a panic payload that is not a string)");
+    let location = info
+        .location()
+        .map(|l| format!("{}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    let backtrace = std::backtrace::Backtrace::capture();
+    if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+        tracing::error!(panic = message, location, backtrace = %backtrace, "panicked");
+    } else {
+        tracing::error!(panic = message, location, "panicked");
+    }
 }
 
 /// Reports the error a binary exits with as one event: through the logger when [`init`] ran (so
@@ -379,6 +398,30 @@ mod tests {
             "a fields-only event gets an empty message"
         );
         assert_eq!(lines[2]["state"], "Flushing");
+    }
+
+    #[test]
+    fn a_panic_is_one_event() {
+        let out = capture(LogFormat::Json, false, || {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(log_panic));
+            let caught = std::panic::catch_unwind(|| panic!("boom\nsecond line"));
+            std::panic::set_hook(previous);
+            assert!(caught.is_err());
+        });
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{out}");
+        assert_eq!(lines[0]["level"], "ERROR");
+        assert_eq!(lines[0]["panic"], "boom\nsecond line");
+        assert!(
+            lines[0]["location"]
+                .as_str()
+                .is_some_and(|l| l.contains("logging.rs")),
+            "{out}"
+        );
     }
 
     #[test]
