@@ -217,7 +217,8 @@ fn the_deb_installs_tollgate_where_kong_looks_with_hardened_services() {
     let enforcement =
         query_info(&root.join("usr/local/bin/tollgate-enforcement"), &["-dump"]).unwrap();
     assert_eq!(enforcement.name, "tollgate-enforcement");
-    // The shipped configs are valid, and their data paths are the units' state directories.
+    // The shipped configs are valid; the agent's buffer (and where it would be quarantined) is
+    // inside its unit's state directory, the only place ProtectSystem=strict lets it write.
     let agent_conf = root.join("etc/tollgate/agent.toml");
     let checked = stdout(
         Command::new(root.join("usr/bin/tollgate-agent"))
@@ -225,7 +226,7 @@ fn the_deb_installs_tollgate_where_kong_looks_with_hardened_services() {
             .arg(&agent_conf),
     );
     assert!(
-        checked.contains("path = \"/var/lib/tollgate-agent\""),
+        checked.contains("path = \"/var/lib/tollgate-agent/buffer\""),
         "{checked}"
     );
     run(Command::new(root.join("usr/bin/tollgate-billing"))
