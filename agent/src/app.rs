@@ -12,6 +12,8 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tollgate_proto::v1::entitlements_server::EntitlementsServer;
 use tollgate_proto::v1::ingest_server::IngestServer;
+use tollgate_telemetry::redact;
+use tracing::Instrument;
 
 use crate::admin::{AdminState, router};
 use crate::buffer::DiskBuffer;
@@ -94,6 +96,10 @@ pub async fn run(
             )
             .map(|mut f| {
                 f.entitlements = cache.clone();
+                // A plugin's own `api_token` is a secret like `destination.token`.
+                if let Some(token) = &f.target.token {
+                    redact::hide(token);
+                }
                 f
             })
         }
@@ -101,7 +107,9 @@ pub async fn run(
     let mut flushers = JoinSet::new();
     for id in buffer.queue_ids() {
         if let Some(f) = flusher_for(id) {
-            flushers.spawn(f.run(stop_rx.clone()));
+            let span = destination_span(&f);
+            span.in_scope(|| tracing::info!("delivering"));
+            flushers.spawn(f.run(stop_rx.clone()).instrument(span));
         }
     }
 
@@ -185,8 +193,9 @@ pub async fn run(
             let mut flushers = JoinSet::new();
             while let Some(id) = new_queues.recv().await {
                 if let Some(f) = flusher_for(id) {
-                    tracing::info!(queue = id, url = %f.target.url, "new destination");
-                    flushers.spawn(f.run(stop_rx.clone()));
+                    let span = destination_span(&f);
+                    span.in_scope(|| tracing::info!("new destination"));
+                    flushers.spawn(f.run(stop_rx.clone()).instrument(span));
                 }
             }
             flushers.join_all().await;
@@ -205,4 +214,9 @@ pub async fn run(
     buffer.commit().await.context("final commit")?;
     tracing::info!(left_on_disk = buffer.depth(), "stopped");
     Ok(())
+}
+
+/// The span a flusher's log lines carry: which queue and where it delivers (password blanked).
+fn destination_span(f: &Flusher) -> tracing::Span {
+    tracing::info_span!("destination", queue = f.queue, url = %redact::url(&f.target.url))
 }

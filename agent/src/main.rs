@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tollgate_agent::config::Config;
+use tollgate_telemetry::{logging, redact};
 
 /// Tollgate's sidecar: a durable buffer between Kong and the billing service.
 #[derive(Parser, Debug)]
@@ -15,6 +16,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    log: logging::LogArgs,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -115,12 +118,16 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .init();
+            for token in [&config.destination.token, &config.entitlements.token]
+                .into_iter()
+                .flatten()
+            {
+                redact::hide(token);
+            }
+            if let Err(e) = logging::init(&cli.log) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -131,7 +138,7 @@ fn main() -> ExitCode {
             match runtime.block_on(tollgate_agent::app::run(config, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    logging::fatal(&e);
                     ExitCode::FAILURE
                 }
             }

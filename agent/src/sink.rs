@@ -204,7 +204,7 @@ impl Flusher {
                     self.metrics.delivery_retries.inc();
                     let jitter = rand::rng().random_range(0.5..1.0);
                     let wait = retry_after.unwrap_or(backoff.mul_f64(jitter));
-                    tracing::warn!(url = %self.target.url, error = %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; events stay on disk");
+                    tracing::warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "delivery failed; events stay on disk");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = stop.changed() => {}
@@ -278,7 +278,7 @@ impl Flusher {
                 Attempt::Transient(why, after) => return Err((why, after)),
                 Attempt::Refused(status, body) if part.len() == 1 => {
                     let (key, event) = &part[0];
-                    tracing::error!(url = %self.target.url, status, id = %event.id, response = %body, "destination refused an event: moved to the dead-letter tree");
+                    tracing::error!(status, id = %event.id, response = %body, "destination refused an event: moved to the dead-letter tree");
                     self.metrics.dead_lettered.inc();
                     self.buffer
                         .dead_letter(self.queue, *key, event, status, &body)

@@ -46,6 +46,8 @@ struct Args {
     simulated_clock: bool,
     #[command(subcommand)]
     command: Option<Sub>,
+    #[command(flatten)]
+    log: tollgate_telemetry::logging::LogArgs,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -80,16 +82,15 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    tollgate_telemetry::logging::init(&args.log)?;
     let mut config = match &args.config {
         Some(path) => Config::load(path).map_err(anyhow::Error::msg)?,
         None => Config::default(),
     };
+    config
+        .api_tokens
+        .iter()
+        .for_each(|t| tollgate_telemetry::redact::hide(t));
     if let Some(l) = args.listen {
         config.listen = l;
     }

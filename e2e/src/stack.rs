@@ -44,8 +44,8 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// Whether a source file of the crate that builds `name` (or of `proto/`) changed after `bin` was
-/// linked.
+/// Whether a source file of the crate that builds `name` (or of `proto/` or `telemetry/`, which
+/// all three use) changed after `bin` was linked.
 fn older_than_its_sources(bin: &Path, name: &str) -> bool {
     let crate_dir = match name {
         "tollgate" => "plugin",
@@ -60,6 +60,7 @@ fn older_than_its_sources(bin: &Path, name: &str) -> bool {
     let mut dirs = vec![
         root.join(crate_dir).join("src"),
         root.join("proto"),
+        root.join("telemetry"),
         root.join(crate_dir).join("Cargo.toml"),
         root.join(crate_dir).join("migrations"),
     ];

@@ -159,6 +159,10 @@ impl MeteringConfig {
                 )));
             }
         }
+        if let Some(token) = &raw.api_token {
+            // Never written to Kong's error log, whatever logs it later.
+            tollgate_telemetry::redact::hide(token);
+        }
         let destination = match (raw.ingest_endpoint, raw.api_token) {
             (Some(endpoint), token) if !endpoint.is_empty() => Some(tollgate_proto::Destination {
                 ingest_endpoint: endpoint,

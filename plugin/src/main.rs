@@ -8,6 +8,7 @@ use clap::Parser;
 use tollgate::enforcement::Snapshot;
 use tollgate::publisher::{AgentAddr, Publisher, PublisherConfig};
 use tollgate::{info, server};
+use tollgate_telemetry::{logging, redact};
 
 /// Kong external plugin server for Tollgate metering.
 #[derive(Parser, Debug)]
@@ -40,6 +41,8 @@ struct Args {
     /// which on a gateway host is the cheapest per event; more spread parsing over cores.
     #[arg(long, env = "TOLLGATE_THREADS", default_value_t = 1)]
     threads: usize,
+    #[command(flatten)]
+    log: logging::LogArgs,
 }
 
 /// Kong's docs and go-pdk spell flags with one dash (`-dump`, `-kong-prefix`); accept both.
@@ -56,7 +59,18 @@ fn normalise_args() -> Vec<String> {
         .collect()
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line in Kong's error log, not anyhow's multi-line report.
+            logging::fatal(&e);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse_from(normalise_args());
     let invoked_as = std::env::args().next().unwrap_or_default();
     let plugin = match args.plugin.as_deref() {
@@ -69,15 +83,9 @@ fn main() -> anyhow::Result<()> {
         println!("{}", info::dump(plugin));
         return Ok(());
     }
-    // Kong copies our stdout/stderr into its error log, prefixed with our name and pid.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
+    // Kong copies our stderr into its error log, prefixed with our name and pid: one line per
+    // event, never coloured there (it is not a terminal).
+    logging::init(&args.log)?;
     let agent: AgentAddr = args.agent.parse().map_err(anyhow::Error::msg)?;
     let socket = args
         .socket
@@ -113,7 +121,7 @@ fn main() -> anyhow::Result<()> {
         let listener = server::bind(&socket)
             .await
             .with_context(|| format!("cannot serve {}", socket.display()))?;
-        tracing::info!(plugin, socket = %socket.display(), agent = %args.agent, "tollgate plugin server ready");
+        tracing::info!(plugin, socket = %socket.display(), agent = %redact::url(&args.agent), "tollgate plugin server ready");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = server::serve(listener, state.clone()) => {}

@@ -157,8 +157,12 @@ impl RecordingAgent {
     }
 }
 
+/// This build's `tollgate`, or another build of it named by `TOLLGATE_BIN` (to compare two builds
+/// in one run, e.g. the static musl one from `scripts/package`).
 pub fn tollgate_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tollgate"))
+    std::env::var_os("TOLLGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tollgate")))
 }
 
 /// Starts the real `tollgate` serving `<dir>/tollgate.socket`, delivering to `agent`.
