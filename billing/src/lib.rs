@@ -7,6 +7,7 @@
 //! * [`query`]: meter queries over the per-minute aggregates.
 //! * [`filter`]: OpenMeter's `FilterString` (`advancedMeterGroupByFilters`).
 //! * [`entitlement`]: customers, features, entitlements, grants and the balance engine.
+//! * [`pricing`]: the rating engine — prices, discounts and commitments into detailed lines.
 //! * [`api`]: the HTTP API on OpenMeter's paths.
 //! * [`config`]: the TOML config file.
 
@@ -15,5 +16,6 @@ pub mod config;
 pub mod entitlement;
 pub mod filter;
 pub mod meter;
+pub mod pricing;
 pub mod query;
 pub mod store;
