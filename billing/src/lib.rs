@@ -7,11 +7,13 @@
 //! * [`query`]: meter queries over the per-minute aggregates.
 //! * [`filter`]: OpenMeter's `FilterString` (`advancedMeterGroupByFilters`).
 //! * [`entitlement`]: customers, features, entitlements, grants and the balance engine.
+//! * [`catalog`]: the product catalog — versioned plans, rate cards, add-ons.
 //! * [`pricing`]: the rating engine — prices, discounts and commitments into detailed lines.
 //! * [`api`]: the HTTP API on OpenMeter's paths.
 //! * [`config`]: the TOML config file.
 
 pub mod api;
+pub mod catalog;
 pub mod config;
 pub mod entitlement;
 pub mod filter;

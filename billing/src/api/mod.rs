@@ -15,7 +15,15 @@
 //! * [`resets`]: usage resets.
 //! * [`history`]: windowed balance history.
 //! * [`subjects`]: subjects (display name and metadata for a subject key).
+//! * [`plans`]: versioned plans (phases, rate cards): create, update a draft, publish, archive.
+//! * [`addons`]: versioned add-ons.
+//! * [`plan_addons`]: the add-ons a plan offers.
+//!
+//! `catalog_http` holds what the catalog's resources share (errors with `validationErrors`,
+//! list queries).
 
+pub mod addons;
+pub(crate) mod catalog_http;
 pub mod customers;
 pub mod entitlements;
 pub mod events;
@@ -25,6 +33,8 @@ pub mod history;
 pub mod ingest;
 pub mod meter_query;
 pub mod meters;
+pub mod plan_addons;
+pub mod plans;
 pub mod resets;
 pub mod subjects;
 
@@ -132,6 +142,9 @@ pub fn router(api: Api) -> Router {
         .merge(resets::routes())
         .merge(history::routes())
         .merge(subjects::routes())
+        .merge(plans::routes())
+        .merge(addons::routes())
+        .merge(plan_addons::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), auth))
