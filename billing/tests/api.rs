@@ -1208,6 +1208,25 @@ fn pro_plan(name: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openmeter_python_sdk_drives_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/catalog.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args([b.url(""), TOKEN.to_owned()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK catalog script failed\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("catalog: all steps passed"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plans_are_versioned_one_draft_per_key_and_publishing_archives_the_previous() {
     let dir = tempfile::tempdir().unwrap();
     let b = Billing::start(dir.path());

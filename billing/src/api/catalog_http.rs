@@ -174,15 +174,20 @@ pub(crate) fn list_query(raw: &Option<String>) -> Result<ListQuery, Problem> {
                 }
                 q.order_by = v;
             }
+            "keyVersion" => q.filter.key_versions.extend(key_versions_map(&v)?),
             other => {
                 if let Some(key) = other
                     .strip_prefix("keyVersion[")
                     .and_then(|r| r.strip_suffix(']'))
                 {
-                    let version = v
-                        .parse::<i64>()
-                        .map_err(|_| bad(format!("keyVersion[{key}]: {v:?} is not a version")))?;
-                    q.filter.key_versions.push((key.to_owned(), version));
+                    for version in v.split(',') {
+                        let version = version.trim().parse::<i64>().map_err(|_| {
+                            bad(format!(
+                                "keyVersion[{key}]: {v:?} is not a list of versions"
+                            ))
+                        })?;
+                        q.filter.key_versions.push((key.to_owned(), version));
+                    }
                 }
                 // Other parameters (expand, …) are accepted and ignored, as OpenMeter does
                 // for parameters it does not know.
@@ -190,6 +195,21 @@ pub(crate) fn list_query(raw: &Option<String>) -> Result<ListQuery, Problem> {
         }
     }
     Ok(q)
+}
+
+/// `keyVersion` as one value, the way OpenMeter's Python SDK sends it: a map of key to versions
+/// (`{'pro': [1, 2]}`, Python's notation, or the same in JSON).
+fn key_versions_map(v: &str) -> Result<Vec<(String, i64)>, Problem> {
+    let parsed: std::collections::BTreeMap<String, Vec<i64>> =
+        serde_json::from_str(&v.replace('\'', "\"")).map_err(|_| {
+            bad(format!(
+                "keyVersion: {v:?} is not a map of key to versions (use keyVersion[key]=version)"
+            ))
+        })?;
+    Ok(parsed
+        .into_iter()
+        .flat_map(|(k, vs)| vs.into_iter().map(move |n| (k.clone(), n)))
+        .collect())
 }
 
 /// `{totalCount, page, pageSize, items}` of `items` sorted as asked.
