@@ -1567,3 +1567,116 @@ async fn concurrent_drafts_of_one_key_leave_exactly_one() {
         1
     );
 }
+
+/// `tollgate-billing catalog ARGS…` against `b`: (success, stdout + stderr).
+fn catalog_cli(b: &Billing, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
+        .arg("catalog")
+        .args(args)
+        .args(["--url", &b.url(""), "--token", TOKEN])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_as_code_applies_idempotently_publishes_and_dumps() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    for m in [
+        json!({"slug": "api_requests", "eventType": "kong.api_request", "aggregation": "COUNT"}),
+        json!({"slug": "llm_tokens", "eventType": "kong.llm_request", "aggregation": "SUM", "valueProperty": "$.tokens"}),
+    ] {
+        assert_eq!(post(&b, "/api/v1/meters", m).await.0, 201);
+    }
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kong-config/catalog.yaml");
+    let file = dir.path().join("catalog.yaml");
+    std::fs::copy(&example, &file).unwrap();
+    let file = file.to_str().unwrap();
+
+    let (ok, out) = catalog_cli(&b, &["apply", file]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        lines(&out),
+        [
+            "feature api_calls: created",
+            "feature llm_tokens: created",
+            "feature admin_console: created",
+            "addon admin_console: created (draft v1)",
+            "plan starter: created (draft v1)",
+            "plan pro: created (draft v1)",
+        ]
+    );
+    let (ok, out) = catalog_cli(&b, &["apply", file]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("plan pro: unchanged (draft v1)") && !out.contains("created"),
+        "{out}"
+    );
+
+    let (ok, out) = catalog_cli(&b, &["apply", file, "--publish"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("plan pro: published v1") && out.contains("addon admin_console: published v1"),
+        "{out}"
+    );
+    let (ok, out) = catalog_cli(&b, &["apply", file, "--publish"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("plan pro: unchanged (v1 active)") && !out.contains("published"),
+        "{out}"
+    );
+
+    // Today's catalog, dumped and applied again, changes nothing.
+    let dumped = dir.path().join("dump.yaml");
+    let (ok, out) = catalog_cli(&b, &["dump", "--output", dumped.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) = catalog_cli(&b, &["apply", dumped.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.ends_with("unchanged") || l.contains(": unchanged ("))
+            .count(),
+        6,
+        "{out}"
+    );
+
+    // A price change is a new draft beside the active version.
+    let text = std::fs::read_to_string(file)
+        .unwrap()
+        .replace("amount: \"49\"", "amount: \"59\"");
+    std::fs::write(file, text).unwrap();
+    let (ok, out) = catalog_cli(&b, &["apply", file]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("plan pro: new draft v2 (differs from active v1)"),
+        "{out}"
+    );
+    assert!(out.contains("plan starter: unchanged (v1 active)"), "{out}");
+    let (_, pro) = get(&b, "/api/v1/plans/pro?includeLatest=true").await;
+    assert_eq!(pro["phases"][1]["rateCards"][0]["price"]["amount"], "59");
+
+    // Bad files are refused with the reason, naming the place.
+    std::fs::write(file, "plans: []\nmeters: []\n").unwrap();
+    let (ok, out) = catalog_cli(&b, &["apply", file]);
+    assert!(!ok && out.contains("unknown field `meters`"), "{out}");
+    std::fs::write(
+        file,
+        "plans:\n  - {key: bad, name: Bad, billingCadence: P2M, phases: []}\n",
+    )
+    .unwrap();
+    let (ok, out) = catalog_cli(&b, &["apply", file]);
+    assert!(
+        !ok && out.contains("$.billingCadence [plan_billing_cadence_invalid]"),
+        "{out}"
+    );
+}

@@ -7,10 +7,13 @@
 //! * [`versions`]: the lifecycle both plans and add-ons share — one draft per key, version
 //!   numbers, publish (archiving the version it replaces, in the same transaction), archive,
 //!   soft delete, and the status derived from `effectiveFrom`/`effectiveTo`.
+//! * [`as_code`]: catalog as code — a YAML file applied to a running service (`tollgate-billing
+//!   catalog apply`), and today's catalog dumped back out.
 //!
 //! The database enforces what must never break even under concurrent requests: one row per
 //! (key, version) and one live draft per key (`migrations/*/0002_catalog.sql`).
 
+pub mod as_code;
 pub mod model;
 pub mod validate;
 pub mod versions;
