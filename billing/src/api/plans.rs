@@ -113,20 +113,15 @@ async fn create_plan(State(api): State<Api>, body: Bytes) -> CR {
     let now = Utc::now();
     let key = input.key.clone().unwrap_or_default();
     let all = all_plans(&api, now).await?;
-    let plan = checked(&api, plan_from(input, key.clone(), "USD".into(), now)?).await?;
+    let plan = checked(&api, plan_from(input, key.clone(), "USD".into(), now)).await?;
     let version = versions::next_version(&all, &key, now)?;
     let plan = Plan { version, ..plan };
     versions::save(&api.store, &plan).await?;
     Ok((StatusCode::CREATED, axum::Json(plan)).into_response())
 }
 
-fn plan_from(
-    input: PlanInput,
-    key: String,
-    default_currency: String,
-    now: DateTime<Utc>,
-) -> Result<Plan, Failure> {
-    Ok(Plan {
+fn plan_from(input: PlanInput, key: String, default_currency: String, now: DateTime<Utc>) -> Plan {
+    Plan {
         id: new_id(),
         key,
         name: input.name,
@@ -148,7 +143,7 @@ fn plan_from(
         status: Status::Draft,
         phases: input.phases,
         validation_errors: None,
-    })
+    }
 }
 
 async fn get_plan(State(api): State<Api>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> CR {
@@ -173,7 +168,7 @@ async fn update_plan(State(api): State<Api>, Path(id): Path<String>, body: Bytes
             .into());
         }
     }
-    let mut plan = plan_from(input, current.key.clone(), current.currency.clone(), now)?;
+    let mut plan = plan_from(input, current.key.clone(), current.currency.clone(), now);
     plan.id = current.id.clone();
     plan.version = current.version;
     plan.created_at = current.created_at;
