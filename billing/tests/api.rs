@@ -1614,6 +1614,7 @@ async fn catalog_as_code_applies_idempotently_publishes_and_dumps() {
             "addon admin_console: created (draft v1)",
             "plan starter: created (draft v1)",
             "plan pro: created (draft v1)",
+            "plan starter add-on admin_console: skipped (add-on admin_console has no active version: apply with --publish)",
         ]
     );
     let (ok, out) = catalog_cli(&b, &["apply", file]);
@@ -1629,10 +1630,18 @@ async fn catalog_as_code_applies_idempotently_publishes_and_dumps() {
         out.contains("plan pro: published v1") && out.contains("addon admin_console: published v1"),
         "{out}"
     );
+    assert!(
+        out.contains("plan starter add-on admin_console: offered (plan v1)"),
+        "{out}"
+    );
     let (ok, out) = catalog_cli(&b, &["apply", file, "--publish"]);
     assert!(ok, "{out}");
     assert!(
         out.contains("plan pro: unchanged (v1 active)") && !out.contains("published"),
+        "{out}"
+    );
+    assert!(
+        out.contains("plan starter add-on admin_console: unchanged (plan v1)"),
         "{out}"
     );
 
@@ -1646,8 +1655,13 @@ async fn catalog_as_code_applies_idempotently_publishes_and_dumps() {
         out.lines()
             .filter(|l| l.ends_with("unchanged") || l.contains(": unchanged ("))
             .count(),
-        6,
+        7,
         "{out}"
+    );
+    assert!(
+        std::fs::read_to_string(&dumped)
+            .unwrap()
+            .contains("planAddons:")
     );
 
     // A price change is a new draft beside the active version.

@@ -6,7 +6,8 @@
 //! draft vN`, `published vN`, `unchanged`. A plan or add-on is compared with the stored version
 //! it would replace (its draft, else its active version) after both went through the same
 //! typed model, so defaults the server fills in never count as a change. Features cannot change
-//! once created (OpenMeter's rule): a differing one is reported and left alone.
+//! once created (OpenMeter's rule): a differing one is reported and left alone. `planAddons`
+//! offer an add-on's active version with a plan's newest version (draft, else active).
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,24 @@ pub struct CatalogFile {
     /// Plans, as `POST /api/v1/plans` takes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plans: Vec<PlanSpec>,
+    /// Add-ons offered with plans (on each plan's newest version).
+    #[serde(default, rename = "planAddons", skip_serializing_if = "Vec::is_empty")]
+    pub plan_addons: Vec<PlanAddonSpec>,
+}
+
+/// An add-on offered with a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanAddonSpec {
+    /// The plan's key.
+    pub plan: String,
+    /// The add-on's key (its active version is offered).
+    pub addon: String,
+    /// The plan phase from which it can be bought.
+    pub from_plan_phase: String,
+    /// Most instances (multiple-instance add-ons only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_quantity: Option<i64>,
 }
 
 /// A feature.
@@ -183,6 +202,24 @@ impl Remote {
     async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.call(reqwest::Method::PUT, path, Some(body)).await
     }
+
+    async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// `GET path`, or `None` on 404.
+    async fn find(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("GET {path}: is tollgate-billing running there?"))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        self.get(path).await.map(Some)
+    }
 }
 
 /// Reads and checks the YAML file (unknown top-level sections and malformed items are errors
@@ -260,6 +297,84 @@ pub async fn apply(
         let desired = to_value(p)?;
         versioned::<PlanSpec>(remote, &PLANS, &p.key, &desired, publish, out).await?;
     }
+    for pa in &file.plan_addons {
+        plan_addon(remote, pa, out).await?;
+    }
+    Ok(())
+}
+
+/// The newest live version of a plan (its draft, else its active version).
+async fn newest_plan(remote: &Remote, key: &str) -> anyhow::Result<Option<Value>> {
+    let listed = remote
+        .get(&format!("{}?key={key}&pageSize=1000", PLANS.path))
+        .await?;
+    Ok(listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| matches!(v["status"].as_str(), Some("draft" | "active" | "scheduled")))
+        .max_by_key(|v| v["version"].as_i64())
+        .cloned())
+}
+
+async fn plan_addon(
+    remote: &Remote,
+    pa: &PlanAddonSpec,
+    out: &mut dyn FnMut(String),
+) -> anyhow::Result<()> {
+    let label = format!("plan {} add-on {}", pa.plan, pa.addon);
+    let Some(plan) = newest_plan(remote, &pa.plan).await? else {
+        bail!("{label}: plan {} is not in the catalog", pa.plan);
+    };
+    let plan_id = plan["id"].as_str().unwrap_or_default();
+    let Some(addon) = remote
+        .find(&format!("{}/{}", ADDONS.path, pa.addon))
+        .await?
+    else {
+        out(format!(
+            "{label}: skipped (add-on {} has no active version: apply with --publish)",
+            pa.addon
+        ));
+        return Ok(());
+    };
+    let addon_id = addon["id"].as_str().unwrap_or_default();
+    let path = format!("{}/{plan_id}/addons", PLANS.path);
+    let offered = remote.get(&path).await?;
+    let current = offered["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["addon"]["key"] == pa.addon.as_str())
+        .cloned();
+    let body = json!({"addonId": addon_id, "fromPlanPhase": pa.from_plan_phase, "maxQuantity": pa.max_quantity});
+    let version = plan["version"].as_i64().unwrap_or_default();
+    match current {
+        Some(c)
+            if c["addon"]["id"] == addon_id
+                && c["fromPlanPhase"] == pa.from_plan_phase.as_str()
+                && c["maxQuantity"].as_i64() == pa.max_quantity =>
+        {
+            out(format!("{label}: unchanged (plan v{version})"));
+        }
+        Some(c) if c["addon"]["id"] == addon_id => {
+            remote.put(&format!("{path}/{addon_id}"), &body).await?;
+            out(format!("{label}: updated (plan v{version})"));
+        }
+        Some(c) => {
+            // A newer add-on version: offer it instead of the old one.
+            let old = c["addon"]["id"].as_str().unwrap_or_default();
+            remote.delete(&format!("{path}/{old}")).await?;
+            remote.post(&path, &body).await?;
+            out(format!(
+                "{label}: now offers v{} (plan v{version})",
+                addon["version"]
+            ));
+        }
+        None => {
+            remote.post(&path, &body).await?;
+            out(format!("{label}: offered (plan v{version})"));
+        }
+    }
     Ok(())
 }
 
@@ -332,17 +447,39 @@ pub async fn dump(remote: &Remote) -> anyhow::Result<CatalogFile> {
         .flatten()
         .map(|f| serde_json::from_value(f.clone()))
         .collect::<Result<_, _>>()?;
+    let plans = current(remote, &PLANS).await?;
+    let mut plan_addons = Vec::new();
+    for plan in &plans {
+        let plan_id = plan["id"].as_str().unwrap_or_default();
+        let offered = remote
+            .get(&format!("{}/{plan_id}/addons", PLANS.path))
+            .await?;
+        for o in offered["items"].as_array().into_iter().flatten() {
+            plan_addons.push(PlanAddonSpec {
+                plan: plan["key"].as_str().unwrap_or_default().to_owned(),
+                addon: o["addon"]["key"].as_str().unwrap_or_default().to_owned(),
+                from_plan_phase: o["fromPlanPhase"].as_str().unwrap_or_default().to_owned(),
+                max_quantity: o["maxQuantity"].as_i64(),
+            });
+        }
+    }
     Ok(CatalogFile {
         features,
-        addons: current::<AddonSpec>(remote, &ADDONS).await?,
-        plans: current::<PlanSpec>(remote, &PLANS).await?,
+        addons: typed(current(remote, &ADDONS).await?)?,
+        plans: typed(plans)?,
+        plan_addons,
     })
 }
 
-async fn current<T: for<'de> Deserialize<'de>>(
-    remote: &Remote,
-    kind: &Kind,
-) -> anyhow::Result<Vec<T>> {
+fn typed<T: for<'de> Deserialize<'de>>(items: Vec<Value>) -> anyhow::Result<Vec<T>> {
+    items
+        .into_iter()
+        .map(|v| serde_json::from_value(v).map_err(Into::into))
+        .collect()
+}
+
+/// Per key, the active version (else the newest draft), as the API returned it.
+async fn current(remote: &Remote, kind: &Kind) -> anyhow::Result<Vec<Value>> {
     let listed = remote.get(&format!("{}?pageSize=1000", kind.path)).await?;
     let mut by_key: BTreeMap<String, Value> = BTreeMap::new();
     for v in listed["items"].as_array().into_iter().flatten() {
@@ -359,8 +496,5 @@ async fn current<T: for<'de> Deserialize<'de>>(
             by_key.insert(key, v.clone());
         }
     }
-    by_key
-        .into_values()
-        .map(|v| serde_json::from_value(v).map_err(Into::into))
-        .collect()
+    Ok(by_key.into_values().collect())
 }

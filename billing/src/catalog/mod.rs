@@ -7,6 +7,7 @@
 //! * [`versions`]: the lifecycle both plans and add-ons share — one draft per key, version
 //!   numbers, publish (archiving the version it replaces, in the same transaction), archive,
 //!   soft delete, and the status derived from `effectiveFrom`/`effectiveTo`.
+//! * [`plan_addons`]: when an add-on may be offered with a plan.
 //! * [`as_code`]: catalog as code — a YAML file applied to a running service (`tollgate-billing
 //!   catalog apply`), and today's catalog dumped back out.
 //!
@@ -15,6 +16,7 @@
 
 pub mod as_code;
 pub mod model;
+pub mod plan_addons;
 pub mod validate;
 pub mod versions;
 
