@@ -1524,6 +1524,34 @@ async fn addons_publish_and_attach_to_plans_under_openmeters_rules() {
         0
     );
 
+    // A plan whose offered add-on was archived meanwhile cannot be published until it is removed.
+    let attach = json!({"addonId": addon_id, "fromPlanPhase": "default"});
+    assert_eq!(
+        post(&b, &format!("/api/v1/plans/{plan_id}/addons"), attach)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        post(&b, &format!("/api/v1/addons/{addon_id}/archive"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (_, c) =
+        validation_error(&post(&b, &format!("/api/v1/plans/{plan_id}/publish"), json!({})).await);
+    assert_eq!(c, "plan_has_incompatible_addon");
+    assert_eq!(
+        del(&b, &format!("/api/v1/plans/{plan_id}/addons/{addon_id}")).await,
+        204
+    );
+    assert_eq!(
+        post(&b, &format!("/api/v1/plans/{plan_id}/publish"), json!({}))
+            .await
+            .0,
+        200
+    );
+
     // A multiple-instance add-on may only carry flat prices.
     let (s, multi) = post(&b, "/api/v1/addons", json!({"key": "extra_calls", "name": "Extra calls",
         "instanceType": "multiple", "rateCards": [

@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use super::catalog_http::{CR, Failure, catalog_body, list_query, page};
 use super::{Api, new_id};
-use crate::catalog::model::{Phase, Plan, ProRatingConfig, Status};
+use crate::catalog::model::{Phase, Plan, PlanAddonRecord, ProRatingConfig, Status};
+use crate::catalog::plan_addons;
 use crate::catalog::validate::validate_plan;
 use crate::catalog::versions::{self, Versioned};
 use crate::catalog::{CatalogError, feature_facts};
@@ -192,8 +193,39 @@ async fn publish_plan(State(api): State<Api>, Path(id): Path<String>) -> CR {
     let (plan, all) = plan_by(&api, &id, true, now).await?;
     // Features may have changed since the draft was saved: validate again.
     let plan = checked(&api, plan).await?;
+    incompatible_addons(&api, &plan, now).await?;
     let plan = versions::publish(&api.store, &all, plan, now).await?;
     Ok(axum::Json(plan).into_response())
+}
+
+/// Refuses to publish a plan whose offered add-ons no longer fit it (OpenMeter's
+/// `plan_has_incompatible_addon`): the add-on archived, its phase gone, its rate cards clashing.
+async fn incompatible_addons(api: &Api, plan: &Plan, now: DateTime<Utc>) -> Result<(), Failure> {
+    let addons = super::addons::all_addons(api, now).await?;
+    let mut problems = Vec::new();
+    for offer in api
+        .store
+        .list_entities::<PlanAddonRecord>("plan_addon")
+        .await?
+        .into_iter()
+        .filter(|r| r.plan_id == plan.id && r.deleted_at.is_none())
+    {
+        let Some(addon) = addons.iter().find(|a| a.id == offer.addon_id) else {
+            continue;
+        };
+        for p in plan_addons::check(plan, addon, &offer.from_plan_phase, offer.max_quantity, now) {
+            problems.push(plan_addons::issue(
+                &format!("$.addons[?(@.key=='{}')]", addon.key),
+                "plan_has_incompatible_addon",
+                format!("add-on {}: {} ({})", addon.key, p.message, p.code),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CatalogError::Invalid(problems).into())
+    }
 }
 
 async fn archive_plan(State(api): State<Api>, Path(id): Path<String>) -> CR {
