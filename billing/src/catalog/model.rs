@@ -612,3 +612,45 @@ pub fn pricing_of(
         Err(problems)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn status_follows_openmeters_status_at() {
+        let t = |h| Utc.with_ymd_and_hms(2026, 1, 1, h, 0, 0).single();
+        let now = t(12).expect("time");
+        assert_eq!(Status::at(None, None, now), Status::Draft);
+        assert_eq!(Status::at(t(10), None, now), Status::Active);
+        assert_eq!(Status::at(t(10), t(13), now), Status::Active);
+        assert_eq!(
+            Status::at(t(10), t(12), now),
+            Status::Archived,
+            "effectiveTo is exclusive"
+        );
+        assert_eq!(Status::at(t(13), None, now), Status::Scheduled);
+    }
+
+    #[test]
+    fn a_rate_cards_json_price_becomes_the_engines() {
+        let card: RateCard = serde_json::from_value(serde_json::json!({
+            "type": "usage_based", "key": "api", "name": "API", "billingCadence": "P1M",
+            "price": {"type": "package", "amount": "10", "quantityPerPackage": "20", "maximumAmount": "100"},
+            "discounts": {"percentage": {"percentage": 12.5}, "usage": {"quantity": "5"}}
+        }))
+        .expect("a rate card");
+        let (price, discounts, commitments) = pricing_of(&card).expect("valid").expect("priced");
+        assert_eq!(
+            price,
+            pricing::Price::Package {
+                amount: Decimal::from(10),
+                quantity_per_package: Decimal::from(20)
+            }
+        );
+        assert_eq!(discounts.percentage, Some(Decimal::new(125, 1)));
+        assert_eq!(discounts.usage, Some(Decimal::from(5)));
+        assert_eq!(commitments.maximum, Some(Decimal::from(100)));
+    }
+}

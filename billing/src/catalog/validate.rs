@@ -551,3 +551,44 @@ static SOME_FLAT_PRICE: crate::pricing::Price = crate::pricing::Price::Flat {
 static SOME_USAGE_PRICE: crate::pricing::Price = crate::pricing::Price::Unit {
     amount: rust_decimal::Decimal::ZERO,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn months(n: u32) -> Interval {
+        Interval::Months(n)
+    }
+
+    #[test]
+    fn cadences_align_when_one_divides_the_other() {
+        assert!(aligned(months(1), months(12)));
+        assert!(aligned(months(3), months(1)));
+        assert!(!aligned(months(2), months(3)));
+        let week = Interval::Fixed(Duration::weeks(1));
+        assert!(aligned(week, Interval::Fixed(Duration::weeks(4))));
+        assert!(!aligned(week, months(1)), "weeks and months never align");
+    }
+
+    #[test]
+    fn keys_follow_openmeters_pattern() {
+        assert!(is_key("api_calls") && is_key("p1"));
+        assert!(!is_key("Api") && !is_key("a__b") && !is_key("_a") && !is_key(""));
+        assert!(!is_key(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn durations_are_iso_8601_and_at_least_an_hour() {
+        let mut f = Findings::default();
+        assert_eq!(duration(&mut f, "$.d", "P1M"), Some(months(1)));
+        assert!(duration(&mut f, "$.d", "MONTH").is_none());
+        assert!(duration(&mut f, "$.d", "PT30M").is_none());
+        let codes: Vec<&str> = f
+            .critical
+            .iter()
+            .chain(&f.warnings)
+            .map(|i| i.code.as_str())
+            .collect();
+        assert_eq!(codes, ["duration_invalid", "billing_cadence_invalid_value"]);
+    }
+}
