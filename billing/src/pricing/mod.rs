@@ -147,7 +147,7 @@ pub fn rate(input: &RatingInput<'_>) -> Result<Rating, RatingError> {
     );
     let (from, to) = (pre, pre + quantity);
     match input.price {
-        Price::Flat { .. } => {}
+        Price::Flat { .. } => {} // rated above
         Price::Unit { amount } => models::unit(&mut lines, *amount, quantity),
         Price::Tiered {
             mode: TierMode::Graduated,
@@ -184,7 +184,7 @@ pub fn rate(input: &RatingInput<'_>) -> Result<Rating, RatingError> {
 }
 
 /// The cheap checks that keep the arithmetic well-defined (no division by zero, no negative
-/// ranges); the catalog runs the full [`Price::problems`] before a price is ever stored.
+/// ranges or totals); the catalog runs the full [`Price::problems`] before a price is ever stored.
 fn check(input: &RatingInput<'_>) -> Result<(), RatingError> {
     for (field, value) in [
         ("quantity", input.quantity),
@@ -198,6 +198,16 @@ fn check(input: &RatingInput<'_>) -> Result<(), RatingError> {
         field: field.into(),
         message: message.into(),
     };
+    if input
+        .discounts
+        .percentage
+        .is_some_and(|p| p < Decimal::ZERO || p > Decimal::ONE_HUNDRED)
+    {
+        return Err(invalid("discounts.percentage", "must be between 0 and 100"));
+    }
+    if input.discounts.usage.is_some_and(|q| q < Decimal::ZERO) {
+        return Err(invalid("discounts.usage", "must not be negative"));
+    }
     match input.price {
         Price::Package {
             quantity_per_package,

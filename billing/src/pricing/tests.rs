@@ -355,4 +355,15 @@ fn bad_input_is_refused_not_rated() {
         rate(&RatingInput::whole_period(Currency::USD, &package, d("1"))),
         Err(RatingError::InvalidPrice { .. })
     ));
+    let too_much = Discounts {
+        percentage: Some(d("120")),
+        usage: None,
+    };
+    assert!(matches!(
+        rate(&RatingInput {
+            discounts: &too_much,
+            ..RatingInput::whole_period(Currency::USD, &price, d("1"))
+        }),
+        Err(RatingError::InvalidPrice { .. })
+    ));
 }
