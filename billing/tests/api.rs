@@ -1703,6 +1703,10 @@ async fn catalog_as_code_applies_idempotently_publishes_and_dumps() {
         out.contains("plan pro: new draft v2 (differs from active v1)"),
         "{out}"
     );
+    assert!(
+        out.contains("    phases[paid].rateCards[platform].price.amount: \"49\" → \"59\""),
+        "{out}"
+    );
     assert!(out.contains("plan starter: unchanged (v1 active)"), "{out}");
     let (_, pro) = get(&b, "/api/v1/plans/pro?includeLatest=true").await;
     assert_eq!(pro["phases"][1]["rateCards"][0]["price"]["amount"], "59");

@@ -3,7 +3,8 @@
 //! apply FILE [--publish]` and `tollgate-billing catalog dump`.
 //!
 //! Applying is idempotent and says what it did per item: `created`, `new draft vN`, `updated
-//! draft vN`, `published vN`, `unchanged`. A plan or add-on is compared with the stored version
+//! draft vN` (each followed by the fields that differ, `path: old → new`), `published vN`,
+//! `unchanged`. A plan or add-on is compared with the stored version
 //! it would replace (its draft, else its active version) after both went through the same
 //! typed model, so defaults the server fills in never count as a change. Features cannot change
 //! once created (OpenMeter's rule): a differing one is reported and left alone. `planAddons`
@@ -239,6 +240,50 @@ fn canonical<T: Serialize + for<'de> Deserialize<'de>>(v: &Value) -> anyhow::Res
     to_value(&typed)
 }
 
+/// The fields where `stored` and `wanted` differ, one `path: old → new` line each (at most
+/// `limit`); array items that have a `key` are named by it (`phases[paid].rateCards[api]`).
+pub fn diff(stored: &Value, wanted: &Value, limit: usize) -> Vec<String> {
+    fn walk(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let sub = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                        &sub,
+                        out,
+                    );
+                }
+            }
+            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+                for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                    let name = match (u["key"].as_str(), v["key"].as_str()) {
+                        (Some(k), Some(l)) if k == l => k.to_owned(),
+                        _ => i.to_string(),
+                    };
+                    walk(u, v, &format!("{path}[{name}]"), out);
+                }
+            }
+            _ if a != b => out.push(format!("{path}: {a} → {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(stored, wanted, "", &mut out);
+    if out.len() > limit {
+        let more = out.len() - limit;
+        out.truncate(limit);
+        out.push(format!("… and {more} more"));
+    }
+    out
+}
+
 /// Which `/api/v1/...` collection and how to say it.
 struct Kind {
     path: &'static str,
@@ -399,11 +444,15 @@ async fn versioned<T: Serialize + for<'de> Deserialize<'de>>(
         (Some(d), _) => {
             let v = d["version"].as_i64().unwrap_or_default();
             let id = d["id"].as_str().unwrap_or_default().to_owned();
-            if canonical::<T>(d)? == want {
+            let stored = canonical::<T>(d)?;
+            if stored == want {
                 out(format!("{noun} {key}: unchanged (draft v{v})"));
             } else {
                 remote.put(&format!("{}/{id}", kind.path), desired).await?;
                 out(format!("{noun} {key}: updated draft v{v}"));
+                diff(&stored, &want, 20)
+                    .into_iter()
+                    .for_each(|l| out(format!("    {l}")));
             }
             (id, v, true)
         }
@@ -419,10 +468,16 @@ async fn versioned<T: Serialize + for<'de> Deserialize<'de>>(
             match active {
                 None if v == 1 => out(format!("{noun} {key}: created (draft v1)")),
                 None => out(format!("{noun} {key}: new draft v{v}")),
-                Some(a) => out(format!(
-                    "{noun} {key}: new draft v{v} (differs from active v{})",
-                    a["version"].as_i64().unwrap_or_default()
-                )),
+                Some(a) => {
+                    out(format!(
+                        "{noun} {key}: new draft v{v} (differs from active v{})",
+                        a["version"].as_i64().unwrap_or_default()
+                    ));
+                    let stored = canonical::<T>(a)?;
+                    diff(&stored, &want, 20)
+                        .into_iter()
+                        .for_each(|l| out(format!("    {l}")));
+                }
             }
             (id, v, true)
         }
