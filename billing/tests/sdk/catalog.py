@@ -165,4 +165,8 @@ client.plans.delete(v1.id)
 check(len(list(client.plans.list(include_deleted=True))) == 3, "deleted plans listed on request")
 check(len(list(client.plans.list())) == 1, "deleted plans hidden")
 
+step("next (deprecated): a new draft cloned from the newest version")
+v4 = client.plans.next("team")
+check(v4.version == 4 and v4.status == "draft" and v4.name == "Team v2", f"next {v4}")
+
 print("catalog: all steps passed")
