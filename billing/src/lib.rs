@@ -7,6 +7,8 @@
 //! * [`query`]: meter queries over the per-minute aggregates.
 //! * [`filter`]: OpenMeter's `FilterString` (`advancedMeterGroupByFilters`).
 //! * [`entitlement`]: customers, features, entitlements, grants and the balance engine.
+//! * [`catalog`]: the product catalog — versioned plans, rate cards, add-ons.
+//! * [`pricing`]: the rating engine — prices, discounts and commitments into detailed lines.
 //! * [`api`]: the HTTP API on OpenMeter's paths.
 //! * [`config`]: the TOML config file.
 //! * [`clock`]: billing's "now" — real time, or a simulated clock kept in the database.
@@ -14,12 +16,14 @@
 //! * [`duration`]: ISO 8601 durations.
 
 pub mod api;
+pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod duration;
 pub mod entitlement;
 pub mod filter;
 pub mod meter;
+pub mod pricing;
 pub mod query;
 pub mod scheduler;
 pub mod store;

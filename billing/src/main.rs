@@ -57,11 +57,86 @@ enum Sub {
         /// The TOML file.
         file: PathBuf,
     },
+    /// The product catalog as code, against a running tollgate-billing.
+    Catalog {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(subcommand)]
+        command: CatalogSub,
+    },
+}
+
+/// Where the running service is.
+#[derive(clap::Args, Debug)]
+struct RemoteArgs {
+    /// Base URL of the billing API.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:8888",
+        env = "TOLLGATE_BILLING_URL"
+    )]
+    url: String,
+    /// Bearer token (one of the service's `api_tokens`).
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_BILLING_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum CatalogSub {
+    /// Create or update the features, add-ons and plans in FILE (YAML); idempotent. Prints what
+    /// changed per item: created, new draft, updated draft, published, unchanged.
+    Apply {
+        /// The YAML file.
+        file: PathBuf,
+        /// Publish every draft the file leaves (archiving the versions they replace).
+        #[arg(long)]
+        publish: bool,
+    },
+    /// Write today's catalog (live features; active, else draft, plans and add-ons) as YAML.
+    Dump {
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+async fn catalog(remote: &RemoteArgs, command: &CatalogSub) -> anyhow::Result<()> {
+    use tollgate_billing::catalog::as_code;
+    let client = as_code::Remote::new(&remote.url, remote.token.as_deref())?;
+    match command {
+        CatalogSub::Apply { file, publish } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let parsed = as_code::parse_file(&text)
+                .with_context(|| format!("{} is not a catalog file", file.display()))?;
+            as_code::apply(&client, &parsed, *publish, &mut |line| println!("{line}")).await
+        }
+        CatalogSub::Dump { output } => {
+            let yaml = serde_yaml_ng::to_string(&as_code::dump(&client).await?)?;
+            match output {
+                Some(path) => std::fs::write(path, yaml)
+                    .with_context(|| format!("writing {}", path.display())),
+                None => {
+                    print!("{yaml}");
+                    Ok(())
+                }
+            }
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Sub::Catalog { remote, command }) = &args.command {
+        return catalog(remote, command).await;
+    }
     if let Some(Sub::CheckConfig { file }) = &args.command {
         let config = Config::load(file).map_err(anyhow::Error::msg)?;
         for m in &config.meters {

@@ -1250,3 +1250,583 @@ async fn windows_in_any_time_zone_match_the_events_exactly() {
         assert_eq!(got, expected, "{size} windows in {tz}");
     }
 }
+
+// ---- The product catalog: plans, add-ons, plan add-ons ----
+
+async fn del(b: &Billing, path: &str) -> u16 {
+    client()
+        .delete(b.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Meters and features the catalog tests price: `api_requests` (metered), `support` (no meter).
+async fn catalog_features(b: &Billing) {
+    let (s, _) = post(
+        b,
+        "/api/v1/meters",
+        json!({"slug": "api_requests", "eventType": "kong.api_request", "aggregation": "COUNT"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    for f in [
+        json!({"key": "api_requests", "name": "API requests", "meterSlug": "api_requests"}),
+        json!({"key": "support", "name": "Support"}),
+    ] {
+        assert_eq!(post(b, "/api/v1/features", f).await.0, 201);
+    }
+}
+
+/// A plan with a 14-day trial and a default phase: a flat monthly fee and graduated API calls.
+fn pro_plan(name: &str) -> Value {
+    let api_card = json!({
+        "type": "usage_based", "key": "api_requests", "name": "API requests",
+        "featureKey": "api_requests", "billingCadence": "P1M",
+        "price": {"type": "tiered", "mode": "graduated", "tiers": [
+            {"upToAmount": "1000", "unitPrice": {"type": "unit", "amount": "0.30"}},
+            {"upToAmount": "5000", "unitPrice": {"type": "unit", "amount": "0.20"}},
+            {"unitPrice": {"type": "unit", "amount": "0.10"}}
+        ], "maximumAmount": "5000"},
+        "discounts": {"usage": {"quantity": "100"}},
+        "entitlementTemplate": {"type": "metered", "issueAfterReset": 10000, "usagePeriod": "P1M"},
+        "taxConfig": {"behavior": "exclusive", "stripe": {"code": "txcd_10000000"}}
+    });
+    json!({
+        "key": "pro", "name": name, "currency": "USD", "billingCadence": "P1M",
+        "phases": [
+            {"key": "trial", "name": "Trial", "duration": "P14D", "rateCards": [
+                {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
+                 "price": {"type": "flat", "amount": "0", "paymentTerm": "in_advance"}}
+            ]},
+            {"key": "default", "name": "Default", "duration": null, "rateCards": [
+                {"type": "flat_fee", "key": "base", "name": "Base fee", "billingCadence": "P1M",
+                 "price": {"type": "flat", "amount": "49", "paymentTerm": "in_advance"},
+                 "discounts": {"percentage": {"percentage": 10}}},
+                api_card
+            ]}
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openmeter_python_sdk_drives_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/catalog.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args([b.url(""), TOKEN.to_owned()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK catalog script failed\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("catalog: all steps passed"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_are_versioned_one_draft_per_key_and_publishing_archives_the_previous() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    catalog_features(&b).await;
+
+    let (s, v1) = post(&b, "/api/v1/plans", pro_plan("Pro")).await;
+    assert_eq!(s, 201, "{v1}");
+    assert_eq!(
+        (v1["version"].as_i64(), v1["status"].as_str()),
+        (Some(1), Some("draft"))
+    );
+    assert!(v1["validationErrors"].is_null(), "{v1}");
+    let card = &v1["phases"][1]["rateCards"][1];
+    assert_eq!(card["price"]["tiers"][0]["unitPrice"]["amount"], "0.30");
+    assert_eq!(
+        v1["phases"][1]["rateCards"][0]["discounts"]["percentage"]["percentage"],
+        10.0
+    );
+    let id1 = v1["id"].as_str().unwrap().to_owned();
+
+    // One draft per key.
+    let (s, e) = post(&b, "/api/v1/plans", pro_plan("Pro again")).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["detail"].as_str().unwrap().contains("single draft"),
+        "{e}"
+    );
+
+    // By key: no active version yet; includeLatest finds the draft.
+    assert_eq!(get(&b, "/api/v1/plans/pro").await.0, 404);
+    assert_eq!(
+        get(&b, "/api/v1/plans/pro?includeLatest=true").await.1["id"],
+        id1.as_str()
+    );
+
+    // A draft may be updated; key and currency are fixed.
+    let mut update = pro_plan("Pro (renamed)");
+    update["currency"] = json!("EUR");
+    assert_eq!(
+        put(&b, &format!("/api/v1/plans/{id1}"), update).await.0,
+        400
+    );
+    let (s, updated) = put(
+        &b,
+        &format!("/api/v1/plans/{id1}"),
+        pro_plan("Pro (renamed)"),
+    )
+    .await;
+    assert_eq!(
+        (s, updated["name"].as_str()),
+        (200, Some("Pro (renamed)")),
+        "{updated}"
+    );
+
+    let (s, p1) = post(&b, &format!("/api/v1/plans/{id1}/publish"), json!({})).await;
+    assert_eq!((s, p1["status"].as_str()), (200, Some("active")), "{p1}");
+    assert!(p1["effectiveFrom"].is_string() && p1["effectiveTo"].is_null());
+    // Published versions are not edited: a new version is.
+    assert_eq!(
+        put(&b, &format!("/api/v1/plans/{id1}"), pro_plan("x"))
+            .await
+            .0,
+        400
+    );
+
+    let (s, v2) = post(&b, "/api/v1/plans", pro_plan("Pro v2")).await;
+    assert_eq!((s, v2["version"].as_i64()), (201, Some(2)), "{v2}");
+    let id2 = v2["id"].as_str().unwrap().to_owned();
+    assert_eq!(get(&b, "/api/v1/plans/pro").await.1["id"], id1.as_str());
+    assert_eq!(
+        get(&b, "/api/v1/plans/pro?includeLatest=true").await.1["id"],
+        id2.as_str()
+    );
+
+    let (s, p2) = post(&b, &format!("/api/v1/plans/{id2}/publish"), json!({})).await;
+    assert_eq!((s, p2["status"].as_str()), (200, Some("active")));
+    let (_, old) = get(&b, &format!("/api/v1/plans/{id1}")).await;
+    assert_eq!(old["status"], "archived", "{old}");
+    assert_eq!(old["effectiveTo"], p2["effectiveFrom"]);
+    assert_eq!(get(&b, "/api/v1/plans/pro").await.1["id"], id2.as_str());
+
+    // Filters.
+    let (_, list) = get(&b, "/api/v1/plans?status=active").await;
+    assert_eq!(list["totalCount"], 1, "{list}");
+    assert_eq!(list["items"][0]["version"], 2);
+    let (_, list) = get(&b, "/api/v1/plans?keyVersion[pro]=1").await;
+    assert_eq!(list["items"][0]["id"], id1.as_str());
+    let (_, list) = get(&b, "/api/v1/plans?currency=EUR").await;
+    assert_eq!(list["totalCount"], 0);
+    assert_eq!(get(&b, "/api/v1/plans?status=gone").await.0, 400);
+
+    // Active plans are archived, not deleted; archived ones may be deleted (softly).
+    assert_eq!(del(&b, &format!("/api/v1/plans/{id2}")).await, 400);
+    assert_eq!(
+        post(&b, &format!("/api/v1/plans/{id2}/archive"), json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(get(&b, "/api/v1/plans/pro").await.0, 404);
+    assert_eq!(del(&b, &format!("/api/v1/plans/{id1}")).await, 204);
+    assert_eq!(get(&b, "/api/v1/plans").await.1["totalCount"], 1);
+    assert_eq!(
+        get(&b, "/api/v1/plans?includeDeleted=true").await.1["totalCount"],
+        2
+    );
+
+    // Everything survives a restart from the database.
+    drop(b);
+    let b = Billing::start(dir.path());
+    let (_, list) = get(
+        &b,
+        "/api/v1/plans?includeDeleted=true&orderBy=version&order=DESC",
+    )
+    .await;
+    assert_eq!(list["items"][0]["id"], id2.as_str(), "{list}");
+    assert_eq!(list["items"][0]["status"], "archived");
+}
+
+/// The field of the one validation error a 400 carries, and its code.
+fn validation_error(got: &(u16, Value)) -> (String, String) {
+    assert_eq!(got.0, 400, "{}", got.1);
+    let errors = got.1["extensions"]["validationErrors"].as_array().unwrap();
+    assert!(!errors.is_empty(), "{}", got.1);
+    (
+        errors[0]["field"].as_str().unwrap().to_owned(),
+        errors[0]["code"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_plans_get_a_400_naming_the_field_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    catalog_features(&b).await;
+    let api = "$.phases[?(@.key=='default')].rateCards[?(@.key=='api_requests')]";
+    type Breaks = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Breaks, String, &str)> = vec![
+        ("key differs from featureKey", Box::new(|p: &mut Value| p["phases"][1]["rateCards"][1]["featureKey"] = json!("support")),
+         format!("{api}.featureKey"), "rate_card_key_feature_key_mismatch"),
+        ("unknown feature", Box::new(|p: &mut Value| {
+            let card = &mut p["phases"][1]["rateCards"][1];
+            card["key"] = json!("nope");
+            card["featureKey"] = json!("nope");
+        }), "$.phases[?(@.key=='default')].rateCards[?(@.key=='nope')].featureKey".into(), "rate_card_feature_not_found"),
+        ("lower-case currency", Box::new(|p: &mut Value| p["currency"] = json!("usd")), "$.currency".into(), "currency_invalid"),
+        ("unknown currency", Box::new(|p: &mut Value| p["currency"] = json!("ABC")), "$.currency".into(), "currency_not_found"),
+        ("negative amount", Box::new(|p: &mut Value| p["phases"][1]["rateCards"][0]["price"]["amount"] = json!("-1")),
+         "$.phases[?(@.key=='default')].rateCards[?(@.key=='base')].price.amount".into(), "price_amount_negative"),
+        ("tiers out of order", Box::new(|p: &mut Value| p["phases"][1]["rateCards"][1]["price"]["tiers"][1]["upToAmount"] = json!("500")),
+         format!("{api}.price.tiers[1].upToAmount"), "price_tier_order_invalid"),
+        ("cadence off the whitelist", Box::new(|p: &mut Value| p["billingCadence"] = json!("P2M")), "$.billingCadence".into(), "plan_billing_cadence_invalid"),
+        ("percentage over 100", Box::new(|p: &mut Value| p["phases"][1]["rateCards"][0]["discounts"]["percentage"]["percentage"] = json!(150)),
+         "$.phases[?(@.key=='default')].rateCards[?(@.key=='base')].discounts.percentage.percentage".into(), "percentage_discount_invalid_value"),
+        ("amount not a number", Box::new(|p: &mut Value| p["phases"][1]["rateCards"][0]["price"]["amount"] = json!("ten")),
+         "$.phases[1].rateCards[0].price".into(), "invalid_value"),
+        ("duplicate phase", Box::new(|p: &mut Value| p["phases"][0]["key"] = json!("default")),
+         "$.phases[?(@.key=='default')]".into(), "plan_phase_duplicated_key"),
+    ];
+    for (what, break_it, field, code) in cases {
+        let mut plan = pro_plan("Pro");
+        break_it(&mut plan);
+        let got = post(&b, "/api/v1/plans", plan).await;
+        let (f, c) = validation_error(&got);
+        assert_eq!(
+            (f.as_str(), c.as_str()),
+            (field.as_str(), code),
+            "{what}: {}",
+            got.1
+        );
+    }
+    let (_, list) = get(&b, "/api/v1/plans?includeDeleted=true").await;
+    assert_eq!(list["totalCount"], 0, "nothing stored: {list}");
+
+    // Warnings are saved on the draft and block publish until fixed.
+    let mut plan = pro_plan("Pro");
+    plan["phases"][0]["duration"] = Value::Null;
+    let (s, draft) = post(&b, "/api/v1/plans", plan).await;
+    assert_eq!(s, 201, "{draft}");
+    assert_eq!(
+        draft["validationErrors"][0]["code"],
+        "plan_has_non_last_phase_with_no_duration"
+    );
+    let id = draft["id"].as_str().unwrap();
+    let (f, c) =
+        validation_error(&post(&b, &format!("/api/v1/plans/{id}/publish"), json!({})).await);
+    assert_eq!(
+        (f.as_str(), c.as_str()),
+        (
+            "$.phases[?(@.key=='trial')].duration",
+            "plan_has_non_last_phase_with_no_duration"
+        )
+    );
+    let (s, fixed) = put(&b, &format!("/api/v1/plans/{id}"), pro_plan("Pro")).await;
+    assert!(s == 200 && fixed["validationErrors"].is_null(), "{fixed}");
+    assert_eq!(
+        post(&b, &format!("/api/v1/plans/{id}/publish"), json!({}))
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addons_publish_and_attach_to_plans_under_openmeters_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    catalog_features(&b).await;
+    let (_, plan) = post(&b, "/api/v1/plans", pro_plan("Pro")).await;
+    let plan_id = plan["id"].as_str().unwrap().to_owned();
+
+    let support = json!({"key": "priority_support", "name": "Priority support", "currency": "USD",
+        "instanceType": "single", "rateCards": [
+            {"type": "flat_fee", "key": "support", "name": "Support", "featureKey": "support",
+             "billingCadence": "P1M", "price": {"type": "flat", "amount": "99", "paymentTerm": "in_advance"},
+             "entitlementTemplate": {"type": "boolean"}}]});
+    let (s, addon) = post(&b, "/api/v1/addons", support.clone()).await;
+    assert_eq!(
+        (s, addon["status"].as_str(), addon["version"].as_i64()),
+        (201, Some("draft"), Some(1)),
+        "{addon}"
+    );
+    let addon_id = addon["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        post(&b, "/api/v1/addons", support).await.0,
+        400,
+        "one draft per key"
+    );
+
+    // Only a published add-on can be offered.
+    let attach = json!({"addonId": addon_id, "fromPlanPhase": "default"});
+    let (_, c) = validation_error(
+        &post(
+            &b,
+            &format!("/api/v1/plans/{plan_id}/addons"),
+            attach.clone(),
+        )
+        .await,
+    );
+    assert_eq!(c, "plan_addon_invalid_addon_status");
+    assert_eq!(
+        post(&b, &format!("/api/v1/addons/{addon_id}/publish"), json!({}))
+            .await
+            .0,
+        200
+    );
+
+    let (_, c) = validation_error(
+        &post(
+            &b,
+            &format!("/api/v1/plans/{plan_id}/addons"),
+            json!({"addonId": addon_id, "fromPlanPhase": "nope"}),
+        )
+        .await,
+    );
+    assert_eq!(c, "plan_addon_unknown_plan_phase_key");
+    let (_, c) = validation_error(
+        &post(
+            &b,
+            &format!("/api/v1/plans/{plan_id}/addons"),
+            json!({"addonId": addon_id, "fromPlanPhase": "default", "maxQuantity": 3}),
+        )
+        .await,
+    );
+    assert_eq!(c, "plan_addon_max_quantity_must_not_be_set");
+
+    let (s, pa) = post(
+        &b,
+        &format!("/api/v1/plans/{plan_id}/addons"),
+        attach.clone(),
+    )
+    .await;
+    assert_eq!(s, 201, "{pa}");
+    assert_eq!(pa["addon"]["key"], "priority_support");
+    assert_eq!(
+        post(&b, &format!("/api/v1/plans/{plan_id}/addons"), attach)
+            .await
+            .0,
+        409
+    );
+    let (_, list) = get(&b, &format!("/api/v1/plans/{plan_id}/addons")).await;
+    assert_eq!(list["totalCount"], 1, "{list}");
+    let (s, one) = get(
+        &b,
+        &format!("/api/v1/plans/{plan_id}/addons/priority_support"),
+    )
+    .await;
+    assert_eq!((s, one["fromPlanPhase"].as_str()), (200, Some("default")));
+    assert_eq!(
+        del(&b, &format!("/api/v1/plans/{plan_id}/addons/{addon_id}")).await,
+        204
+    );
+    assert_eq!(
+        get(&b, &format!("/api/v1/plans/{plan_id}/addons")).await.1["totalCount"],
+        0
+    );
+
+    // A plan whose offered add-on was archived meanwhile cannot be published until it is removed.
+    let attach = json!({"addonId": addon_id, "fromPlanPhase": "default"});
+    assert_eq!(
+        post(&b, &format!("/api/v1/plans/{plan_id}/addons"), attach)
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        post(&b, &format!("/api/v1/addons/{addon_id}/archive"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (_, c) =
+        validation_error(&post(&b, &format!("/api/v1/plans/{plan_id}/publish"), json!({})).await);
+    assert_eq!(c, "plan_has_incompatible_addon");
+    assert_eq!(
+        del(&b, &format!("/api/v1/plans/{plan_id}/addons/{addon_id}")).await,
+        204
+    );
+    assert_eq!(
+        post(&b, &format!("/api/v1/plans/{plan_id}/publish"), json!({}))
+            .await
+            .0,
+        200
+    );
+
+    // A multiple-instance add-on may only carry flat prices.
+    let (s, multi) = post(&b, "/api/v1/addons", json!({"key": "extra_calls", "name": "Extra calls",
+        "instanceType": "multiple", "rateCards": [
+            {"type": "usage_based", "key": "api_requests", "name": "Calls", "featureKey": "api_requests",
+             "billingCadence": "P1M", "price": {"type": "unit", "amount": "0.01"}}]})).await;
+    assert_eq!(s, 201, "{multi}");
+    let (_, c) = validation_error(
+        &post(
+            &b,
+            &format!("/api/v1/addons/{}/publish", multi["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await,
+    );
+    assert_eq!(c, "addon_invalid_ratecard_price_for_multi_instance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_drafts_of_one_key_leave_exactly_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    catalog_features(&b).await;
+    let b = &b;
+    let results = futures::future::join_all((0..8).map(|i| async move {
+        post(b, "/api/v1/plans", pro_plan(&format!("Pro {i}")))
+            .await
+            .0
+    }))
+    .await;
+    assert_eq!(
+        results.iter().filter(|s| **s == 201).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results.iter().all(|s| matches!(s, 201 | 400 | 409)),
+        "{results:?}"
+    );
+    assert_eq!(
+        get(b, "/api/v1/plans?includeDeleted=true").await.1["totalCount"],
+        1
+    );
+}
+
+/// `tollgate-billing catalog ARGS…` against `b`: (success, stdout + stderr).
+fn catalog_cli(b: &Billing, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
+        .arg("catalog")
+        .args(args)
+        .args(["--url", &b.url(""), "--token", TOKEN])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_as_code_applies_idempotently_publishes_and_dumps() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    for m in [
+        json!({"slug": "api_requests", "eventType": "kong.api_request", "aggregation": "COUNT"}),
+        json!({"slug": "llm_tokens", "eventType": "kong.llm_request", "aggregation": "SUM", "valueProperty": "$.tokens"}),
+    ] {
+        assert_eq!(post(&b, "/api/v1/meters", m).await.0, 201);
+    }
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kong-config/catalog.yaml");
+    let file = dir.path().join("catalog.yaml");
+    std::fs::copy(&example, &file).unwrap();
+    let file = file.to_str().unwrap();
+
+    let (ok, out) = catalog_cli(&b, &["apply", file]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        lines(&out),
+        [
+            "feature api_calls: created",
+            "feature llm_tokens: created",
+            "feature admin_console: created",
+            "addon admin_console: created (draft v1)",
+            "plan starter: created (draft v1)",
+            "plan pro: created (draft v1)",
+            "plan starter add-on admin_console: skipped (add-on admin_console has no active version: apply with --publish)",
+        ]
+    );
+    let (ok, out) = catalog_cli(&b, &["apply", file]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("plan pro: unchanged (draft v1)") && !out.contains("created"),
+        "{out}"
+    );
+
+    let (ok, out) = catalog_cli(&b, &["apply", file, "--publish"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("plan pro: published v1") && out.contains("addon admin_console: published v1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("plan starter add-on admin_console: offered (plan v1)"),
+        "{out}"
+    );
+    let (ok, out) = catalog_cli(&b, &["apply", file, "--publish"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("plan pro: unchanged (v1 active)") && !out.contains("published"),
+        "{out}"
+    );
+    assert!(
+        out.contains("plan starter add-on admin_console: unchanged (plan v1)"),
+        "{out}"
+    );
+
+    // Today's catalog, dumped and applied again, changes nothing.
+    let dumped = dir.path().join("dump.yaml");
+    let (ok, out) = catalog_cli(&b, &["dump", "--output", dumped.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) = catalog_cli(&b, &["apply", dumped.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.ends_with("unchanged") || l.contains(": unchanged ("))
+            .count(),
+        7,
+        "{out}"
+    );
+    assert!(
+        std::fs::read_to_string(&dumped)
+            .unwrap()
+            .contains("planAddons:")
+    );
+
+    // A price change is a new draft beside the active version.
+    let text = std::fs::read_to_string(file)
+        .unwrap()
+        .replace("amount: \"49\"", "amount: \"59\"");
+    std::fs::write(file, text).unwrap();
+    let (ok, out) = catalog_cli(&b, &["apply", file]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("plan pro: new draft v2 (differs from active v1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    phases[paid].rateCards[platform].price.amount: \"49\" → \"59\""),
+        "{out}"
+    );
+    assert!(out.contains("plan starter: unchanged (v1 active)"), "{out}");
+    let (_, pro) = get(&b, "/api/v1/plans/pro?includeLatest=true").await;
+    assert_eq!(pro["phases"][1]["rateCards"][0]["price"]["amount"], "59");
+
+    // Bad files are refused with the reason, naming the place.
+    std::fs::write(file, "plans: []\nmeters: []\n").unwrap();
+    let (ok, out) = catalog_cli(&b, &["apply", file]);
+    assert!(!ok && out.contains("unknown field `meters`"), "{out}");
+    std::fs::write(
+        file,
+        "plans:\n  - {key: bad, name: Bad, billingCadence: P2M, phases: []}\n",
+    )
+    .unwrap();
+    let (ok, out) = catalog_cli(&b, &["apply", file]);
+    assert!(
+        !ok && out.contains("$.billingCadence [plan_billing_cadence_invalid]"),
+        "{out}"
+    );
+}

@@ -16,7 +16,15 @@
 //! * [`history`]: windowed balance history.
 //! * [`subjects`]: subjects (display name and metadata for a subject key).
 //! * [`clock`]: billing's clock, and moving the simulated one forward.
+//! * [`plans`]: versioned plans (phases, rate cards): create, update a draft, publish, archive.
+//! * [`addons`]: versioned add-ons.
+//! * [`plan_addons`]: the add-ons a plan offers.
+//!
+//! `catalog_http` holds what the catalog's resources share (errors with `validationErrors`,
+//! list queries).
 
+pub mod addons;
+pub(crate) mod catalog_http;
 pub mod clock;
 pub mod customers;
 pub mod entitlements;
@@ -27,6 +35,8 @@ pub mod history;
 pub mod ingest;
 pub mod meter_query;
 pub mod meters;
+pub mod plan_addons;
+pub mod plans;
 pub mod resets;
 pub mod subjects;
 
@@ -145,6 +155,9 @@ pub fn router(api: Api) -> Router {
         .merge(history::routes())
         .merge(subjects::routes())
         .merge(clock::routes())
+        .merge(plans::routes())
+        .merge(addons::routes())
+        .merge(plan_addons::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), auth))

@@ -14,6 +14,8 @@ pub struct DocTable {
     pub table: &'static str,
     /// Indexed columns and the JSON pointer each is read from.
     pub columns: &'static [(&'static str, &'static str)],
+    /// Those of `columns` that are BIGINT (bound as text and cast, the same SQL on both backends).
+    pub bigint: &'static [&'static str],
 }
 
 const TABLES: &[DocTable] = &[
@@ -21,16 +23,19 @@ const TABLES: &[DocTable] = &[
         kind: "meter",
         table: "meters",
         columns: &[("slug", "/slug")],
+        bigint: &[],
     },
     DocTable {
         kind: "customer",
         table: "customers",
         columns: &[("key", "/key")],
+        bigint: &[],
     },
     DocTable {
         kind: "feature",
         table: "features",
         columns: &[("key", "/key"), ("archived_at", "/archivedAt")],
+        bigint: &[],
     },
     DocTable {
         kind: "entitlement",
@@ -40,11 +45,45 @@ const TABLES: &[DocTable] = &[
             ("customer_id", "/customerId"),
             ("subject_key", "/subjectKey"),
         ],
+        bigint: &[],
     },
     DocTable {
         kind: "grant",
         table: "grants",
         columns: &[("entitlement_id", "/entitlementId")],
+        bigint: &[],
+    },
+    DocTable {
+        kind: "plan",
+        table: "plans",
+        columns: &[
+            ("key", "/key"),
+            ("version", "/version"),
+            ("effective_from", "/effectiveFrom"),
+            ("deleted_at", "/deletedAt"),
+        ],
+        bigint: &["version"],
+    },
+    DocTable {
+        kind: "addon",
+        table: "addons",
+        columns: &[
+            ("key", "/key"),
+            ("version", "/version"),
+            ("effective_from", "/effectiveFrom"),
+            ("deleted_at", "/deletedAt"),
+        ],
+        bigint: &["version"],
+    },
+    DocTable {
+        kind: "plan_addon",
+        table: "plan_addons",
+        columns: &[
+            ("plan_id", "/planId"),
+            ("addon_id", "/addonId"),
+            ("deleted_at", "/deletedAt"),
+        ],
+        bigint: &[],
     },
 ];
 
@@ -80,7 +119,12 @@ pub fn put(kind: &str, id: &str, doc: &Value) -> Vec<Stmt> {
         }];
     };
     let names: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
-    let placeholders: Vec<String> = (2..names.len() + 3).map(|i| format!("${i}")).collect();
+    let placeholders: Vec<String> = (2..names.len() + 3)
+        .map(|i| match names.get(i - 2) {
+            Some(name) if t.bigint.contains(name) => format!("CAST(CAST(${i} AS TEXT) AS BIGINT)"),
+            _ => format!("${i}"),
+        })
+        .collect();
     let updates: Vec<String> = names
         .iter()
         .chain(std::iter::once(&"doc"))
@@ -296,8 +340,24 @@ mod tests {
 
     #[test]
     fn unknown_kinds_go_to_documents() {
-        let s = &put("plan", "p1", &json!({}))[0];
+        let s = &put("subscription", "s1", &json!({}))[0];
         assert!(s.sql.contains("documents"));
-        assert_eq!(s.params[0].as_deref(), Some("plan"));
+        assert_eq!(s.params[0].as_deref(), Some("subscription"));
+    }
+
+    #[test]
+    fn plan_versions_are_bigint_columns() {
+        let s = &put("plan", "p1", &json!({"key": "pro", "version": 2}))[0];
+        assert!(
+            s.sql.starts_with(
+                "INSERT INTO plans (id, key, version, effective_from, deleted_at, doc)"
+            )
+        );
+        assert!(
+            s.sql.contains("CAST(CAST($3 AS TEXT) AS BIGINT)"),
+            "{}",
+            s.sql
+        );
+        assert_eq!(s.params[2].as_deref(), Some("2"));
     }
 }

@@ -6,8 +6,8 @@
 //!   that transaction committed: a retried event is never lost and never counted twice.
 //! * `usage_minutes` / `usage_uniques`: per meter, subject, group-by values and minute, the partial
 //!   aggregates every aggregation needs ([`usage`]), so queries never rescan raw events.
-//! * API documents (meters, customers, features, entitlements, grants; plans and the rest later)
-//!   in their own tables with their unique keys as constraints ([`documents`]).
+//! * API documents (meters, customers, features, entitlements, grants, plans, add-ons and plan
+//!   add-ons) in their own tables with their unique keys as constraints ([`documents`]).
 //!
 //! Concurrent ingest requests are grouped into one transaction and one commit (one fsync on
 //! SQLite), which is what makes durable ingest fast. Meters are cached in memory, compiled; a
@@ -318,6 +318,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         let doc = serde_json::to_value(value).map_err(|e| StoreError::Decode(e.to_string()))?;
         let stmts = documents::put(kind, id, &doc);
+        match &self.db {
+            Db::Sqlite(db) => db.execute(stmts).await.map(drop),
+            Db::Postgres(db) => db.execute(stmts).await.map(drop),
+        }
+    }
+
+    /// Stores several documents in one transaction: all are written or none (a taken unique key
+    /// is a [`StoreError::Conflict`]). Each is `(kind, id, document)`.
+    pub async fn put_entities(&self, docs: &[(&str, &str, Value)]) -> Result<(), StoreError> {
+        let stmts = docs
+            .iter()
+            .flat_map(|(kind, id, doc)| documents::put(kind, id, doc))
+            .collect();
         match &self.db {
             Db::Sqlite(db) => db.execute(stmts).await.map(drop),
             Db::Postgres(db) => db.execute(stmts).await.map(drop),
