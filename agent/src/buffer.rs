@@ -414,6 +414,12 @@ impl DiskBuffer {
             .iter()
             .map(|e| StoredEvent::received(e, received_ms))
             .collect();
+        self.append_stored(id, &stored, true)
+    }
+
+    /// Stores events already in their stored form at the end of queue `id`, atomically, or
+    /// refuses when full (the push sources build [`StoredEvent`]s directly).
+    pub fn append_events(&self, id: u32, stored: &[StoredEvent]) -> Result<Append, BufferError> {
         self.append_stored(id, stored, true)
     }
 
@@ -421,7 +427,7 @@ impl DiskBuffer {
     fn append_stored(
         &self,
         id: u32,
-        stored: Vec<StoredEvent>,
+        stored: &[StoredEvent],
         limit: bool,
     ) -> Result<Append, BufferError> {
         if stored.is_empty() {
@@ -640,7 +646,7 @@ impl DiskBuffer {
                 DEFAULT_QUEUE
             };
             // Replay is an operator's decision: it goes past the size limit if it must.
-            self.append_stored(queue, vec![l.event.clone()], false)?;
+            self.append_stored(queue, std::slice::from_ref(&l.event), false)?;
         }
         self.commit().await?;
         for l in &letters {
