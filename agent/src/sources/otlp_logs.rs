@@ -6,8 +6,9 @@
 //! * `type` = the record attribute `type_attribute` when set and present, else `event_type`;
 //! * `subject` = the attribute `subject_attribute`;
 //! * `id` = the attribute `id_attribute`, or when absent a UUIDv5 of the record's protobuf
-//!   encoding with its resource and scope: the same record exported again (an SDK retry) gets the
-//!   same id and dedupes;
+//!   encoding with its resource and scope (leaving out `observed_time_unix_nano` when the record
+//!   has a time of its own): the same record exported again — an SDK retry, or a collector
+//!   relaying it again with a new observed time — gets the same id and dedupes;
 //! * `time` = the record's `time_unix_nano`, else `observed_time_unix_nano`, else now;
 //! * `data` = every other record attribute, as JSON (bytes as base64, as OTLP/JSON writes them).
 //!
@@ -133,7 +134,15 @@ fn event(
             bytes.extend_from_slice(&(part.len() as u64).to_be_bytes());
             bytes.extend_from_slice(part);
         }
-        record.encode(&mut bytes).unwrap_or_default();
+        if record.time_unix_nano > 0 && record.observed_time_unix_nano > 0 {
+            // When the event time is known, the time an SDK or collector saw the record is not
+            // part of what it measures: a record relayed again, stamped anew, is the same event.
+            let mut measured = record.clone();
+            measured.observed_time_unix_nano = 0;
+            measured.encode(&mut bytes).unwrap_or_default();
+        } else {
+            record.encode(&mut bytes).unwrap_or_default();
+        }
         uuid::Uuid::new_v5(&ID_NAMESPACE, &bytes).to_string()
     });
     let nanos = [record.time_unix_nano, record.observed_time_unix_nano]
