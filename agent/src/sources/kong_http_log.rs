@@ -17,10 +17,13 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use serde_json::value::RawValue;
+use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::fmt;
 use tollgate_events::meter::{NoSubject, meter_into};
 use tollgate_events::rules::Rules;
-use tollgate_events::serialize;
+use tollgate_events::serialize::LogEntry;
 
 use super::{Intake, check_token, problem, refusal_response};
 use crate::buffer::StoredEvent;
@@ -65,6 +68,9 @@ pub struct Metered {
 }
 
 /// Reads an http-log body and meters every entry; `Err` names what is wrong.
+///
+/// One pass over the JSON: each entry of a batch is metered as soon as the parser has read it,
+/// borrowing its strings from the body, so a batch is scanned once.
 pub fn meter_body(
     body: &[u8],
     rules: &Rules,
@@ -72,37 +78,88 @@ pub fn meter_body(
     received_ms: i64,
 ) -> Result<Metered, String> {
     let text = std::str::from_utf8(body).map_err(|e| format!("body is not UTF-8: {e}"))?;
-    let batched = text.trim_start().starts_with('[');
-    let entries: Vec<&RawValue> = if batched {
-        serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?
-    } else {
-        vec![serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?]
-    };
-    let mut out = Metered {
-        events: Vec::with_capacity(entries.len()),
-        entries: entries.len(),
-        no_subject: 0,
-    };
-    for (i, raw) in entries.iter().enumerate() {
-        let entry = serialize::parse(raw.get())
-            .map_err(|e| format!("entry {i}: not a kong.log.serialize() object: {e}"))?;
-        let emitted = meter_into(&entry, rules, source, |f| {
-            out.events.push(StoredEvent {
+    let mut out = Metered::default();
+    let mut de = serde_json::Deserializer::from_str(text);
+    Body {
+        rules,
+        source,
+        received_ms,
+        out: &mut out,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end())
+    .map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            format!("malformed JSON: {e}")
+        } else {
+            // `entries` counts the entries metered before the one that failed.
+            format!(
+                "entry {}: not a kong.log.serialize() object: {e}",
+                out.entries
+            )
+        }
+    })?;
+    Ok(out)
+}
+
+/// The body as a [`DeserializeSeed`]: one log entry, or an array of them.
+struct Body<'r> {
+    rules: &'r Rules,
+    source: &'r str,
+    received_ms: i64,
+    out: &'r mut Metered,
+}
+
+impl Body<'_> {
+    fn meter(&mut self, entry: &LogEntry<'_>) {
+        let received_ms = self.received_ms;
+        let events = &mut self.out.events;
+        let emitted = meter_into(entry, self.rules, self.source, |f| {
+            events.push(StoredEvent {
                 id: f.id.to_owned(),
                 source: f.source.to_owned(),
                 ty: f.r#type.to_owned(),
                 subject: f.subject.to_owned(),
                 time: f.time.to_owned(),
-                // The builder writes `data` from `&str`s: always UTF-8.
+                // The builder writes `data` from `&str`s and ASCII: always UTF-8.
                 data: String::from_utf8_lossy(f.data).into_owned(),
                 received_ms,
             })
         });
+        self.out.entries += 1;
         if emitted == Err(NoSubject) {
-            out.no_subject += 1;
+            self.out.no_subject += 1;
         }
     }
-    Ok(out)
+}
+
+impl<'de> DeserializeSeed<'de> for Body<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Body<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a kong.log.serialize() object or an array of them")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, map: A) -> Result<(), A::Error> {
+        let entry = LogEntry::deserialize(MapAccessDeserializer::new(map))?;
+        self.meter(&entry);
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(entry) = seq.next_element::<LogEntry<'de>>()? {
+            self.meter(&entry);
+        }
+        Ok(())
+    }
 }
 
 async fn http_log(State(h): State<Handler>, headers: HeaderMap, body: Bytes) -> Response {
