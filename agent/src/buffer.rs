@@ -206,7 +206,8 @@ fn encode_record(events: &[StoredEvent]) -> Vec<u8> {
     match events {
         [one] => encode(one),
         many => {
-            let mut v = Vec::with_capacity(1 + many.iter().map(|e| e.size() as usize).sum::<usize>());
+            let mut v =
+                Vec::with_capacity(1 + many.iter().map(|e| e.size() as usize).sum::<usize>());
             v.push(PACKED);
             // Encoding plain structs into a Vec cannot fail.
             let _ = rmp_serde::encode::write_named(&mut v, many);
@@ -743,12 +744,10 @@ fn records_after(
     tree: &sled::Tree,
     after: u64,
 ) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> {
-    let straddling = tree
-        .range::<[u8; 8], _>(..=after.to_be_bytes())
-        .next_back();
-    straddling.into_iter().chain(
-        tree.range::<[u8; 8], _>((Bound::Excluded(after.to_be_bytes()), Bound::Unbounded)),
-    )
+    let straddling = tree.range::<[u8; 8], _>(..=after.to_be_bytes()).next_back();
+    straddling
+        .into_iter()
+        .chain(tree.range::<[u8; 8], _>((Bound::Excluded(after.to_be_bytes()), Bound::Unbounded)))
 }
 
 fn key_of(k: &[u8]) -> u64 {

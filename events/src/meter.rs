@@ -34,6 +34,7 @@ pub enum Metered {
 }
 
 /// Builds the events for one serialized request, encoded for the agent's gRPC ingest.
+#[inline]
 pub fn meter(entry: &LogEntry<'_>, config: &Rules, source: &str) -> Metered {
     let mut events = Vec::with_capacity(3);
     match meter_into(entry, config, source, |f| events.push(EncodedEvent::new(f))) {

@@ -122,7 +122,8 @@ impl Body<'_> {
                 subject: f.subject.to_owned(),
                 time: f.time.to_owned(),
                 // The builder writes `data` from `&str`s and ASCII: always UTF-8.
-                data: String::from_utf8_lossy(f.data).into_owned(),
+                data: String::from_utf8(f.data.to_vec())
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
                 received_ms,
             })
         });
