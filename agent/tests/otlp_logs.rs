@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use common::*;
 
-pub const OTLP: &str = r#"
+/// The source's settings under test (the port is added per test).
+const OTLP: &str = r#"
 [sources.otlp_logs]
 enabled = true
 type_attribute = "event.type"

@@ -27,7 +27,9 @@ use chrono::SecondsFormat;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Intake, check_token, media_type, problem, problem_with, refusal_response};
+use super::{
+    Intake, authorized, media_type, problem, problem_with, refusal_response, unauthorized,
+};
 use crate::buffer::StoredEvent;
 use crate::config::HttpSource;
 
@@ -59,8 +61,8 @@ async fn ingest_v3(State(s): State<HttpIntake>, headers: HeaderMap, body: Bytes)
 }
 
 async fn ingest(s: &HttpIntake, headers: &HeaderMap, body: &[u8], ok: StatusCode) -> Response {
-    if let Err(denied) = check_token(s.token.as_deref(), headers) {
-        return denied;
+    if !authorized(s.token.as_deref(), headers) {
+        return unauthorized();
     }
     let received_ms = chrono::Utc::now().timestamp_millis();
     let events = match parse(&media_type(headers), body, received_ms) {

@@ -25,7 +25,7 @@ use tollgate_events::meter::{NoSubject, meter_into};
 use tollgate_events::rules::Rules;
 use tollgate_events::serialize::LogEntry;
 
-use super::{Intake, check_token, problem, refusal_response};
+use super::{Intake, authorized, problem, refusal_response, unauthorized};
 use crate::buffer::StoredEvent;
 
 /// The source's settings, validated.
@@ -164,8 +164,8 @@ impl<'de> Visitor<'de> for Body<'_> {
 }
 
 async fn http_log(State(h): State<Handler>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(denied) = check_token(h.config.token.as_deref(), &headers) {
-        return denied;
+    if !authorized(h.config.token.as_deref(), &headers) {
+        return unauthorized();
     }
     let received_ms = chrono::Utc::now().timestamp_millis();
     let metered = match meter_body(&body, &h.config.rules, &h.config.source, received_ms) {

@@ -134,23 +134,25 @@ pub fn refusal_response(r: Refusal) -> Response {
     resp
 }
 
-/// `Authorization: Bearer <token>` when a source has a token configured; `Err` is the 401.
-pub fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Result<(), Response> {
+/// Whether the request carries `Authorization: Bearer <token>` when a source has a token
+/// configured (always true without one).
+pub fn authorized(expected: Option<&str>, headers: &HeaderMap) -> bool {
     let Some(expected) = expected else {
-        return Ok(());
+        return true;
     };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(expected) {
-        Ok(())
-    } else {
-        Err(problem(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (this source has a token configured)",
-        ))
-    }
+    given == Some(expected)
+}
+
+/// The 401 for a request without the configured token.
+pub fn unauthorized() -> Response {
+    problem(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (this source has a token configured)",
+    )
 }
 
 /// The media type of a request, lowercase, without parameters.
