@@ -874,6 +874,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cursor_inside_an_appends_record_survives_a_restart_beside_per_event_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (buffer, ..) = DiskBuffer::open(dir.path(), u64::MAX).unwrap();
+            // What an older agent left: one record per event.
+            let queue = buffer.queue(DEFAULT_QUEUE).unwrap();
+            let (first, tree) = buffer.reserve(&queue, 2).unwrap();
+            for k in first..first + 2 {
+                let e = StoredEvent::received(&event(100 + k), 5);
+                tree.insert(k.to_be_bytes(), encode(&e)).unwrap();
+            }
+            lock(&queue.state).writing.remove(&first);
+            buffer.events.fetch_add(2, Ordering::AcqRel);
+            // Then one record for an append of ten.
+            append(&buffer, 0, 10);
+            let batch = buffer.peek(DEFAULT_QUEUE, 5, usize::MAX).unwrap();
+            let ids: Vec<&str> = batch.iter().map(|(_, e)| e.id.as_str()).collect();
+            assert_eq!(ids, ["e101", "e102", "e0", "e1", "e2"]);
+            let after = buffer
+                .peek_after(DEFAULT_QUEUE, batch[4].0, 2, usize::MAX)
+                .unwrap();
+            assert_eq!(after[0].1.id, "e3", "a peek may start inside a record");
+            buffer.remove(DEFAULT_QUEUE, &batch).unwrap();
+            buffer.commit().await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (buffer, report, _) = DiskBuffer::open(dir.path(), u64::MAX).unwrap();
+        assert_eq!(
+            report.resumed_events, 7,
+            "counted per event, not per record"
+        );
+        assert_eq!(buffer.oldest_received_ms(), Some(0));
+        let rest = deliver(&buffer, usize::MAX);
+        assert_eq!(rest, (3..10).map(|i| format!("e{i}")).collect::<Vec<_>>());
+        assert_eq!(buffer.depth(), 0);
+    }
+
+    #[tokio::test]
     async fn delivered_segments_are_dropped_whole_and_the_cursor_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let total = 2 * SEGMENT_EVENTS + 1000;
