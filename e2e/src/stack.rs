@@ -60,6 +60,8 @@ fn older_than_its_sources(bin: &Path, name: &str) -> bool {
     let mut dirs = vec![
         root.join(crate_dir).join("src"),
         root.join("proto"),
+        // Shared by the plugin and the agent (Kong request → events).
+        root.join("events"),
         root.join(crate_dir).join("Cargo.toml"),
     ];
     while let Some(p) = dirs.pop() {
