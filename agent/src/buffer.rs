@@ -37,7 +37,9 @@ pub const DEFAULT_QUEUE: u32 = 0;
 /// Events written to a segment before appends move on to a new one.
 pub const SEGMENT_EVENTS: u64 = 4_096;
 
-/// One event as stored.
+/// One event as stored. A record holding one event stores its fields by name; a record holding
+/// an append's events stores them by position (see `encode_record`): a new field goes at the end,
+/// with `#[serde(default)]`, so records already on disk still read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredEvent {
     /// CloudEvent `id`.
@@ -209,8 +211,9 @@ fn encode_record(events: &[StoredEvent]) -> Vec<u8> {
             let mut v =
                 Vec::with_capacity(1 + many.iter().map(|e| e.size() as usize).sum::<usize>());
             v.push(PACKED);
-            // Encoding plain structs into a Vec cannot fail.
-            let _ = rmp_serde::encode::write_named(&mut v, many);
+            // Fields by position (the struct's order), not by name: a packed record is read only
+            // as `Vec<StoredEvent>`. Encoding plain structs into a Vec cannot fail.
+            let _ = rmp_serde::encode::write(&mut v, many);
             v
         }
     }
