@@ -1,5 +1,6 @@
-//! Wiring: opens the buffer, starts the flushers, the gRPC source and the admin HTTP server, and
-//! shuts them down in order (stop accepting, deliver for up to the grace period, commit, exit).
+//! Wiring: opens the buffer, starts the flushers, the sources (gRPC ingest, OTLP, and the HTTP
+//! intakes on the admin HTTP server), and shuts them down in order (stop accepting, deliver for
+//! up to the grace period, commit, exit).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,9 +23,13 @@ use crate::entitlements::http::EntitlementApi;
 use crate::entitlements::sync::Syncer;
 use crate::entitlements::watch::WatchService;
 use crate::entitlements::{self, Cache};
-use crate::ingest::IngestService;
 use crate::metrics::Metrics;
 use crate::sink::{Flusher, client};
+use crate::sources::grpc::IngestService;
+use crate::sources::kong_http_log::KongHttpLog;
+use crate::sources::otlp_logs::OtlpLogs;
+use crate::sources::{self, Intake};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer;
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
@@ -168,6 +173,47 @@ pub async fn run(
         metrics: metrics.clone(),
         ready: ready.clone(),
     });
+    // The push sources: HTTP ones on the same server, OTLP on its own gRPC port.
+    let intake = Intake {
+        buffer: buffer.clone(),
+        metrics: metrics.clone(),
+        entitlements: cache.clone(),
+    };
+    if config.sources.http.enabled {
+        admin = admin.merge(sources::http::router(intake.clone(), &config.sources.http));
+        tracing::info!(addr = %config.http.listen, "HTTP intake (OpenMeter API) on /api/v1/events and /api/v3/openmeter/events");
+    }
+    let kong = &config.sources.kong_http_log;
+    if kong.enabled {
+        let rules = kong.rules().map_err(anyhow::Error::msg)?;
+        admin = admin.merge(sources::kong_http_log::router(
+            intake.clone(),
+            KongHttpLog {
+                rules: Arc::new(rules),
+                source: kong.source().into(),
+                token: kong.token.as_deref().map(Arc::from),
+                max_body_bytes: kong.max_body_bytes,
+            },
+        ));
+        tracing::info!(addr = %config.http.listen, source = %kong.source(), "Kong http-log intake on /kong/http-log");
+    }
+    let otlp = &config.sources.otlp_logs;
+    if otlp.enabled {
+        let listener = TcpListener::bind(&otlp.listen)
+            .await
+            .with_context(|| format!("sources.otlp_logs.listen: cannot bind {}", otlp.listen))?;
+        tracing::info!(addr = %otlp.listen, "OTLP/gRPC logs intake listening");
+        let mut stop = grpc_stop_rx.clone();
+        let service = LogsServiceServer::new(OtlpLogs::new(intake.clone(), otlp.clone()))
+            .max_decoding_message_size(64 << 20);
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+        );
+    }
     if let Some((cache, syncer, _)) = &entitlements {
         admin = admin.merge(entitlements::http::router(EntitlementApi {
             cache: cache.clone(),

@@ -2,7 +2,8 @@
 //! (segments), a dead-letter tree, and group commit.
 //!
 //! * [`DiskBuffer::append`] stores a batch in its destination's queue under increasing keys
-//!   (arrival order) and returns once it is in sled's memory; [`DiskBuffer::commit`] returns once
+//!   (arrival order), one sled record per append (the events' consecutive keys, stored under the
+//!   first), and returns once it is in sled's memory; [`DiskBuffer::commit`] returns once
 //!   everything appended before it is on disk. Concurrent commits share one `fsync` (a committer
 //!   task drains every waiting request and flushes once for all of them).
 //! * A queue is a series of segment trees: appends go to the newest, which is closed after
@@ -36,7 +37,9 @@ pub const DEFAULT_QUEUE: u32 = 0;
 /// Events written to a segment before appends move on to a new one.
 pub const SEGMENT_EVENTS: u64 = 4_096;
 
-/// One event as stored.
+/// One event as stored. A record holding one event stores its fields by name; a record holding
+/// an append's events stores them by position (see `encode_record`): a new field goes at the end,
+/// with `#[serde(default)]`, so records already on disk still read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredEvent {
     /// CloudEvent `id`.
@@ -196,6 +199,38 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(v).unwrap_or_default()
 }
 
+/// First byte of a record holding the events of one append (several): msgpack never uses 0xc1,
+/// and a record holding one event is a msgpack map.
+const PACKED: u8 = 0xc1;
+
+/// The record for the events of one append, stored under the first of their consecutive keys.
+fn encode_record(events: &[StoredEvent]) -> Vec<u8> {
+    match events {
+        [one] => encode(one),
+        many => {
+            let mut v =
+                Vec::with_capacity(1 + many.iter().map(|e| e.size() as usize).sum::<usize>());
+            v.push(PACKED);
+            // Fields by position (the struct's order), not by name: a packed record is read only
+            // as `Vec<StoredEvent>`. Encoding plain structs into a Vec cannot fail.
+            let _ = rmp_serde::encode::write(&mut v, many);
+            v
+        }
+    }
+}
+
+/// The events of the record stored under key `first`, with their keys.
+fn decode_record(first: u64, v: &[u8]) -> Result<Vec<(u64, StoredEvent)>, BufferError> {
+    match v.split_first() {
+        Some((&PACKED, rest)) => Ok(decode::<Vec<StoredEvent>>(rest)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (first + i as u64, e))
+            .collect()),
+        _ => Ok(vec![(first, decode(v)?)]),
+    }
+}
+
 /// The single tree a queue was before segments; read as its first segment.
 fn legacy_tree_name(id: u32) -> String {
     format!("queue/{id}")
@@ -230,20 +265,20 @@ fn open_queue(
     for (_, name) in &numbered {
         let tree = db.open_tree(name)?;
         let delivered_to = cursors.get(name.as_bytes())?.map_or(0, |v| key_of(&v));
-        let last_key = tree
-            .last()?
-            .map_or(0, |(k, _)| key_of(&k))
-            .max(delivered_to);
-        max_key = max_key.max(last_key);
+        let mut last_key = delivered_to;
         let mut written = 0;
         for entry in tree.iter() {
             let (k, v) = entry?;
-            written += 1;
-            if key_of(&k) > delivered_to {
-                bytes += decode::<StoredEvent>(&v)?.size();
-                events += 1;
+            for (key, e) in decode_record(key_of(&k), &v)? {
+                written += 1;
+                last_key = last_key.max(key);
+                if key > delivered_to {
+                    bytes += e.size();
+                    events += 1;
+                }
             }
         }
+        max_key = max_key.max(last_key);
         segments.push_back(Segment {
             name: name.clone(),
             tree,
@@ -414,6 +449,12 @@ impl DiskBuffer {
             .iter()
             .map(|e| StoredEvent::received(e, received_ms))
             .collect();
+        self.append_stored(id, &stored, true)
+    }
+
+    /// Stores events already in their stored form at the end of queue `id`, atomically, or
+    /// refuses when full (the push sources build [`StoredEvent`]s directly).
+    pub fn append_events(&self, id: u32, stored: &[StoredEvent]) -> Result<Append, BufferError> {
         self.append_stored(id, stored, true)
     }
 
@@ -421,7 +462,7 @@ impl DiskBuffer {
     fn append_stored(
         &self,
         id: u32,
-        stored: Vec<StoredEvent>,
+        stored: &[StoredEvent],
         limit: bool,
     ) -> Result<Append, BufferError> {
         if stored.is_empty() {
@@ -446,11 +487,9 @@ impl DiskBuffer {
                 return Err(e);
             }
         };
-        let mut batch = sled::Batch::default();
-        for (i, e) in stored.iter().enumerate() {
-            batch.insert(&(first + i as u64).to_be_bytes(), encode(e));
-        }
-        let applied = tree.apply_batch(batch);
+        // One record for the whole append, under its first key: one tree update however many
+        // events (per-event records cost a node copy each, as much as the rest of the append).
+        let applied = tree.insert(first.to_be_bytes(), encode_record(stored));
         lock(&queue.state).writing.remove(&first);
         if let Err(e) = applied {
             // The reserved keys stay empty; the cursor passes over them.
@@ -525,19 +564,25 @@ impl DiskBuffer {
             if segment.last_key <= after {
                 continue;
             }
-            let from = Bound::Excluded(segment.delivered_to.max(after).to_be_bytes());
-            for entry in segment.tree.range::<[u8; 8], _>((from, Bound::Unbounded)) {
+            let from = segment.delivered_to.max(after);
+            for entry in records_after(&segment.tree, from) {
                 let (k, v) = entry?;
-                let key = key_of(&k);
-                if key >= barrier {
+                let first = key_of(&k);
+                // Appends reserve disjoint key ranges: a record that starts below the barrier
+                // ends below it.
+                if first >= barrier {
                     return Ok(out);
                 }
-                let e: StoredEvent = decode(&v)?;
-                bytes += e.size() as usize;
-                if !out.is_empty() && (out.len() >= max_events || bytes > max_bytes) {
-                    return Ok(out);
+                for (key, e) in decode_record(first, &v)? {
+                    if key <= from {
+                        continue;
+                    }
+                    bytes += e.size() as usize;
+                    if !out.is_empty() && (out.len() >= max_events || bytes > max_bytes) {
+                        return Ok(out);
+                    }
+                    out.push((key, e));
                 }
-                out.push((key, e));
             }
         }
         Ok(out)
@@ -640,7 +685,7 @@ impl DiskBuffer {
                 DEFAULT_QUEUE
             };
             // Replay is an operator's decision: it goes past the size limit if it must.
-            self.append_stored(queue, vec![l.event.clone()], false)?;
+            self.append_stored(queue, std::slice::from_ref(&l.event), false)?;
         }
         self.commit().await?;
         for l in &letters {
@@ -681,17 +726,31 @@ impl DiskBuffer {
             .filter_map(|queue| {
                 let segments = lock(&queue.state).segments.clone();
                 segments.into_iter().find_map(|s| {
-                    let after = Bound::Excluded(s.delivered_to.to_be_bytes());
-                    s.tree
-                        .range::<[u8; 8], _>((after, Bound::Unbounded))
-                        .next()
-                        .and_then(Result::ok)
+                    records_after(&s.tree, s.delivered_to)
+                        .filter_map(Result::ok)
+                        .find_map(|(k, v)| {
+                            decode_record(key_of(&k), &v)
+                                .ok()?
+                                .into_iter()
+                                .find(|(key, _)| *key > s.delivered_to)
+                        })
                 })
             })
-            .filter_map(|(_, v)| decode::<StoredEvent>(&v).ok())
-            .map(|e| e.received_ms)
+            .map(|(_, e)| e.received_ms)
             .min()
     }
+}
+
+/// The records holding events with keys after `after`, in order: the record that starts at or
+/// before `after` (it may hold later keys too), then every record after it.
+fn records_after(
+    tree: &sled::Tree,
+    after: u64,
+) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> {
+    let straddling = tree.range::<[u8; 8], _>(..=after.to_be_bytes()).next_back();
+    straddling
+        .into_iter()
+        .chain(tree.range::<[u8; 8], _>((Bound::Excluded(after.to_be_bytes()), Bound::Unbounded)))
 }
 
 fn key_of(k: &[u8]) -> u64 {
@@ -815,6 +874,44 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, vec![a, a + 1, b]);
+    }
+
+    #[tokio::test]
+    async fn a_cursor_inside_an_appends_record_survives_a_restart_beside_per_event_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (buffer, ..) = DiskBuffer::open(dir.path(), u64::MAX).unwrap();
+            // What an older agent left: one record per event.
+            let queue = buffer.queue(DEFAULT_QUEUE).unwrap();
+            let (first, tree) = buffer.reserve(&queue, 2).unwrap();
+            for k in first..first + 2 {
+                let e = StoredEvent::received(&event(100 + k), 5);
+                tree.insert(k.to_be_bytes(), encode(&e)).unwrap();
+            }
+            lock(&queue.state).writing.remove(&first);
+            buffer.events.fetch_add(2, Ordering::AcqRel);
+            // Then one record for an append of ten.
+            append(&buffer, 0, 10);
+            let batch = buffer.peek(DEFAULT_QUEUE, 5, usize::MAX).unwrap();
+            let ids: Vec<&str> = batch.iter().map(|(_, e)| e.id.as_str()).collect();
+            assert_eq!(ids, ["e101", "e102", "e0", "e1", "e2"]);
+            let after = buffer
+                .peek_after(DEFAULT_QUEUE, batch[4].0, 2, usize::MAX)
+                .unwrap();
+            assert_eq!(after[0].1.id, "e3", "a peek may start inside a record");
+            buffer.remove(DEFAULT_QUEUE, &batch).unwrap();
+            buffer.commit().await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (buffer, report, _) = DiskBuffer::open(dir.path(), u64::MAX).unwrap();
+        assert_eq!(
+            report.resumed_events, 7,
+            "counted per event, not per record"
+        );
+        assert_eq!(buffer.oldest_received_ms(), Some(0));
+        let rest = deliver(&buffer, usize::MAX);
+        assert_eq!(rest, (3..10).map(|i| format!("e{i}")).collect::<Vec<_>>());
+        assert_eq!(buffer.depth(), 0);
     }
 
     #[tokio::test]

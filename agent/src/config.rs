@@ -171,6 +171,143 @@ impl Default for Entitlements {
     }
 }
 
+/// `[sources.http]`: OpenMeter's ingest API on `http.listen`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSource {
+    /// Serve `POST /api/v1/events` and `POST /api/v3/openmeter/events`.
+    pub enabled: bool,
+    /// Require `Authorization: Bearer <token>` (none: loopback callers are trusted).
+    pub token: Option<String>,
+    /// Request bodies larger than this are refused with 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpSource {
+    fn default() -> Self {
+        HttpSource {
+            enabled: true,
+            token: None,
+            max_body_bytes: 16 << 20,
+        }
+    }
+}
+
+/// `[sources.kong_http_log]`: bodies from Kong's bundled http-log plugin on `http.listen`
+/// (`POST /kong/http-log`), metered with the `tollgate` plugin's own config fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KongHttpLogSource {
+    /// Serve `POST /kong/http-log`.
+    pub enabled: bool,
+    /// CloudEvents `source` of the events; must equal the `tollgate` plugin's (`--source`) for
+    /// the two paths to dedupe. Default: `kong-gateway/<hostname>`, the plugin's default.
+    pub source: Option<String>,
+    /// Require `Authorization: Bearer <token>` (set it in http-log's `headers`).
+    pub token: Option<String>,
+    /// Request bodies larger than this are refused with 413.
+    pub max_body_bytes: usize,
+    /// As the plugin's `meter_api_requests` (default true).
+    pub meter_api_requests: Option<bool>,
+    /// As the plugin's `meter_ai_token_usage` (default true).
+    pub meter_ai_token_usage: Option<bool>,
+    /// As the plugin's `subject` (default: the consumer).
+    pub subject: Option<tollgate_events::rules::Subject>,
+    /// As the plugin's `attributes`.
+    pub attributes: Option<Vec<tollgate_events::rules::Attribute>>,
+}
+
+impl Default for KongHttpLogSource {
+    fn default() -> Self {
+        KongHttpLogSource {
+            enabled: false,
+            source: None,
+            token: None,
+            max_body_bytes: 64 << 20,
+            meter_api_requests: None,
+            meter_ai_token_usage: None,
+            subject: None,
+            attributes: None,
+        }
+    }
+}
+
+impl KongHttpLogSource {
+    /// The validated metering rules; the error names the key.
+    pub fn rules(&self) -> Result<tollgate_events::rules::Rules, String> {
+        tollgate_events::rules::Rules::new(
+            self.meter_api_requests,
+            self.meter_ai_token_usage,
+            self.subject.clone(),
+            self.attributes.clone(),
+        )
+        .map_err(|(field, why)| format!("sources.kong_http_log.{field}: {why}"))
+    }
+
+    /// The CloudEvents `source`: configured, or the plugin's default.
+    pub fn source(&self) -> String {
+        self.source
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(default_kong_source)
+    }
+}
+
+/// `kong-gateway/<hostname>`, the `tollgate` plugin's default `source`.
+pub fn default_kong_source() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("kong-gateway/{host}")
+}
+
+/// `[sources.otlp_logs]`: OTLP/gRPC `LogsService/Export`, one event per log record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpLogsSource {
+    /// Serve OTLP/gRPC.
+    pub enabled: bool,
+    /// TCP address (OTLP's gRPC port is 4317).
+    pub listen: String,
+    /// CloudEvents `source` of the events.
+    pub source: String,
+    /// A fixed event `type` for every record (or use `type_attribute`).
+    pub event_type: Option<String>,
+    /// The record attribute holding the event `type` (wins over `event_type` when present).
+    pub type_attribute: Option<String>,
+    /// The record attribute holding the subject.
+    pub subject_attribute: String,
+    /// The record attribute holding the event id; a record without it gets an id derived from
+    /// its content (so a retried export dedupes).
+    pub id_attribute: String,
+}
+
+impl Default for OtlpLogsSource {
+    fn default() -> Self {
+        OtlpLogsSource {
+            enabled: false,
+            listen: "127.0.0.1:4317".into(),
+            source: "otlp-logs".into(),
+            event_type: None,
+            type_attribute: None,
+            subject_attribute: "subject".into(),
+            id_attribute: "id".into(),
+        }
+    }
+}
+
+/// `[sources]`: where events come from besides the plugin's gRPC stream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sources {
+    /// `[sources.http]`.
+    pub http: HttpSource,
+    /// `[sources.kong_http_log]`.
+    pub kong_http_log: KongHttpLogSource,
+    /// `[sources.otlp_logs]`.
+    pub otlp_logs: OtlpLogsSource,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -187,6 +324,8 @@ pub struct Config {
     pub flush: Flush,
     /// `[entitlements]`.
     pub entitlements: Entitlements,
+    /// `[sources.*]`.
+    pub sources: Sources,
 }
 
 /// A configuration problem, naming the key.
@@ -235,17 +374,17 @@ impl Config {
                 continue;
             };
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-            if path.len() != 2 {
+            if path.len() < 2 || path.iter().any(|p| p.is_empty()) {
                 errors.push(ConfigError::Invalid(format!(
-                    "{key}: expected TOLLGATE_AGENT__<SECTION>__<KEY>"
+                    "{key}: expected TOLLGATE_AGENT__<SECTION>__<KEY> (or __<SECTION>__<SUB>__<KEY>)"
                 )));
                 continue;
             }
-            let section = table
-                .entry(path[0].clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if let toml::Value::Table(t) = section {
-                t.insert(path[1].clone(), env_value(&value));
+            if !insert_at(&mut table, &path, env_value(&value)) {
+                errors.push(ConfigError::Invalid(format!(
+                    "{key}: {} is not a section",
+                    path[..path.len() - 1].join(".")
+                )));
             }
         }
         let config: Config = match serde_path_to_error::deserialize(toml::Value::Table(table)) {
@@ -352,6 +491,74 @@ impl Config {
         if self.destination.timeout_ms == 0 {
             bad("destination.timeout_ms", "must be > 0".into());
         }
+        for (key, max) in [
+            (
+                "sources.http.max_body_bytes",
+                self.sources.http.max_body_bytes,
+            ),
+            (
+                "sources.kong_http_log.max_body_bytes",
+                self.sources.kong_http_log.max_body_bytes,
+            ),
+        ] {
+            if max < 1024 {
+                bad(key, "must be at least 1024".into());
+            }
+        }
+        for (key, token) in [
+            ("sources.http.token", &self.sources.http.token),
+            (
+                "sources.kong_http_log.token",
+                &self.sources.kong_http_log.token,
+            ),
+        ] {
+            if token.as_deref() == Some("") {
+                bad(
+                    key,
+                    "empty: leave it out to accept requests without one".into(),
+                );
+            }
+        }
+        if let Err(e) = self.sources.kong_http_log.rules() {
+            errors.push(ConfigError::Invalid(e));
+        }
+        let otlp = &self.sources.otlp_logs;
+        if otlp.enabled {
+            let mut bad =
+                |key: &str, why: String| errors.push(ConfigError::Invalid(format!("{key}: {why}")));
+            if otlp.listen.parse::<SocketAddr>().is_err() {
+                bad(
+                    "sources.otlp_logs.listen",
+                    format!("{:?} is not an address like 127.0.0.1:4317", otlp.listen),
+                );
+            }
+            if otlp.event_type.as_deref().unwrap_or("").is_empty()
+                && otlp.type_attribute.as_deref().unwrap_or("").is_empty()
+            {
+                bad(
+                    "sources.otlp_logs.event_type",
+                    "set event_type or type_attribute: every event needs a type".into(),
+                );
+            }
+            if otlp.subject_attribute.is_empty() {
+                bad(
+                    "sources.otlp_logs.subject_attribute",
+                    "must not be empty".into(),
+                );
+            }
+            if otlp.id_attribute.is_empty() {
+                bad("sources.otlp_logs.id_attribute", "must not be empty".into());
+            }
+            if otlp.source.is_empty() {
+                bad("sources.otlp_logs.source", "must not be empty".into());
+            }
+            if otlp.listen == self.grpc.listen {
+                bad(
+                    "sources.otlp_logs.listen",
+                    format!("{} is grpc.listen already", otlp.listen),
+                );
+            }
+        }
         errors
     }
 
@@ -364,7 +571,34 @@ impl Config {
         if shown.entitlements.token.is_some() {
             shown.entitlements.token = Some("********".into());
         }
+        for token in [
+            &mut shown.sources.http.token,
+            &mut shown.sources.kong_http_log.token,
+        ] {
+            if token.is_some() {
+                *token = Some("********".into());
+            }
+        }
         toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+}
+
+/// Sets `path` (sections, then the key) in `table`, making sections as needed; false when a
+/// section on the way is a value.
+fn insert_at(table: &mut toml::Table, path: &[String], value: toml::Value) -> bool {
+    match path {
+        [] => false,
+        [key] => {
+            table.insert(key.clone(), value);
+            true
+        }
+        [section, rest @ ..] => match table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(t) => insert_at(t, rest, value),
+            _ => false,
+        },
     }
 }
 

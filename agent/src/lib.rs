@@ -3,7 +3,8 @@
 //! Konnect or `tollgate-billing`, losing nothing it acknowledged.
 //!
 //! Components, in the order an event meets them:
-//! * [`ingest`]: the gRPC source (`tollgate.v1.Ingest`), acking once durable.
+//! * [`sources`]: where events come in, one module each — gRPC ingest from the `tollgate`
+//!   plugin, OpenMeter-compatible HTTP, Kong's http-log, OTLP logs — all acking once durable.
 //! * [`buffer`]: the sled disk buffer: per-destination queues, group commit, dead letters.
 //! * [`sink`]: the HTTP flushers: batching, retries, bisection of poison events.
 //! * [`entitlements`]: the entitlement cache synced from the central service, local accounting,
@@ -17,6 +18,6 @@ pub mod app;
 pub mod buffer;
 pub mod config;
 pub mod entitlements;
-pub mod ingest;
 pub mod metrics;
 pub mod sink;
+pub mod sources;

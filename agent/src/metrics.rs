@@ -21,6 +21,8 @@ pub struct Metrics {
     pub dead_lettered: Counter,
     /// Events refused because the buffer was full (answered `FULL`).
     pub dropped: Counter,
+    /// Kong requests (http-log) skipped because their subject could not be resolved.
+    pub no_subject: Counter,
     /// Delivery attempts that failed and will be retried.
     pub delivery_retries: Counter,
     /// Buffer directories moved aside at start-up.
@@ -47,6 +49,7 @@ impl Default for Metrics {
             rejected: Counter::default(),
             dead_lettered: Counter::default(),
             dropped: Counter::default(),
+            no_subject: Counter::default(),
             delivery_retries: Counter::default(),
             quarantined: Counter::default(),
             queue_depth: Gauge::default(),
@@ -58,7 +61,7 @@ impl Default for Metrics {
         };
         registry.register(
             "events_received",
-            "Events received from plugins",
+            "Events received from every source",
             m.received.clone(),
         );
         registry.register(
@@ -85,6 +88,11 @@ impl Default for Metrics {
             "events_dropped",
             "Events refused because the buffer was full",
             m.dropped.clone(),
+        );
+        registry.register(
+            "kong_requests_no_subject",
+            "Kong requests from http-log skipped because no subject could be resolved",
+            m.no_subject.clone(),
         );
         registry.register(
             "delivery_retries",

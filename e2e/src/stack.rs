@@ -61,6 +61,8 @@ fn older_than_its_sources(bin: &Path, name: &str) -> bool {
         root.join(crate_dir).join("src"),
         root.join("proto"),
         root.join("telemetry"),
+        // Shared by the plugin and the agent (Kong request → events).
+        root.join("events"),
         root.join(crate_dir).join("Cargo.toml"),
         root.join(crate_dir).join("migrations"),
     ];

@@ -8,54 +8,7 @@
 //! are read where useful and otherwise ignored.
 
 use serde::Deserialize;
-
-/// Where the billed subject comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SubjectSource {
-    /// The authenticated consumer: `consumer:<uuid>` by default (Kong's convention); with
-    /// `field: username` or `field: custom_id`, that field's raw value.
-    #[default]
-    Consumer,
-    /// A request header named by `field`.
-    Header,
-    /// A query parameter named by `field`.
-    Query,
-    /// The authenticated credential's id (`authenticated_entity.id`).
-    Credential,
-}
-
-/// `config.subject`.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Subject {
-    /// `look_up_value_in`: consumer (default) | header | query | credential.
-    #[serde(default)]
-    pub look_up_value_in: Option<SubjectSource>,
-    /// Header name, query parameter or consumer field.
-    #[serde(default)]
-    pub field: Option<String>,
-}
-
-/// Where a custom attribute is read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttributeSource {
-    /// A request header.
-    Header,
-    /// A query parameter.
-    Query,
-}
-
-/// One entry of `config.attributes`: copied into the event's `data` when present.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Attribute {
-    /// `header` or `query`.
-    pub source: AttributeSource,
-    /// The header or query parameter name.
-    pub look_up_value_in: String,
-    /// The key written into `data`.
-    pub event_property_name: String,
-}
+use tollgate_events::rules::{Attribute, Rules, Subject};
 
 /// The wire form, as Kong sends it (unset fields arrive as JSON null).
 #[derive(Debug, Deserialize)]
@@ -85,16 +38,8 @@ struct RawConfig {
 /// A validated metering configuration.
 #[derive(Debug, Clone)]
 pub struct MeteringConfig {
-    /// Emit one `kong.api_request` per request.
-    pub meter_api_requests: bool,
-    /// Emit `kong.llm_request` events for AI Gateway requests.
-    pub meter_ai_token_usage: bool,
-    /// Where the subject comes from.
-    pub subject_source: SubjectSource,
-    /// Header/query name or consumer field.
-    pub subject_field: Option<String>,
-    /// Custom attributes.
-    pub attributes: Vec<Attribute>,
+    /// What to meter and whom to bill (shared with the agent's http-log intake).
+    pub rules: Rules,
     /// A destination of this plugin's own (`ingest_endpoint` + `api_token`); `None` means the
     /// agent's default. Delivery is the agent's job: these are handed to it with every batch.
     pub destination: Option<tollgate_proto::Destination>,
@@ -121,44 +66,13 @@ impl MeteringConfig {
             let path = e.path().to_string();
             ConfigError(format!("config.{path}: {}", e.inner()))
         })?;
-        let subject = raw.subject.unwrap_or_default();
-        let subject_source = subject.look_up_value_in.unwrap_or_default();
-        let subject_field = subject.field.filter(|f| !f.is_empty());
-        match subject_source {
-            SubjectSource::Header | SubjectSource::Query if subject_field.is_none() => {
-                return Err(ConfigError(format!(
-                    "config.subject.field: required when subject.look_up_value_in is {}",
-                    if subject_source == SubjectSource::Header {
-                        "header"
-                    } else {
-                        "query"
-                    }
-                )));
-            }
-            SubjectSource::Consumer => {
-                if let Some(f) = &subject_field
-                    && !matches!(f.as_str(), "id" | "username" | "custom_id")
-                {
-                    return Err(ConfigError(format!(
-                        "config.subject.field: consumer lookups take id, username or custom_id, not {f:?}"
-                    )));
-                }
-            }
-            _ => {}
-        }
-        let attributes = raw.attributes.unwrap_or_default();
-        for (i, a) in attributes.iter().enumerate() {
-            if a.look_up_value_in.is_empty() {
-                return Err(ConfigError(format!(
-                    "config.attributes[{i}].look_up_value_in: must not be empty"
-                )));
-            }
-            if a.event_property_name.is_empty() {
-                return Err(ConfigError(format!(
-                    "config.attributes[{i}].event_property_name: must not be empty"
-                )));
-            }
-        }
+        let rules = Rules::new(
+            raw.meter_api_requests,
+            raw.meter_ai_token_usage,
+            raw.subject,
+            raw.attributes,
+        )
+        .map_err(|(field, why)| ConfigError(format!("config.{field}: {why}")))?;
         if let Some(token) = &raw.api_token {
             // Never written to Kong's error log, whatever logs it later.
             tollgate_telemetry::redact::hide(token);
@@ -171,11 +85,7 @@ impl MeteringConfig {
             _ => None,
         };
         Ok(MeteringConfig {
-            meter_api_requests: raw.meter_api_requests.unwrap_or(true),
-            meter_ai_token_usage: raw.meter_ai_token_usage.unwrap_or(true),
-            subject_source,
-            subject_field,
-            attributes,
+            rules,
             destination,
             route_id: raw.route_id,
             service_id: raw.service_id,
@@ -199,8 +109,11 @@ mod tests {
                  "__seq__":12,"__plugin_id":"b1","__key__":"plugins:tollgate:::","route_id":null}"#,
         )
         .unwrap();
-        assert!(c.meter_ai_token_usage, "null takes the default");
-        assert_eq!(c.subject_source, SubjectSource::Header);
+        assert!(c.rules.meter_ai_token_usage, "null takes the default");
+        assert_eq!(
+            c.rules.subject_source,
+            tollgate_events::rules::SubjectSource::Header
+        );
         assert_eq!(c.seq, 12);
         assert!(c.destination.is_none());
     }

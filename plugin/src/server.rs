@@ -21,12 +21,12 @@ use tollgate_proto::Destination;
 
 use crate::config::MeteringConfig;
 use crate::enforcement::{CustomerSource, Decision, EnforcementConfig, Snapshot};
-use crate::events::{self, Metered};
 use crate::info::{ENFORCEMENT_PLUGIN, METERING_PLUGIN};
 use crate::publisher::Publisher;
-use crate::serialize;
 use crate::socket::KongSocket;
 use crate::wire::{self, Decoder, Reply, WireError};
+use tollgate_events::meter::{self as events, Metered};
+use tollgate_events::serialize;
 
 /// Events whose Steps stop arriving are forgotten after this long.
 pub const EVENT_TTL: Duration = Duration::from_secs(60);
@@ -357,7 +357,7 @@ impl State {
         match json.map(|j| j.and_then(|j| serialize::parse(j).map_err(|e| e.to_string()))) {
             Some(Ok(entry)) => {
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                match events::meter(&entry, config, &self.source) {
+                match events::meter(&entry, &config.rules, &self.source) {
                     Metered::Events(list) => self.publisher.submit(list, destination.clone()),
                     Metered::NoSubject => {
                         self.stats.no_subject.fetch_add(1, Ordering::Relaxed);

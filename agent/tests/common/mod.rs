@@ -352,3 +352,84 @@ pub fn durable(acks: &HashMap<u64, BatchAck>) -> usize {
         .filter(|a| a.status() == Status::Durable)
         .count()
 }
+
+/// The Python of `target/py-venv` with the test peers installed (OpenMeter's SDK, the
+/// OpenTelemetry SDK and its OTLP exporter): made by `scripts/install-test-deps` when missing.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("TOLLGATE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let py = root.join("target/py-venv/bin/python");
+    let ready = py.exists()
+        && Command::new(&py)
+            .args([
+                "-c",
+                "import openmeter, opentelemetry.exporter.otlp.proto.grpc._log_exporter",
+            ])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    if !ready {
+        let status = Command::new("bash")
+            .arg(root.join("scripts/install-test-deps"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/install-test-deps failed");
+    }
+    py
+}
+
+/// Runs `script` (under `agent/tests/py/`) with `args`; panics with its output on failure.
+pub fn run_python(script: &str, args: &[String]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let out = Command::new(python())
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// An HTTP client for the push sources.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// POSTs `body` with `content_type` to the agent's `path`; returns status, headers and body.
+pub async fn post_to(
+    agent_http: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: String,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = http()
+        .post(format!("http://{agent_http}{path}"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.unwrap())
+}
+
+/// A CloudEvent for the HTTP intake.
+pub fn cloudevent(id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "specversion": "1.0", "id": id, "source": "app-1", "type": "jobs",
+        "subject": "customer-1", "time": "2026-11-24T10:00:00Z", "data": {"seconds": 3, "id": id}
+    })
+}

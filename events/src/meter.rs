@@ -16,7 +16,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use tollgate_proto::encoded::{EncodedEvent, EventFields};
 
-use crate::config::{AttributeSource, MeteringConfig, SubjectSource};
+use crate::rules::{AttributeSource, Rules, SubjectSource};
 use crate::serialize::{self, AiUsage, LogEntry};
 
 /// `type` of the per-request event.
@@ -33,10 +33,30 @@ pub enum Metered {
     NoSubject,
 }
 
-/// Builds the events for one serialized request.
-pub fn meter(entry: &LogEntry<'_>, config: &MeteringConfig, source: &str) -> Metered {
+/// Builds the events for one serialized request, encoded for the agent's gRPC ingest.
+#[inline]
+pub fn meter(entry: &LogEntry<'_>, config: &Rules, source: &str) -> Metered {
+    let mut events = Vec::with_capacity(3);
+    match meter_into(entry, config, source, |f| events.push(EncodedEvent::new(f))) {
+        Ok(()) => Metered::Events(events),
+        Err(NoSubject) => Metered::NoSubject,
+    }
+}
+
+/// The configured subject source had no value for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoSubject;
+
+/// Builds the events for one serialized request and hands each to `emit`, borrowed: the caller
+/// encodes them as it needs (the plugin as protobuf for the agent, the agent as stored events).
+pub fn meter_into(
+    entry: &LogEntry<'_>,
+    config: &Rules,
+    source: &str,
+    mut emit: impl FnMut(EventFields<'_>),
+) -> Result<(), NoSubject> {
     let Some((subject, subject_type)) = resolve_subject(entry, config) else {
-        return Metered::NoSubject;
+        return Err(NoSubject);
     };
     let request = entry.request.as_ref();
     let fresh_id;
@@ -57,12 +77,11 @@ pub fn meter(entry: &LogEntry<'_>, config: &MeteringConfig, source: &str) -> Met
         .to_rfc3339_opts(SecondsFormat::Millis, true);
 
     let attributes = custom_attributes(entry, config);
-    let mut events = Vec::with_capacity(3);
     if config.meter_api_requests {
         let mut data = DataWriter::new(&attributes);
         api_data(entry, &mut data);
         data.str("subject_type", Some(subject_type));
-        events.push(event(
+        emit(fields(
             api_id,
             source,
             API_REQUEST,
@@ -87,7 +106,7 @@ pub fn meter(entry: &LogEntry<'_>, config: &MeteringConfig, source: &str) -> Met
                 } else {
                     format!("{api_id}:{}:{kind}", usage.plugin_name)
                 };
-                events.push(event(
+                emit(fields(
                     &id,
                     source,
                     LLM_REQUEST,
@@ -98,18 +117,25 @@ pub fn meter(entry: &LogEntry<'_>, config: &MeteringConfig, source: &str) -> Met
             }
         }
     }
-    Metered::Events(events)
+    Ok(())
 }
 
-fn event(id: &str, source: &str, ty: &str, subject: &str, time: &str, data: &[u8]) -> EncodedEvent {
-    EncodedEvent::new(EventFields {
+fn fields<'a>(
+    id: &'a str,
+    source: &'a str,
+    ty: &'a str,
+    subject: &'a str,
+    time: &'a str,
+    data: &'a [u8],
+) -> EventFields<'a> {
+    EventFields {
         id,
         source,
         r#type: ty,
         subject,
         time,
         data,
-    })
+    }
 }
 
 /// Writes an event's `data` object straight into JSON bytes: no intermediate map, no per-field
@@ -207,10 +233,7 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// The subject and its `subject_type`, or `None` when the configured source has no value.
-fn resolve_subject(
-    entry: &LogEntry<'_>,
-    config: &MeteringConfig,
-) -> Option<(String, &'static str)> {
+fn resolve_subject(entry: &LogEntry<'_>, config: &Rules) -> Option<(String, &'static str)> {
     let field = config.subject_field.as_deref();
     let request = entry.request.as_ref();
     let found = match config.subject_source {
@@ -251,10 +274,7 @@ fn resolve_subject(
     found.filter(|(v, _)| !v.is_empty())
 }
 
-fn custom_attributes<'e>(
-    entry: &'e LogEntry<'_>,
-    config: &'e MeteringConfig,
-) -> Vec<(&'e str, &'e str)> {
+fn custom_attributes<'e>(entry: &'e LogEntry<'_>, config: &'e Rules) -> Vec<(&'e str, &'e str)> {
     let Some(request) = entry.request.as_ref() else {
         return Vec::new();
     };

@@ -15,6 +15,7 @@ use tollgate_proto::v1::ingest_server::Ingest;
 use tollgate_proto::{BatchAck, EventBatch, UsageEvent};
 use tonic::{Request, Response, Status as RpcStatus, Streaming};
 
+use super::{full_warning, high_water_warning};
 use crate::buffer::{Append, DiskBuffer, PluginDestination};
 use crate::entitlements::Cache;
 use crate::metrics::Metrics;
@@ -177,36 +178,5 @@ impl Ingest for IngestService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-/// At most one "80 % full" log line per minute.
-fn high_water_warning(buffer: &DiskBuffer) {
-    use std::sync::atomic::{AtomicI64, Ordering};
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    if buffer.bytes() * 5 < buffer.max_bytes() * 4 {
-        return;
-    }
-    let now = chrono::Utc::now().timestamp();
-    if LAST.swap(now, Ordering::Relaxed) + 60 <= now {
-        tracing::warn!(
-            bytes = buffer.bytes(),
-            max_bytes = buffer.max_bytes(),
-            "disk buffer is over 80 % full: is the destination down?"
-        );
-    }
-}
-
-/// At most one "full" log line per 10 s.
-fn full_warning(buffer: &DiskBuffer) {
-    use std::sync::atomic::{AtomicI64, Ordering};
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    let now = chrono::Utc::now().timestamp();
-    if LAST.swap(now, Ordering::Relaxed) + 10 <= now {
-        tracing::error!(
-            bytes = buffer.bytes(),
-            max_bytes = buffer.max_bytes(),
-            "disk buffer full: refusing new batches (plugins keep them in memory and drop their oldest when that fills)"
-        );
     }
 }
