@@ -427,6 +427,21 @@ fn fatal_errors_are_one_event_and_colour_is_for_terminals_without_no_color() {
         .collect();
     assert_eq!(levels, ["WARN", "ERROR"], "{text}");
 
+    // A format variable that is not a format: one line naming the variable.
+    let out = Command::new(binary("tollgate"))
+        .args(["--socket", "/nonexistent/never.socket"])
+        .env("TOLLGATE_LOG_FORMAT", "xml")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("TOLLGATE_LOG_FORMAT=\"xml\": expected `text` or `json`"),
+        "{text}"
+    );
+
     // A terminal gets colour, unless NO_COLOR says otherwise; JSON never has any.
     let coloured = on_a_terminal(&failing_plugin("text", &[]));
     assert!(

@@ -44,9 +44,29 @@ pub enum LogFormat {
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct LogArgs {
     /// Log format: `text` (one line per event) or `json` (one JSON object per line, for log
-    /// shippers). Logs go to stderr; the filter is `TOLLGATE_LOG` (default `info`).
-    #[arg(long, env = FORMAT_ENV, value_enum, default_value_t, global = true)]
-    pub log_format: LogFormat,
+    /// shippers); default `$TOLLGATE_LOG_FORMAT`, else `text`. Logs go to stderr; the filter is
+    /// `TOLLGATE_LOG` (default `info`).
+    #[arg(long, value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl LogArgs {
+    /// The format: the flag, else `TOLLGATE_LOG_FORMAT`, else text. A variable that is neither
+    /// `text` nor `json` is an error naming the variable (clap's own `env =` support would name
+    /// only the flag, which an operator who set the variable in a unit file never typed).
+    pub fn format(&self) -> Result<LogFormat, InitError> {
+        if let Some(format) = self.log_format {
+            return Ok(format);
+        }
+        match std::env::var(FORMAT_ENV) {
+            Ok(value) if !value.trim().is_empty() => {
+                <LogFormat as clap::ValueEnum>::from_str(value.trim(), true).map_err(|_| {
+                    InitError(format!("{FORMAT_ENV}={value:?}: expected `text` or `json`"))
+                })
+            }
+            _ => Ok(LogFormat::Text),
+        }
+    }
 }
 
 /// The logger could not be installed.
@@ -68,7 +88,7 @@ pub fn init(args: &LogArgs) -> Result<(), InitError> {
         io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
-    subscriber(args.log_format, filter, ansi, Scrubbed(io::stderr))
+    subscriber(args.format()?, filter, ansi, Scrubbed(io::stderr))
         .try_init()
         .map_err(|e| InitError(e.to_string()))?;
     std::panic::set_hook(Box::new(log_panic));
