@@ -158,6 +158,16 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     tollgate_telemetry::logging::init(&args.log)?;
+    if let Err(e) = serve(args).await {
+        // One event in the chosen log format, not anyhow's multi-line report.
+        tollgate_telemetry::logging::fatal(&e);
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Opens the database and serves the API until SIGTERM or Ctrl-C.
+async fn serve(args: Args) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => Config::load(path).map_err(anyhow::Error::msg)?,
         None => Config::default(),
