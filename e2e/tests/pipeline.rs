@@ -109,6 +109,27 @@ async fn totals(stack: &Stack, meter: &str) -> BTreeMap<String, f64> {
         .unwrap_or_default()
 }
 
+/// Waits (up to a minute) until billing's totals per subject equal what Kong metered.
+async fn billed_exactly(stack: &Stack, expected: &Expected) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (api_totals, token_totals) = (
+            totals(stack, "api_requests").await,
+            totals(stack, "llm_tokens").await,
+        );
+        if api_totals == expected.api && token_totals == expected.tokens {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "billing totals never matched\napi: billed {api_totals:?}\n     sent   {:?}\ntokens: billed {token_totals:?}\n        sent   {:?}",
+            expected.api,
+            expected.tokens
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn new_workers(socket: &Path) -> Vec<Arc<Worker>> {
     (0..3)
         .map(|_| {
@@ -168,23 +189,7 @@ async fn kong_traffic_through_faults_is_billed_exactly() {
         "metered {metered} requests; expected tokens {:?}",
         expected.tokens
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (api_totals, token_totals) = (
-            totals(&stack, "api_requests").await,
-            totals(&stack, "llm_tokens").await,
-        );
-        if api_totals == expected.api && token_totals == expected.tokens {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "billing totals never matched\napi: billed {api_totals:?}\n     sent   {:?}\ntokens: billed {token_totals:?}\n        sent   {:?}",
-            expected.api,
-            expected.tokens
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    billed_exactly(&stack, &expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,20 +218,5 @@ async fn kong_traffic_while_postgres_is_away_for_30_s_is_billed_exactly() {
     traffic(&workers, &api, &ai, 60, 2000, &mut expected).await;
     cluster.start().unwrap();
     traffic(&workers, &api, &ai, 90, 3000, &mut expected).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (api_totals, token_totals) = (
-            totals(&stack, "api_requests").await,
-            totals(&stack, "llm_tokens").await,
-        );
-        if api_totals == expected.api && token_totals == expected.tokens {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "billing totals never matched\napi: billed {api_totals:?}\n     sent   {:?}",
-            expected.api
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    billed_exactly(&stack, &expected).await;
 }
