@@ -726,8 +726,11 @@ impl DiskBuffer {
             .filter_map(|queue| {
                 let segments = lock(&queue.state).segments.clone();
                 segments.into_iter().find_map(|s| {
+                    // Stop at the first error: a segment dropped by a concurrent delivery
+                    // (cloned above before `remove` dropped its tree) makes sled's iterator
+                    // yield errors forever, and skipping them spun a worker at 100 % CPU.
                     records_after(&s.tree, s.delivered_to)
-                        .filter_map(Result::ok)
+                        .map_while(Result::ok)
                         .find_map(|(k, v)| {
                             decode_record(key_of(&k), &v)
                                 .ok()?
@@ -912,6 +915,26 @@ mod tests {
         let rest = deliver(&buffer, usize::MAX);
         assert_eq!(rest, (3..10).map(|i| format!("e{i}")).collect::<Vec<_>>());
         assert_eq!(buffer.depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_oldest_event_is_found_even_while_a_segment_is_dropped_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (buffer, ..) = DiskBuffer::open(dir.path(), u64::MAX).unwrap();
+        append(&buffer, 0, 10);
+        let queue = buffer.queue(DEFAULT_QUEUE).unwrap();
+        let name = lock(&queue.state).segments[0].name.clone();
+        // What a delivery racing with a /metrics scrape does: the tree goes while a clone of
+        // the segment list still names it. The scrape must answer, not spin.
+        buffer.db.drop_tree(name.as_bytes()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(buffer.oldest_received_ms());
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok(),
+            "oldest_received_ms never returned"
+        );
     }
 
     #[tokio::test]
