@@ -289,6 +289,16 @@ async fn the_clock_moves_only_forward_and_survives_a_restart() {
     }
     let ent = get(&b, "/api/v2/customers/acme/entitlements/api").await;
     assert_eq!(time(&ent["createdAt"]), t0, "{ent}");
+    // The catalog is on the same clock.
+    let (s, plan) = post(
+        &b,
+        "/api/v1/plans",
+        json!({"key": "starter", "name": "Starter", "currency": "USD", "billingCadence": "P1M",
+               "phases": [{"key": "main", "name": "Main", "rateCards": []}]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{plan}");
+    assert_eq!(time(&plan["createdAt"]), t0, "{plan}");
 
     // Bad requests name what is wrong and move nothing.
     for (body, wanted) in [

@@ -112,7 +112,7 @@ fn sort_key(a: &Addon, by: &str) -> String {
 
 async fn list_addons(State(api): State<Api>, RawQuery(raw): RawQuery) -> CR {
     let q = list_query(&raw)?;
-    let now = Utc::now();
+    let now = api.now().await?;
     let items: Vec<Addon> = all_addons(&api, now)
         .await?
         .into_iter()
@@ -123,7 +123,7 @@ async fn list_addons(State(api): State<Api>, RawQuery(raw): RawQuery) -> CR {
 
 async fn create_addon(State(api): State<Api>, body: Bytes) -> CR {
     let input: AddonInput = catalog_body(&body)?;
-    let now = Utc::now();
+    let now = api.now().await?;
     let key = input.key.clone().unwrap_or_default();
     let all = all_addons(&api, now).await?;
     let addon = checked(&api, addon_from(input, key.clone(), "USD".into(), now)).await?;
@@ -135,13 +135,13 @@ async fn create_addon(State(api): State<Api>, body: Bytes) -> CR {
 
 async fn get_addon(State(api): State<Api>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> CR {
     let q = list_query(&raw)?;
-    let (addon, _) = addon_by(&api, &id, q.include_latest, Utc::now()).await?;
+    let (addon, _) = addon_by(&api, &id, q.include_latest, api.now().await?).await?;
     Ok(axum::Json(addon).into_response())
 }
 
 async fn update_addon(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> CR {
     let input: AddonInput = catalog_body(&body)?;
-    let now = Utc::now();
+    let now = api.now().await?;
     let (current, _) = addon_by(&api, &id, true, now).await?;
     versions::require_status(&current, &[Status::Draft, Status::Scheduled], "update", now)?;
     for (field, given, stored) in [
@@ -168,14 +168,14 @@ async fn update_addon(State(api): State<Api>, Path(id): Path<String>, body: Byte
 }
 
 async fn delete_addon(State(api): State<Api>, Path(id): Path<String>) -> CR {
-    let now = Utc::now();
+    let now = api.now().await?;
     let (addon, _) = addon_by(&api, &id, true, now).await?;
     versions::delete(&api.store, addon, now).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn publish_addon(State(api): State<Api>, Path(id): Path<String>) -> CR {
-    let now = Utc::now();
+    let now = api.now().await?;
     let (addon, all) = addon_by(&api, &id, true, now).await?;
     let addon = checked(&api, addon).await?;
     let blockers = addon_publish_problems(&addon);
@@ -187,7 +187,7 @@ async fn publish_addon(State(api): State<Api>, Path(id): Path<String>) -> CR {
 }
 
 async fn archive_addon(State(api): State<Api>, Path(id): Path<String>) -> CR {
-    let now = Utc::now();
+    let now = api.now().await?;
     let (addon, _) = addon_by(&api, &id, false, now).await?;
     let addon = versions::archive(&api.store, addon, now).await?;
     Ok(axum::Json(addon).into_response())

@@ -113,7 +113,7 @@ async fn list_plan_addons(
     RawQuery(raw): RawQuery,
 ) -> CR {
     let q = list_query(&raw)?;
-    let now = Utc::now();
+    let now = api.now().await?;
     let (_, records, addons) = context(&api, &plan_id, now).await?;
     let mut items = Vec::new();
     for r in &records {
@@ -131,7 +131,7 @@ async fn list_plan_addons(
 
 async fn create_plan_addon(State(api): State<Api>, Path(plan_id): Path<String>, body: Bytes) -> CR {
     let input: PlanAddonInput = catalog_body(&body)?;
-    let now = Utc::now();
+    let now = api.now().await?;
     let (plan, records, _) = context(&api, &plan_id, now).await?;
     let addon_id = input.addon_id.clone().ok_or_else(|| {
         CatalogError::Invalid(vec![plan_addons::issue(
@@ -191,7 +191,7 @@ async fn save(api: &Api, record: &PlanAddonRecord) -> Result<(), Failure> {
 }
 
 async fn get_plan_addon(State(api): State<Api>, Path((plan_id, id)): Path<(String, String)>) -> CR {
-    let (_, records, addons) = context(&api, &plan_id, Utc::now()).await?;
+    let (_, records, addons) = context(&api, &plan_id, api.now().await?).await?;
     let r = find(&records, &addons, &id)?;
     Ok(axum::Json(render(r, addon_of(&addons, r)?)).into_response())
 }
@@ -202,7 +202,7 @@ async fn update_plan_addon(
     body: Bytes,
 ) -> CR {
     let input: PlanAddonInput = catalog_body(&body)?;
-    let now = Utc::now();
+    let now = api.now().await?;
     let (plan, records, addons) = context(&api, &plan_id, now).await?;
     let mut record = find(&records, &addons, &id)?.clone();
     let addon = addon_of(&addons, &record)?.clone();
@@ -228,7 +228,7 @@ async fn delete_plan_addon(
     State(api): State<Api>,
     Path((plan_id, id)): Path<(String, String)>,
 ) -> Result<Response, Failure> {
-    let now = Utc::now();
+    let now = api.now().await?;
     let (_, records, addons) = context(&api, &plan_id, now).await?;
     let mut record = find(&records, &addons, &id)?.clone();
     record.deleted_at = Some(now);

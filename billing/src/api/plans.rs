@@ -100,7 +100,7 @@ fn sort_key(p: &Plan, by: &str) -> String {
 
 async fn list_plans(State(api): State<Api>, RawQuery(raw): RawQuery) -> CR {
     let q = list_query(&raw)?;
-    let now = Utc::now();
+    let now = api.now().await?;
     let items: Vec<Plan> = all_plans(&api, now)
         .await?
         .into_iter()
@@ -111,7 +111,7 @@ async fn list_plans(State(api): State<Api>, RawQuery(raw): RawQuery) -> CR {
 
 async fn create_plan(State(api): State<Api>, body: Bytes) -> CR {
     let input: PlanInput = catalog_body(&body)?;
-    let now = Utc::now();
+    let now = api.now().await?;
     let key = input.key.clone().unwrap_or_default();
     let all = all_plans(&api, now).await?;
     let plan = checked(&api, plan_from(input, key.clone(), "USD".into(), now)).await?;
@@ -149,13 +149,13 @@ fn plan_from(input: PlanInput, key: String, default_currency: String, now: DateT
 
 async fn get_plan(State(api): State<Api>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> CR {
     let q = list_query(&raw)?;
-    let (plan, _) = plan_by(&api, &id, q.include_latest, Utc::now()).await?;
+    let (plan, _) = plan_by(&api, &id, q.include_latest, api.now().await?).await?;
     Ok(axum::Json(plan).into_response())
 }
 
 async fn update_plan(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> CR {
     let input: PlanInput = catalog_body(&body)?;
-    let now = Utc::now();
+    let now = api.now().await?;
     let (current, _) = plan_by(&api, &id, true, now).await?;
     versions::require_status(&current, &[Status::Draft, Status::Scheduled], "update", now)?;
     for (field, given, stored) in [
@@ -182,14 +182,14 @@ async fn update_plan(State(api): State<Api>, Path(id): Path<String>, body: Bytes
 }
 
 async fn delete_plan(State(api): State<Api>, Path(id): Path<String>) -> CR {
-    let now = Utc::now();
+    let now = api.now().await?;
     let (plan, _) = plan_by(&api, &id, true, now).await?;
     versions::delete(&api.store, plan, now).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn publish_plan(State(api): State<Api>, Path(id): Path<String>) -> CR {
-    let now = Utc::now();
+    let now = api.now().await?;
     let (plan, all) = plan_by(&api, &id, true, now).await?;
     // Features may have changed since the draft was saved: validate again.
     let plan = checked(&api, plan).await?;
@@ -229,7 +229,7 @@ async fn incompatible_addons(api: &Api, plan: &Plan, now: DateTime<Utc>) -> Resu
 }
 
 async fn archive_plan(State(api): State<Api>, Path(id): Path<String>) -> CR {
-    let now = Utc::now();
+    let now = api.now().await?;
     let (plan, _) = plan_by(&api, &id, false, now).await?;
     let plan = versions::archive(&api.store, plan, now).await?;
     Ok(axum::Json(plan).into_response())
@@ -237,7 +237,7 @@ async fn archive_plan(State(api): State<Api>, Path(id): Path<String>) -> CR {
 
 /// Deprecated in OpenMeter ("use createPlan"): a new draft cloned from a version.
 async fn next_plan(State(api): State<Api>, Path(id): Path<String>) -> CR {
-    let now = Utc::now();
+    let now = api.now().await?;
     let (source, all) = plan_by(&api, &id, true, now).await?;
     let version = versions::next_version(&all, source.key(), now)?;
     let plan = Plan {
