@@ -18,7 +18,7 @@ use super::catalog_http::{CR, Failure, catalog_body, list_query, page};
 use super::{Api, new_id};
 use crate::catalog::model::{Addon, RateCard, Status};
 use crate::catalog::validate::{addon_publish_problems, validate_addon};
-use crate::catalog::versions;
+use crate::catalog::versions::{self, Versioned};
 use crate::catalog::{CatalogError, feature_facts};
 
 /// Add-on routes.
@@ -144,24 +144,15 @@ async fn update_addon(State(api): State<Api>, Path(id): Path<String>, body: Byte
     let now = api.now().await?;
     let (current, _) = addon_by(&api, &id, true, now).await?;
     versions::require_status(&current, &[Status::Draft, Status::Scheduled], "update", now)?;
-    for (field, given, stored) in [
-        ("key", &input.key, &current.key),
-        ("currency", &input.currency, &current.currency),
-    ] {
-        if given.as_ref().is_some_and(|g| g != stored) {
-            return Err(CatalogError::Refused(format!(
-                "{field} cannot be changed (it is {stored:?}): create a new add-on instead"
-            ))
-            .into());
-        }
-    }
+    versions::refuse_changed_identity(
+        "add-on",
+        [
+            ("key", input.key.as_ref(), &current.key),
+            ("currency", input.currency.as_ref(), &current.currency),
+        ],
+    )?;
     let mut addon = addon_from(input, current.key.clone(), current.currency.clone(), now);
-    addon.id = current.id.clone();
-    addon.version = current.version;
-    addon.created_at = current.created_at;
-    addon.effective_from = current.effective_from;
-    addon.effective_to = current.effective_to;
-    addon.status = current.status;
+    addon.keep_identity_of(&current);
     let addon = checked(&api, addon).await?;
     versions::save(&api.store, &addon).await?;
     Ok(axum::Json(addon).into_response())

@@ -158,24 +158,15 @@ async fn update_plan(State(api): State<Api>, Path(id): Path<String>, body: Bytes
     let now = api.now().await?;
     let (current, _) = plan_by(&api, &id, true, now).await?;
     versions::require_status(&current, &[Status::Draft, Status::Scheduled], "update", now)?;
-    for (field, given, stored) in [
-        ("key", &input.key, &current.key),
-        ("currency", &input.currency, &current.currency),
-    ] {
-        if given.as_ref().is_some_and(|g| g != stored) {
-            return Err(CatalogError::Refused(format!(
-                "{field} cannot be changed (it is {stored:?}): create a new plan instead"
-            ))
-            .into());
-        }
-    }
+    versions::refuse_changed_identity(
+        "plan",
+        [
+            ("key", input.key.as_ref(), &current.key),
+            ("currency", input.currency.as_ref(), &current.currency),
+        ],
+    )?;
     let mut plan = plan_from(input, current.key.clone(), current.currency.clone(), now);
-    plan.id = current.id.clone();
-    plan.version = current.version;
-    plan.created_at = current.created_at;
-    plan.effective_from = current.effective_from;
-    plan.effective_to = current.effective_to;
-    plan.status = current.status;
+    plan.keep_identity_of(&current);
     let plan = checked(&api, plan).await?;
     versions::save(&api.store, &plan).await?;
     Ok(axum::Json(plan).into_response())

@@ -38,6 +38,9 @@ pub trait Versioned: Serialize + DeserializeOwned + Clone + Send + Sync + 'stati
     fn touch(&mut self, at: DateTime<Utc>);
     /// Saved warnings.
     fn warnings(&self) -> &[ValidationIssue];
+    /// Takes what an update of a draft keeps from the stored version: id, version, creation
+    /// time, effective dates and status.
+    fn keep_identity_of(&mut self, stored: &Self);
 
     /// Status now.
     fn status_at(&self, now: DateTime<Utc>) -> Status {
@@ -81,6 +84,14 @@ macro_rules! versioned {
             }
             fn warnings(&self) -> &[ValidationIssue] {
                 self.validation_errors.as_deref().unwrap_or_default()
+            }
+            fn keep_identity_of(&mut self, stored: &Self) {
+                self.id = stored.id.clone();
+                self.version = stored.version;
+                self.created_at = stored.created_at;
+                self.effective_from = stored.effective_from;
+                self.effective_to = stored.effective_to;
+                self.status = stored.status;
             }
         }
     };
@@ -141,6 +152,22 @@ pub fn next_version<T: Versioned>(
         )));
     }
     Ok(versions.iter().map(|i| i.version()).max().unwrap_or(0) + 1)
+}
+
+/// Refuses an update of a draft whose body changes its `key` or `currency` (fixed for every
+/// version of a key): `noun` names what to create instead.
+pub fn refuse_changed_identity(
+    noun: &str,
+    fields: [(&str, Option<&String>, &String); 2],
+) -> Result<(), CatalogError> {
+    for (field, given, stored) in fields {
+        if given.is_some_and(|g| g != stored) {
+            return Err(CatalogError::Refused(format!(
+                "{field} cannot be changed (it is {stored:?}): create a new {noun} instead"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a change unless the version is in one of `allowed` states.
