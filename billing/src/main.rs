@@ -207,7 +207,6 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)?;
     }
-    store.flush().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
@@ -229,6 +228,5 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             }
         })
         .await?;
-    store.flush().await?;
     Ok(())
 }

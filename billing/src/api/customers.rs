@@ -66,7 +66,6 @@ async fn create_customer(State(api): State<Api>, body: Bytes) -> R {
     c.created_at = api.now().await?;
     c.updated_at = c.created_at;
     api.store.put_entity("customer", &c.id, &c).await?;
-    api.store.flush().await?;
     Ok((StatusCode::CREATED, axum::Json(c)).into_response())
 }
 
@@ -82,6 +81,5 @@ async fn delete_customer(State(api): State<Api>, Path(c): Path<String>) -> R {
         .await?
         .ok_or_else(|| not_found(format!("customer {c} not found")))?;
     api.store.delete_entity("customer", &customer.id).await?;
-    api.store.flush().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -197,7 +197,6 @@ async fn create_entitlement(api: &Api, owner: Owner, body: &Bytes) -> R {
             api.store.put_entity("grant", &g.id, &g).await?;
         }
     }
-    api.store.flush().await?;
     Ok((StatusCode::CREATED, axum::Json(with_period(e, now))).into_response())
 }
 

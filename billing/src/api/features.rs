@@ -100,7 +100,6 @@ async fn create_feature(State(api): State<Api>, body: Bytes) -> R {
     f.created_at = api.now().await?;
     f.updated_at = f.created_at;
     api.store.put_entity("feature", &f.id, &f).await?;
-    api.store.flush().await?;
     Ok((StatusCode::CREATED, axum::Json(f)).into_response())
 }
 
@@ -117,6 +116,5 @@ async fn archive_feature(State(api): State<Api>, Path(id): Path<String>) -> R {
         .ok_or_else(|| not_found(format!("feature {id} not found")))?;
     f.archived_at = Some(api.now().await?);
     api.store.put_entity("feature", &f.id, &f).await?;
-    api.store.flush().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

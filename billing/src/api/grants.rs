@@ -50,7 +50,6 @@ async fn create_grant(api: &Api, owner: Owner, e: &str, body: &Bytes) -> R {
     g.entitlement_id = ent.id.clone();
     g.created_at = api.now().await?;
     api.store.put_entity("grant", &g.id, &g).await?;
-    api.store.flush().await?;
     Ok((StatusCode::CREATED, axum::Json(g)).into_response())
 }
 
@@ -345,7 +344,6 @@ async fn void_grant(State(api): State<Api>, Path(id): Path<String>, RawQuery(raw
         .unwrap_or(at);
     grant.voided_at = Some(at);
     api.store.put_entity("grant", &grant.id, &grant).await?;
-    api.store.flush().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -52,7 +52,6 @@ async fn create_meter(State(api): State<Api>, body: Bytes) -> R {
     let compiled = CompiledMeter::new(meter).map_err(|e| bad(e.to_string()))?;
     let shown = compiled.meter.clone();
     api.store.add_meter(compiled).await?;
-    api.store.flush().await?;
     Ok((StatusCode::CREATED, axum::Json(shown)).into_response())
 }
 
@@ -179,7 +178,6 @@ async fn update_meter(State(api): State<Api>, Path(id): Path<String>, body: Byte
     let compiled = CompiledMeter::new(meter).map_err(|e| bad(e.to_string()))?;
     let shown = compiled.meter.clone();
     api.store.update_meter(compiled).await?;
-    api.store.flush().await?;
     Ok(axum::Json(shown).into_response())
 }
 
@@ -187,7 +185,6 @@ async fn delete_meter(State(api): State<Api>, Path(id): Path<String>) -> R {
     if !api.store.delete_meter(&id).await? {
         return Err(not_found(format!("meter {id} not found")));
     }
-    api.store.flush().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

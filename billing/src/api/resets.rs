@@ -58,7 +58,6 @@ async fn reset(api: &Api, owner: Owner, e: &str, body: &Bytes) -> R {
     });
     ent.updated_at = now;
     api.store.put_entity("entitlement", &ent.id, &ent).await?;
-    api.store.flush().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -155,7 +155,6 @@ async fn upsert_subjects(State(api): State<Api>, body: Bytes) -> R {
         api.store.put_entity(KIND, &subject.id, &subject).await?;
         out.push(subject);
     }
-    api.store.flush().await?;
     Ok(axum::Json(out).into_response())
 }
 
@@ -171,6 +170,5 @@ async fn delete_subject(State(api): State<Api>, Path(s): Path<String>) -> R {
         .await?
         .ok_or_else(|| not_found(format!("subject {s} not found")))?;
     api.store.delete_entity(KIND, &subject.id).await?;
-    api.store.flush().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

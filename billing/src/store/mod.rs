@@ -156,11 +156,6 @@ impl Store {
         matches!(self.db, Db::Sqlite(_))
     }
 
-    /// Every write is committed before it returns; kept so callers can say "durable here".
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
     /// The compiled meters.
     pub fn meters(&self) -> Vec<Arc<CompiledMeter>> {
         self.meters
