@@ -85,6 +85,26 @@ const TABLES: &[DocTable] = &[
         ],
         bigint: &[],
     },
+    DocTable {
+        kind: "subscription",
+        table: "subscriptions",
+        columns: &[
+            ("customer_id", "/customerId"),
+            ("active_from", "/activeFrom"),
+            ("active_to", "/activeTo"),
+            ("deleted_at", "/deletedAt"),
+        ],
+        bigint: &[],
+    },
+    DocTable {
+        kind: "subscription_addon",
+        table: "subscription_addons",
+        columns: &[
+            ("subscription_id", "/subscriptionId"),
+            ("addon_id", "/addon/id"),
+        ],
+        bigint: &[],
+    },
 ];
 
 /// A statement and its parameters (all text or NULL).
@@ -270,6 +290,20 @@ pub fn list(kind: &str) -> Stmt {
             params: vec![Some(kind.into())],
         },
     }
+}
+
+/// The statement that lists the documents of a kind whose indexed `column` equals `value`, in id
+/// order; `None` when the kind has no such column.
+pub fn list_where(kind: &str, column: &str, value: &str) -> Option<Stmt> {
+    let t = table(kind)?;
+    t.columns.iter().find(|(c, _)| *c == column)?;
+    Some(Stmt {
+        sql: format!(
+            "SELECT doc FROM {} WHERE {column} = $1 ORDER BY id",
+            t.table
+        ),
+        params: vec![Some(value.into())],
+    })
 }
 
 /// The statements that delete one document; the last one's row count says whether it existed.
