@@ -374,9 +374,9 @@ mod tests {
 
     #[test]
     fn unknown_kinds_go_to_documents() {
-        let s = &put("subscription", "s1", &json!({}))[0];
+        let s = &put("widget", "s1", &json!({}))[0];
         assert!(s.sql.contains("documents"));
-        assert_eq!(s.params[0].as_deref(), Some("subscription"));
+        assert_eq!(s.params[0].as_deref(), Some("widget"));
     }
 
     #[test]

@@ -442,7 +442,7 @@ pub enum EditOp {
         /// The phase.
         phase_key: String,
         /// The rate card.
-        rate_card: RateCard,
+        rate_card: Box<RateCard>,
     },
     /// Removes an item from a phase.
     #[serde(rename_all = "camelCase")]
@@ -663,7 +663,7 @@ fn apply(
             sub.phases[i].items.push(Item {
                 id: new_id(),
                 key: rate_card.key.clone(),
-                rate_card: rate_card.clone(),
+                rate_card: (**rate_card).clone(),
                 active_from_override: from,
                 active_to_override: None,
             });
