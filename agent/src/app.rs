@@ -214,6 +214,8 @@ pub async fn run(
                 }),
         );
     }
+    // The pull sources: tasks of their own, stopping with the other sources.
+    let mut pulls = sources::spawn_pull_sources(&config.sources, &intake, &grpc_stop_rx)?;
     if let Some((cache, syncer, _)) = &entitlements {
         admin = admin.merge(entitlements::http::router(EntitlementApi {
             cache: cache.clone(),
@@ -253,6 +255,7 @@ pub async fn run(
     ready.store(false, Ordering::Release);
     let _ = grpc_stop_tx.send(true);
     while servers.join_next().await.is_some() {}
+    while pulls.join_next().await.is_some() {}
     let _ = stop_tx.send(true);
     while flushers.join_next().await.is_some() {}
     spawner.abort();
