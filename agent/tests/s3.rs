@@ -114,6 +114,7 @@ async fn jsonl_objects_are_read_once_and_a_bad_line_is_dead_lettered_with_its_pl
     let good = [event("e-1", "acme"), event("e-2", "globex")];
     let mut no_id = event("x", "initech");
     no_id.as_object_mut().unwrap().remove("id");
+    no_id.as_object_mut().unwrap().remove("source");
     put(
         &moto,
         "usage",
