@@ -121,3 +121,26 @@ metrics = ["gpu allocation"]
     let (ok, _, err) = check("[sources.kubernetes]\ninterval = \"15s\"\n");
     assert!(ok, "{err}");
 }
+
+#[test]
+fn the_readme_pull_sources_example_passes() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let section = readme
+        .split("#### Pull sources")
+        .nth(1)
+        .expect("README has a Pull sources section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    let (ok, out, err) = check(block);
+    assert!(ok, "{err}\n{block}");
+    assert!(
+        out.contains("X-Scope-OrgID = \"********\""),
+        "headers are masked: {out}"
+    );
+}
