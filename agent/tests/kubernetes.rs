@@ -25,10 +25,13 @@ use serde_json::{Value, json};
 
 use common::{Agent, Receiver, write_config};
 
+/// The namespace of a pod list request (empty for all) and its query parameters.
+type NamespacedQuery = (String, HashMap<String, String>);
+
 #[derive(Clone, Default)]
 struct Fake {
     /// Query strings received, in order.
-    queries: Arc<Mutex<Vec<(String, HashMap<String, String>)>>>,
+    queries: Arc<Mutex<Vec<NamespacedQuery>>>,
     failing: Arc<AtomicBool>,
 }
 

@@ -24,6 +24,9 @@ use serde_json::{Value, json};
 
 use common::{Agent, Receiver, write_config};
 
+/// A workload's id, the metric types asked for, start and end.
+type MetricRequest = (String, Vec<String>, String, String);
+
 #[derive(Clone, Default)]
 struct Fake {
     tokens_issued: Arc<Mutex<Vec<String>>>,
@@ -31,7 +34,7 @@ struct Fake {
     /// Offsets asked for, in order.
     offsets: Arc<Mutex<Vec<u64>>>,
     /// (workload, metric types, start, end) of each metrics request.
-    metric_requests: Arc<Mutex<Vec<(String, Vec<String>, String, String)>>>,
+    metric_requests: Arc<Mutex<Vec<MetricRequest>>>,
     unauthorized: Arc<Mutex<usize>>,
 }
 
