@@ -165,12 +165,78 @@ async fn metrics(
     )
 }
 
+async fn pods(
+    State(f): State<Fake>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    if !authorized(&f, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"code": 401, "message": "token expired"})),
+        );
+    }
+    assert_eq!(q["verbosity"], "full");
+    assert_eq!(q["completed"], "false");
+    let offset: u64 = q["offset"].parse().unwrap();
+    f.offsets.lock().unwrap().push(offset);
+    let pod = |n: u32, w: u32| {
+        json!({"id": format!("p{n}"), "name": format!("train-w{w}-{n}"), "workloadId": format!("w{w}"),
+            "workloadName": format!("train-w{w}"), "projectId": "7", "projectName": "vision", "tenantId": 1001,
+            "clusterId": "c-1", "nodeName": "gpu-node-1", "phase": "Running", "k8sPhase": "Running"})
+    };
+    let (items, next) = match offset {
+        0 => (vec![pod(1, 1), pod(2, 1)], 2),
+        2 => (vec![pod(3, 3)], 0),
+        _ => (vec![], 0),
+    };
+    (
+        StatusCode::OK,
+        axum::Json(json!({"pods": items, "next": next})),
+    )
+}
+
+async fn pod_metrics(
+    State(f): State<Fake>,
+    headers: HeaderMap,
+    Path((wid, pid)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    if !authorized(&f, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"code": 401, "message": "token expired"})),
+        );
+    }
+    let types: Vec<String> = q["metricType"].split(',').map(str::to_owned).collect();
+    f.metric_requests.lock().unwrap().push((
+        format!("{wid}/{pid}"),
+        types.clone(),
+        q["start"].clone(),
+        q["end"].clone(),
+    ));
+    let n: f64 = pid.trim_start_matches('p').parse().unwrap();
+    let measurements: Vec<Value> = types
+        .iter()
+        .map(|t| json!({"type": t, "values": [{"value": format!("{}", n * 10.0), "timestamp": q["end"]}]}))
+        .collect();
+    (
+        StatusCode::OK,
+        axum::Json(json!({"measurements": measurements})),
+    )
+}
+
 async fn start_fake() -> (Fake, String) {
     let fake = Fake::default();
     let app = Router::new()
         .route("/api/v1/token", post(token))
         .route("/api/v1/workloads", get(workloads))
         .route("/api/v1/workloads/{id}/metrics", get(metrics))
+        .route("/api/v1/workloads/pods", get(pods))
+        .route(
+            "/api/v1/workloads/{wid}/pods/{pid}/metrics",
+            get(pod_metrics),
+        )
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -311,4 +377,40 @@ async fn two_agents_metering_the_same_tick_make_the_same_ids() {
     for ((w, t), (_, ids)) in per(&receiver) {
         assert_eq!(ids.len(), 1, "{w} at {t}: {ids:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_are_metered_through_their_workload_with_the_chosen_metrics() {
+    let (fake, url) = start_fake().await;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{}resource_type = \"pod\"\nmetrics = [\"GPU_UTILIZATION_PER_GPU\", \"CPU_USAGE_CORES\"]\n\
+         subject_field = \"projectName\"\nevent_type = \"gpu-pod\"\n",
+        source(&url)
+    );
+    let _agent = Agent::start(&write_config(dir.path(), &receiver.url(), &extra));
+    wait_until("a tick of three pods", || {
+        let mut per: HashMap<String, usize> = HashMap::new();
+        for e in events(&receiver) {
+            *per.entry(e["time"].as_str().unwrap().into()).or_default() += 1;
+        }
+        per.values().any(|n| *n == 3)
+    })
+    .await;
+    let all = events(&receiver);
+    let e = all.iter().find(|e| e["data"]["id"] == "p3").unwrap();
+    assert_eq!(e["type"], "gpu-pod");
+    assert_eq!(e["subject"], "vision");
+    assert_eq!(e["data"]["resource_type"], "pod");
+    assert_eq!(e["data"]["workloadId"], "w3");
+    assert_eq!(e["data"]["metrics"]["GPU_UTILIZATION_PER_GPU"], 30.0);
+    assert_eq!(e["data"]["metrics"].as_object().unwrap().len(), 2);
+    let requests = fake.metric_requests.lock().unwrap().clone();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.0 == "w3/p3" && r.1 == ["GPU_UTILIZATION_PER_GPU", "CPU_USAGE_CORES"])
+    );
+    assert_eq!(&fake.offsets.lock().unwrap()[..2], &[0, 2]);
 }
