@@ -273,3 +273,53 @@ async fn ticks_missed_across_a_kill_9_are_caught_up_and_a_second_evaluation_has_
     }
     assert!(raw.values().filter(|n| **n >= 2).count() >= 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn catch_up_stops_at_max_catch_up_and_counts_what_it_skipped() {
+    let prom = start_prometheus().await;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &receiver.url(),
+        &source(&prom, "max_catch_up = 2"),
+    );
+    let mut agent = Agent::start(&config);
+    wait_until("a tick", Duration::from_secs(30), || {
+        !by_tick(&receiver, "up").is_empty()
+    })
+    .await;
+    agent.kill9();
+    let last_before = by_tick(&receiver, "up").keys().last().unwrap().clone();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let agent = Agent::start(&config);
+    wait_until("ticks after the restart", Duration::from_secs(30), || {
+        by_tick(&receiver, "up")
+            .range(last_before.clone()..)
+            .count()
+            >= 4
+    })
+    .await;
+    let secs = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp();
+    let ticks: Vec<i64> = by_tick(&receiver, "up")
+        .range(last_before.clone()..)
+        .map(|(t, _)| secs(t))
+        .collect();
+    // Down about 6 s: the two newest missed ticks were caught up, the older ones skipped.
+    let gap = ticks[1] - ticks[0];
+    assert!(
+        gap >= 3,
+        "expected skipped ticks after {last_before}: {ticks:?}"
+    );
+    let (_, metrics) = agent.get("/metrics").await;
+    // The broken query fails each tick; the skipped ticks of `up` and `build` count too.
+    let errors = metric(
+        &metrics,
+        "tollgate_agent_source_errors_total",
+        "kind=\"prometheus\"",
+    );
+    assert!(
+        errors >= 2.0 * (gap - 1) as f64,
+        "{errors} errors for a gap of {gap}: {metrics}"
+    );
+}
