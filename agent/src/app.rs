@@ -255,7 +255,15 @@ pub async fn run(
     ready.store(false, Ordering::Release);
     let _ = grpc_stop_tx.send(true);
     while servers.join_next().await.is_some() {}
-    while pulls.join_next().await.is_some() {}
+    // A pull source mid-request stops at its next await; past a moment it is aborted (safe: its
+    // ids are derived and its progress is saved only after its events are stored).
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while pulls.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        pulls.abort_all();
+    }
     let _ = stop_tx.send(true);
     while flushers.join_next().await.is_some() {}
     spawner.abort();

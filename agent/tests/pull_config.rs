@@ -105,6 +105,10 @@ metrics = ["gpu allocation"]
             "sources.s3[0].format",
         ),
         (
+            "[sources.kubernetes]\nenabled = true\ninterval = \"1500ms\"\n",
+            "sources.kubernetes.interval",
+        ),
+        (
             "[sources.runai]\nresource_type = \"node\"\n",
             "sources.runai.resource_type",
         ),

@@ -369,6 +369,12 @@ pub fn validate(
             Duration::from_secs(1),
             &mut errors,
         );
+        if duration("", &kubernetes.interval).is_ok_and(|d| d.subsec_nanos() != 0) {
+            errors.push(format!(
+                "{key}.interval: {:?} is not a whole number of seconds (each event's duration_seconds)",
+                kubernetes.interval
+            ));
+        }
         if kubernetes.event_type.is_empty() {
             errors.push(format!("{key}.event_type: must not be empty"));
         }
