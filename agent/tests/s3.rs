@@ -108,6 +108,24 @@ async fn wait_count(r: &Receiver, n: usize) {
     }
 }
 
+/// Waits until the agent has finished `n` listings of its S3 source.
+async fn wait_ticks(agent: &Agent, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = agent.get("/metrics").await;
+        let ticks: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("tollgate_agent_source_ticks_total{kind=\"s3\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if ticks >= n as f64 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {ticks} listings");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn jsonl_objects_are_read_once_and_a_bad_line_is_dead_lettered_with_its_place() {
     let moto = start_moto().await;
@@ -156,7 +174,8 @@ async fn jsonl_objects_are_read_once_and_a_bad_line_is_dead_lettered_with_its_pl
 
     // Read once: more listings, and after a kill -9 and restart, nothing is read again; a new
     // object is.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A listing finished: the object's progress is on disk.
+    wait_ticks(&agent, 1).await;
     agent.kill9();
     put(
         &moto,
@@ -165,7 +184,9 @@ async fn jsonl_objects_are_read_once_and_a_bad_line_is_dead_lettered_with_its_pl
     );
     let agent = Agent::start_with_env(&config, &CREDENTIALS);
     wait_count(&receiver, 4).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Several listings since the restart, any of which would have read the old object again.
+    wait_ticks(&agent, 4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let counts = raw_counts(&receiver);
     for id in ["e-1", "e-2", "e-3"] {
         assert_eq!(counts[id], 1, "{id} delivered {} times", counts[id]);
