@@ -186,7 +186,8 @@ pub struct RunaiSource {
     pub url: String,
     /// An application's client id.
     pub app_id: String,
-    /// Its secret (never shown).
+    /// Its secret (never shown; left out of `check-config` when unset).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub app_secret: String,
     /// `workload` or `pod`.
     pub resource_type: RunaiResource,
