@@ -396,10 +396,16 @@ impl Config {
                 continue;
             }
             if !insert_at(&mut table, &path, env_value(&value)) {
-                errors.push(ConfigError::Invalid(format!(
-                    "{key}: {} is not a section",
-                    path[..path.len() - 1].join(".")
-                )));
+                let section = path[..path.len() - 1].join(".");
+                let list = matches!(section.as_str(), "sources.prometheus" | "sources.s3");
+                errors.push(ConfigError::Invalid(if list {
+                    format!(
+                        "{key}: [[{section}]] is a list of sources, which the environment cannot \
+                         address: set it in the file"
+                    )
+                } else {
+                    format!("{key}: {section} is not a section")
+                }));
             }
         }
         let config: Config = match serde_path_to_error::deserialize(toml::Value::Table(table)) {

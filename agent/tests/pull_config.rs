@@ -121,6 +121,34 @@ metrics = ["gpu allocation"]
         assert!(!ok, "{text}");
         assert!(err.contains(key), "{key}: {err}");
     }
+    // The environment reaches single sections, not the lists.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, "[[sources.prometheus]]\nurl = \"http://p\"\nqueries = [{ name = \"a\", promql = \"up\" }]\n[sources.runai]\nenabled = true\nurl = \"http://r\"\napp_id = \"a\"\n").unwrap();
+    let out = std::process::Command::new(agent_bin())
+        .args(["check-config", path.to_str().unwrap()])
+        .env("TOLLGATE_AGENT__SOURCES__RUNAI__APP_SECRET", "from-env")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("app_secret = \"********\"") && !stdout.contains("from-env"),
+        "{stdout}"
+    );
+    let out = std::process::Command::new(agent_bin())
+        .args(["check-config", path.to_str().unwrap()])
+        .env("TOLLGATE_AGENT__SOURCES__PROMETHEUS__URL", "http://q")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[[sources.prometheus]] is a list"),
+        "{stderr}"
+    );
     // Off by default: a [sources.kubernetes] table without `enabled` checks nothing else.
     let (ok, _, err) = check("[sources.kubernetes]\ninterval = \"15s\"\n");
     assert!(ok, "{err}");
