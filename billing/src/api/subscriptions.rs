@@ -114,10 +114,14 @@ async fn customer_of(api: &Api, id: Option<&str>, key: Option<&str>) -> Result<C
             "customerId or customerKey is required",
         )
     })?;
-    let all = api.store.list_entities::<Customer>("customer").await?;
+    // Through the primary key or the key's index, not a scan of every customer.
     let found = match id {
-        Some(id) => all.into_iter().find(|c| c.id == id),
-        None => all.into_iter().find(|c| c.key.as_deref() == Some(wanted)),
+        Some(id) => api.store.get_entity::<Customer>("customer", id).await?,
+        None => api
+            .store
+            .list_entities_where::<Customer>("customer", "key", wanted)
+            .await?
+            .pop(),
     };
     found.ok_or_else(|| {
         Refusal::invalid(
