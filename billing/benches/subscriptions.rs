@@ -2,7 +2,7 @@
 //! real binary over HTTP, release build, real time with the scheduler's runner every second):
 //!
 //! * Creating: `POST /api/v1/subscriptions` for N customers (each provisions one metered
-//!   entitlement from the plan's template) beside `POST /api/v2/customers/{c}/entitlements`
+//!   entitlement from the plan's template) beside `POST /api/v2/customers/{{c}}/entitlements`
 //!   creating the same entitlement by hand for N other customers (the peer: the entitlement
 //!   alone, through the entitlement API as it is).
 //! * A boundary: N subscriptions scheduled to start at one instant — how long after it the
@@ -198,7 +198,7 @@ async fn main() {
         subs * 1e6 / n as f64
     );
     println!(
-        "| peer: the same entitlement by hand, `POST /api/v2/customers/{c}/entitlements` | {:.0} | {:.0} |",
+        "| peer: the same entitlement by hand, `POST /api/v2/customers/{{c}}/entitlements` | {:.0} | {:.0} |",
         n as f64 / ents,
         ents * 1e6 / n as f64
     );
