@@ -361,10 +361,10 @@ mod tests {
             "the add-on's 3 × 2 is a new window; the subscription's end closes the last"
         );
         assert_eq!(
-            items_at(&s, &[addon.clone()], t("2026-03-20T00:00:00Z")).len(),
+            items_at(&s, std::slice::from_ref(&addon), t("2026-03-20T00:00:00Z")).len(),
             1
         );
-        assert!(items_at(&s, &[addon.clone()], t("2026-06-01T00:00:00Z")).is_empty());
+        assert!(items_at(&s, std::slice::from_ref(&addon), t("2026-06-01T00:00:00Z")).is_empty());
         let b = boundaries(&s, &[addon]);
         assert!(b.contains(&t("2026-04-15T00:00:00Z")) && b.contains(&t("2026-03-10T00:00:00Z")));
     }
