@@ -19,6 +19,8 @@
 //! * [`plans`]: versioned plans (phases, rate cards): create, update a draft, publish, archive.
 //! * [`addons`]: versioned add-ons.
 //! * [`plan_addons`]: the add-ons a plan offers.
+//! * [`notification_channels`], [`notification_rules`], [`notification_events`]: webhook
+//!   notifications (channels, rules, events with their delivery status).
 //!
 //! `catalog_http` holds what the catalog's resources share (errors with `validationErrors`,
 //! list queries).
@@ -35,6 +37,9 @@ pub mod history;
 pub mod ingest;
 pub mod meter_query;
 pub mod meters;
+pub mod notification_channels;
+pub mod notification_events;
+pub mod notification_rules;
 pub mod plan_addons;
 pub mod plans;
 pub mod resets;
@@ -69,6 +74,9 @@ pub struct Api {
     pub tokens: Arc<Vec<String>>,
     /// Billing's "now": every handler takes its time from here, never from `Utc::now()`.
     pub clock: Arc<Clock>,
+    /// Notifications: what ingest and the clock tell about changes (thresholds are evaluated on
+    /// its own task) and the delivery worker's wake-up.
+    pub notifications: Arc<crate::notification::threshold::Evaluator>,
 }
 
 impl Api {
@@ -158,6 +166,9 @@ pub fn router(api: Api) -> Router {
         .merge(plans::routes())
         .merge(addons::routes())
         .merge(plan_addons::routes())
+        .merge(notification_channels::routes())
+        .merge(notification_rules::routes())
+        .merge(notification_events::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), auth))

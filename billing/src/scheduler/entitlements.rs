@@ -1,7 +1,8 @@
 //! Entitlements' time-driven events, as [`DueWork`]s: usage-period boundaries (the automatic
 //! reset: usage back to zero, grants rolled over, `issueAfterReset` issued again) and grants
 //! becoming effective, expiring and refilling at their recurrence. The balance engine derives all
-//! of these from time, so these works write nothing: they report what the advance crossed.
+//! of these from time, so these works only report what the advance crossed — except that a reset
+//! records its `entitlements.reset` notifications ([`crate::notification::reset`]).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -176,11 +177,18 @@ impl DueWork for UsagePeriods {
 
     fn run<'a>(
         &'a self,
-        _store: &'a Store,
+        store: &'a Store,
         at: DateTime<Utc>,
         items: Vec<Due>,
     ) -> BoxFuture<'a, Result<Done, StoreError>> {
-        Box::pin(async move { Ok(report(at, items)) })
+        Box::pin(async move {
+            // `entitlements.reset` notifications, recorded once per rule, entitlement and instant.
+            let details: Vec<Value> = items.iter().map(|d| d.detail.clone()).collect();
+            let recorded = crate::notification::reset::record_resets(store, at, &details).await?;
+            let mut done = report(at, items);
+            done.wrote = recorded > 0;
+            Ok(done)
+        })
     }
 }
 
