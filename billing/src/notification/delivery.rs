@@ -214,7 +214,16 @@ impl Worker {
         } else {
             let wait = BACKOFF[(attempts - 1).min(BACKOFF.len() - 1)];
             let next = now + chrono::Duration::from_std(wait).unwrap_or_default();
-            if next.timestamp_millis() > c.deadline_ms {
+            // Retried for the delivery window from the first attempt (an event recorded at an
+            // instant a simulated clock jumped over still gets its window).
+            let first = status["attempts"][0]["timestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+                .unwrap_or(now);
+            let deadline = c
+                .deadline_ms
+                .max((first + super::outbox::DELIVERY_WINDOW).timestamp_millis());
+            if next.timestamp_millis() > deadline {
                 ("FAILED", None)
             } else {
                 ("PENDING", Some(next))
@@ -224,7 +233,10 @@ impl Worker {
         status["reason"] = json!(match (state, next) {
             ("SUCCESS", _) => String::new(),
             (_, Some(n)) => format!("attempt {attempts} failed ({what}); retrying at {}", fmt(n)),
-            _ => format!("gave up after {attempts} attempts; last: {what}"),
+            _ => format!(
+                "gave up after {attempts} attempt{}; last: {what}",
+                if attempts == 1 { "" } else { "s" }
+            ),
         });
         match next {
             Some(n) => status["nextAttempt"] = json!(n),

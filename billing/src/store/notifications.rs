@@ -304,7 +304,8 @@ impl Store {
         }
         self.execute_statements(vec![Stmt {
             sql: "UPDATE notification_deliveries SET state = 'PENDING', lease_token = NULL, \
-                  lease_until_ms = NULL WHERE state = 'SENDING'"
+                  lease_until_ms = NULL, next_attempt_ms = COALESCE(next_attempt_ms, 0) \
+                  WHERE state = 'SENDING'"
                 .into(),
             params: vec![],
         }])
