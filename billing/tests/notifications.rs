@@ -392,6 +392,34 @@ async fn thresholds_at_50_80_100_percent_fire_once_each_signed_and_verified() {
     assert_eq!(attempt["state"], "SUCCESS", "{attempt}");
     assert_eq!(attempt["response"]["statusCode"], 200);
 
+    // The Kong-side example (kong-config/quota-webhook.py) on the payloads as received: the
+    // 100 % event moves the consumer into the over-quota group, the 80 % one changes nothing.
+    let plan = |payload: &Value| {
+        use std::io::Write;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kong-config/quota-webhook.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .arg("plan")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(payload.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        plan(&got[2]["payload"]).trim(),
+        r#"["POST", "/consumer_groups/over-quota/consumers", {"consumer": "acme"}]"#
+    );
+    assert_eq!(plan(&got[1]["payload"]).trim(), "");
+
     // Filters: by subject and by rule.
     let (_, page) = get(&b, "/api/v1/notification/events?subject=burst").await;
     assert_eq!(page["totalCount"], 1, "{page}");
