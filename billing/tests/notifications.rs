@@ -664,3 +664,25 @@ async fn billing_killed_mid_delivery_delivers_after_restart_with_the_same_webhoo
     );
     assert_eq!(events(&b).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openmeter_python_sdk_drives_notifications_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path(), "");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/notifications.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args([b.url(""), TOKEN.to_owned()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK notifications failed\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("notifications: all steps passed"),
+        "{stdout}"
+    );
+}
