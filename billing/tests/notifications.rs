@@ -275,6 +275,28 @@ async fn until<F: AsyncFnMut() -> bool>(secs: u64, what: &str, mut f: F) {
     }
 }
 
+/// What `kong-config/quota-webhook.py plan` makes of a payload.
+fn kong_plan(payload: &Value) -> String {
+    use std::io::Write;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kong-config/quota-webhook.py");
+    let mut child = Command::new(python())
+        .arg(script)
+        .arg("plan")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(payload.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn states(event: &Value) -> Vec<(String, String)> {
     event["deliveryStatus"]
         .as_array()
@@ -394,31 +416,11 @@ async fn thresholds_at_50_80_100_percent_fire_once_each_signed_and_verified() {
 
     // The Kong-side example (kong-config/quota-webhook.py) on the payloads as received: the
     // 100 % event moves the consumer into the over-quota group, the 80 % one changes nothing.
-    let plan = |payload: &Value| {
-        use std::io::Write;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kong-config/quota-webhook.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .arg("plan")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(payload.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap()
-    };
     assert_eq!(
-        plan(&got[2]["payload"]).trim(),
+        kong_plan(&got[2]["payload"]).trim(),
         r#"["POST", "/consumer_groups/over-quota/consumers", {"consumer": "acme"}]"#
     );
-    assert_eq!(plan(&got[1]["payload"]).trim(), "");
+    assert_eq!(kong_plan(&got[1]["payload"]).trim(), "");
 
     // Filters: by subject and by rule.
     let (_, page) = get(&b, "/api/v1/notification/events?subject=burst").await;
@@ -610,6 +612,51 @@ async fn on_a_simulated_clock_retries_give_up_with_a_reason_and_resets_notify() 
         "{d}"
     );
     assert_eq!(events(&b).await.len(), 1);
+
+    // A threshold crossed, then a manual reset (committed with its reset event), then the same
+    // threshold again in the new period.
+    created(
+        &b,
+        "/api/v1/notification/rules",
+        json!({"type": "entitlements.balance.threshold", "name": "half", "channels": [dead["id"]],
+               "thresholds": [{"value": 50, "type": "usage_percentage"}]}),
+    )
+    .await;
+    use_n(&b, "acme", 51).await;
+    until(20, "50 %", async || events(&b).await.len() == 2).await;
+    let (s, _) = post(&b, "/api/tollgate/v1/clock", json!({"advanceBy": "PT2M"})).await;
+    assert_eq!(s, 200);
+    let r = client()
+        .post(b.url("/api/v2/customers/acme/entitlements/calls/reset"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let all = events(&b).await;
+    assert_eq!(all.len(), 3, "{all:#?}");
+    let reset = &all[2];
+    assert_eq!(reset["type"], "entitlements.reset", "{reset}");
+    assert_eq!(reset["payload"]["data"]["value"]["usage"], 0.0, "{reset}");
+    assert!(reset["payload"]["data"].get("threshold").is_none());
+    assert_eq!(
+        kong_plan(&reset["payload"]).trim(),
+        r#"["DELETE", "/consumer_groups/over-quota/consumers/acme", null]"#
+    );
+    use_n(&b, "acme", 51).await;
+    until(20, "50 % in the new period", async || {
+        events(&b).await.len() == 4
+    })
+    .await;
+    let again = &events(&b).await[3];
+    assert_eq!(
+        again["payload"]["data"]["threshold"]["value"], 50.0,
+        "{again}"
+    );
+    assert_ne!(
+        again["payload"]["data"]["entitlement"]["currentUsagePeriod"]["from"],
+        all[1]["payload"]["data"]["entitlement"]["currentUsagePeriod"]["from"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

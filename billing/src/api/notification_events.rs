@@ -93,8 +93,11 @@ async fn list_events(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
     Ok(p.page(items, |d, by| match by {
         "id" => d["id"].as_str().unwrap_or_default().to_owned(),
         _ => format!(
-            "{}{}",
-            d["createdAt"].as_str().unwrap_or_default(),
+            "{:020}{}",
+            d["createdAt"]
+                .as_str()
+                .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                .map_or(0, |t| t.timestamp_micros().max(0)),
             d["id"].as_str().unwrap_or_default()
         ),
     }))
