@@ -100,13 +100,13 @@ impl Drop for Billing {
 }
 
 /// The webhook receiver (Python, `standardwebhooks`), killed when dropped.
-struct Receiver {
+pub struct Receiver {
     child: Child,
     log: PathBuf,
 }
 
 impl Receiver {
-    fn start(port: u16, secret: &str, log: &Path, hold_first: Option<u64>) -> Receiver {
+    pub fn start(port: u16, secret: &str, log: &Path, hold_first: Option<u64>) -> Receiver {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/webhook_receiver.py");
         let mut cmd = Command::new(python());
         cmd.arg(script)
@@ -132,7 +132,7 @@ impl Receiver {
     }
 
     /// Every request received so far.
-    fn received(&self) -> Vec<Value> {
+    pub fn received(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
@@ -694,6 +694,11 @@ async fn billing_killed_mid_delivery_delivers_after_restart_with_the_same_webhoo
     .await;
     let (_, e) = get(&b, &format!("/api/v1/notification/events/{id}")).await;
     assert_eq!(e["deliveryStatus"][0]["state"], "SENDING", "{e}");
+    // While a receiver hangs, ingest and balances go on (delivery is off the ingest path).
+    setup(&b, &["acme"]).await;
+    use_n(&b, "acme", 10).await;
+    let (s, v) = get(&b, "/api/v2/customers/acme/entitlements/calls/value").await;
+    assert_eq!((s, v["usage"].as_f64()), (200, Some(10.0)), "{v}");
     b.kill9();
     let b = Billing::start(dir.path(), "");
     // On SQLite the restarted process sends at once; on PostgreSQL once the lease (30 s) ends.

@@ -60,7 +60,7 @@ pub async fn reset_events(
             out.push(outbox::new_event(
                 rule,
                 &channels,
-                at,
+                now,
                 data,
                 Some(key),
                 json!({}),
