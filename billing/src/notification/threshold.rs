@@ -13,8 +13,9 @@
 //! transaction as the event and its deliveries. Evaluation reads committed usage, so it is a pure
 //! function of stored state: running it twice, late, or on two replicas at once records each
 //! crossing once. It runs for the subjects of every committed ingest (a signal, never awaited by
-//! ingest), for everything at start-up (catching any crossing whose evaluation a crash cut off),
-//! after a clock advance, and every [`SWEEP`] — so a crossing is never lost and never doubled.
+//! ingest; passes at least [`MIN_INTERVAL`] apart, so its cost is bounded at any ingest rate), for
+//! everything at start-up (catching any crossing whose evaluation a crash cut off), after a clock
+//! advance, and every [`SWEEP`] — so a crossing is never lost and never doubled.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,10 @@ use crate::store::{Store, StoreError};
 
 /// How often everything is evaluated even without ingest (grants starting, clock moves).
 pub const SWEEP: Duration = Duration::from_secs(30);
+/// The least time between two evaluations: under sustained ingest the subjects that changed
+/// meanwhile are evaluated together, so evaluation costs at most one pass per interval however
+/// fast usage arrives (and a crossing is seen within about this long).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Whether the threshold is active for `value` (§4.5).
 pub fn active(t: &Threshold, value: &EntitlementValue) -> bool {
@@ -348,10 +353,11 @@ impl Evaluator {
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(0) => {}
+                    Ok(0) => tokio::time::sleep(MIN_INTERVAL).await,
                     Ok(n) => {
                         tracing::debug!(events = n, "thresholds evaluated");
                         self.deliveries.notify_one();
+                        tokio::time::sleep(MIN_INTERVAL).await;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "threshold evaluation failed; retrying");
