@@ -3,8 +3,8 @@
 //!
 //! * **States:** `PENDING` → `SENDING` (claimed under a lease) → `SUCCESS` on a 2xx, else back to
 //!   `PENDING` with `nextAttempt` after a backoff ([`BACKOFF`]), or `FAILED` once the next try
-//!   would fall after the delivery's deadline ([`super::outbox::DELIVERY_WINDOW`] after the first try)
-//!   or the channel is disabled or gone. Each attempt keeps the response's status, body (first
+//!   would fall after the deadline ([`super::outbox::DELIVERY_WINDOW`] after the first try) or
+//!   the channel is disabled or gone. Each attempt keeps the response's status, body (first
 //!   [`BODY_KEPT`] bytes), duration and URL; `reason` says why it is in its state.
 //! * **Time:** `nextAttempt`, deadlines and attempt timestamps are on billing's clock, so a
 //!   simulated clock drives retries. Two things use the wall clock because they are about real
