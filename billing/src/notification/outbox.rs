@@ -172,3 +172,68 @@ pub async fn record_invoice_event(
     store.execute_statements(stmts).await?;
     Ok(rules.len())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::Location;
+
+    #[tokio::test]
+    async fn invoice_events_once_per_creation_none_for_gathering() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Location::Sqlite(dir.path().to_owned()))
+            .await
+            .unwrap();
+        let now: DateTime<Utc> = "2026-11-26T00:00:00Z".parse().unwrap();
+        let channel = json!({"id": "ch", "type": "WEBHOOK", "name": "c", "url": "http://127.0.0.1:9/",
+                             "signingSecret": super::super::model::new_secret(),
+                             "createdAt": now, "updatedAt": now});
+        store.put_entity(CHANNEL, "ch", &channel).await.unwrap();
+        for (id, kind) in [
+            ("r1", kinds::INVOICE_CREATED),
+            ("r2", kinds::INVOICE_UPDATED),
+        ] {
+            let rule = json!({"id": id, "type": kind, "name": id, "channels": [{"id": "ch", "type": "WEBHOOK"}],
+                              "createdAt": now, "updatedAt": now});
+            store.put_entity(RULE, id, &rule).await.unwrap();
+        }
+        let invoice = json!({"id": "inv-1", "status": "issued", "currency": "USD"});
+        let count = async || {
+            store
+                .notification_event_docs(i64::MIN, i64::MAX)
+                .await
+                .unwrap()
+        };
+        // Created twice (a retried state-machine step): one event.
+        for _ in 0..2 {
+            record_invoice_event(&store, kinds::INVOICE_CREATED, &invoice, now)
+                .await
+                .unwrap();
+        }
+        assert_eq!(count().await.len(), 1);
+        // Each update is an event; a gathering invoice notifies nothing.
+        record_invoice_event(&store, kinds::INVOICE_UPDATED, &invoice, now)
+            .await
+            .unwrap();
+        let gathering = json!({"id": "inv-2", "status": "gathering"});
+        record_invoice_event(&store, kinds::INVOICE_UPDATED, &gathering, now)
+            .await
+            .unwrap();
+        let events = count().await;
+        assert_eq!(events.len(), 2);
+        let updated = events
+            .iter()
+            .find(|e| e["type"] == kinds::INVOICE_UPDATED)
+            .unwrap();
+        assert_eq!(updated["payload"]["data"], invoice);
+        assert_eq!(updated["rule"]["id"], "r2");
+        let deliveries = store
+            .notification_deliveries(updated["id"].as_str().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!(deliveries[0]["state"], "PENDING");
+    }
+}
