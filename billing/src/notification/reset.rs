@@ -1,5 +1,5 @@
 //! `entitlements.reset` events: when a metered entitlement's usage period resets (the boundary a
-//! clock advance or real time crosses, reported by [`crate::scheduler::entitlements`]), or a
+//! clock advance or the real-time runner crosses: [`crate::scheduler::entitlements`]), or a
 //! manual reset (`POST …/reset`, recorded in the entitlement write's transaction), one event per
 //! live reset rule covering its feature, deduplicated by (rule, entitlement, instant), so a
 //! repeated advance records it once.

@@ -301,51 +301,10 @@ impl Evaluator {
         self.deliveries.notify_one();
     }
 
-    /// On real time, the usage-period resets that fell in `(after, until]` (on a simulated
-    /// clock the clock's advance records them); how many events were recorded.
-    async fn real_time_resets(
-        &self,
-        after: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<usize, StoreError> {
-        use crate::scheduler::DueWork;
-        if self.clock.is_simulated() || after >= until {
-            return Ok(0);
-        }
-        let mut queue = crate::scheduler::entitlements::UsagePeriods
-            .plan(&self.store, after, until)
-            .await?;
-        let mut recorded = 0;
-        while let Some(at) = queue.peek() {
-            let details: Vec<serde_json::Value> =
-                queue.pop().into_iter().map(|d| d.detail).collect();
-            recorded += super::reset::record_resets(&self.store, at, &details).await?;
-        }
-        Ok(recorded)
-    }
-
     /// The task: evaluates what is dirty until the process ends.
     pub async fn run(self: Arc<Self>) {
-        // Resets since a day before start-up are looked at once (dedup keys make that harmless),
-        // then each sweep looks at the time since the last one.
-        let mut resets_checked: Option<DateTime<Utc>> = None;
         loop {
             let work = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
-            // Resets are looked for on full sweeps only (not on every ingest).
-            if work.all
-                && let Ok(now) = self.clock.now().await
-            {
-                let after = resets_checked.unwrap_or(now - chrono::Duration::days(1));
-                match self.real_time_resets(after, now).await {
-                    Ok(n) => {
-                        resets_checked = Some(now);
-                        if n > 0 {
-                            self.deliveries.notify_one();
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "usage-period reset notifications"),
-                }
-            }
             if work.all || !work.subjects.is_empty() {
                 let only = (!work.all).then_some(&work.subjects);
                 let result = match self.clock.now().await {
