@@ -167,6 +167,22 @@ impl Store {
         lease_ms: i64,
         limit: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
+        // A read first: an idle outbox costs no write transaction (nor the writer's time).
+        let due = self
+            .docs(Stmt {
+                sql: format!(
+                    "SELECT id FROM notification_deliveries \
+                     WHERE (state IN ('PENDING', 'RESENDING') AND next_attempt_ms <= {}) \
+                        OR (state = 'SENDING' AND lease_until_ms < {}) LIMIT 1",
+                    big(1),
+                    big(2)
+                ),
+                params: vec![Some(now_ms.to_string()), Some(wall_ms.to_string())],
+            })
+            .await?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
         let lease = uuid::Uuid::new_v4().simple().to_string();
         let skip_locked = if self.is_exclusive() {
             ""
