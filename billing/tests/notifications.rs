@@ -106,6 +106,8 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// Starts it on `port` verifying with `secret`, logging to `log`; with `hold_first`, the
+    /// first request is held that many seconds before it is answered.
     pub fn start(port: u16, secret: &str, log: &Path, hold_first: Option<u64>) -> Receiver {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/webhook_receiver.py");
         let mut cmd = Command::new(python());
