@@ -181,21 +181,18 @@ impl Worker {
             }
         };
         let outcome = self.send(ch, &c.event).await;
-        let url = Some(ch.url.clone());
         let now = self.clock.now().await?;
         let mut attempt = json!({
             "state": if outcome.ok { "SUCCESS" } else { "FAILED" },
             "response": {
                 "body": outcome.error.clone().unwrap_or_else(|| outcome.body.clone()),
                 "durationMs": outcome.duration_ms,
+                "url": ch.url,
             },
             "timestamp": now,
         });
         if let Some(s) = outcome.status {
             attempt["response"]["statusCode"] = json!(s);
-        }
-        if let Some(u) = &url {
-            attempt["response"]["url"] = json!(u);
         }
         let attempts = status["attempts"].as_array().map_or(0, Vec::len) + 1;
         if let Some(list) = status["attempts"].as_array_mut() {
