@@ -740,3 +740,59 @@ async fn openmeter_python_sdk_drives_notifications_unchanged() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_real_time_a_usage_period_reset_notifies_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path(), "");
+    setup(&b, &[]).await;
+    created(
+        &b,
+        "/api/v1/customers",
+        json!({"name": "hourly", "key": "hourly", "usageAttribution": {"subjectKeys": ["hourly"]}}),
+    )
+    .await;
+    let port = tollgate_e2e::stack::free_port();
+    let ch = channel(&b, port, json!({})).await;
+    let rx = Receiver::start(
+        port,
+        ch["signingSecret"].as_str().unwrap(),
+        &dir.path().join("hooks.jsonl"),
+        None,
+    );
+    created(
+        &b,
+        "/api/v1/notification/rules",
+        json!({"type": "entitlements.reset", "name": "resets", "channels": [ch["id"]],
+               "features": ["calls"]}),
+    )
+    .await;
+    // An hourly period anchored so that it ends 10 s from now: the scheduler's real-time runner
+    // crosses the boundary.
+    let anchor = chrono::Utc::now() - chrono::Duration::seconds(3600 - 10);
+    created(
+        &b,
+        "/api/v2/customers/hourly/entitlements",
+        json!({"type": "metered", "featureKey": "calls", "issueAfterReset": 10,
+               "usagePeriod": {"interval": "PT1H", "anchor": anchor}}),
+    )
+    .await;
+    use_n(&b, "hourly", 3).await;
+    until(30, "the reset's delivery", async || {
+        rx.received().len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all = events(&b).await;
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["type"], "entitlements.reset");
+    assert_eq!(
+        all[0]["payload"]["data"]["value"]["usage"], 0.0,
+        "{}",
+        all[0]
+    );
+    let got = rx.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["verified"], true);
+    assert_eq!(got[0]["payload"]["data"]["subject"]["key"], "hourly");
+}
