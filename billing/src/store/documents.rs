@@ -105,6 +105,18 @@ const TABLES: &[DocTable] = &[
         ],
         bigint: &[],
     },
+    DocTable {
+        kind: "notification_channel",
+        table: "notification_channels",
+        columns: &[("deleted_at", "/deletedAt")],
+        bigint: &[],
+    },
+    DocTable {
+        kind: "notification_rule",
+        table: "notification_rules",
+        columns: &[("deleted_at", "/deletedAt")],
+        bigint: &[],
+    },
 ];
 
 /// A statement and its parameters (all text or NULL).

@@ -6,6 +6,8 @@
 //!   that transaction committed: a retried event is never lost and never counted twice.
 //! * `usage_minutes` / `usage_uniques`: per meter, subject, group-by values and minute, the partial
 //!   aggregates every aggregation needs ([`usage`]), so queries never rescan raw events.
+//! * `notification_events` / `notification_deliveries`: the notification outbox
+//!   ([`notifications`]).
 //! * API documents (meters, customers, features, entitlements, grants, plans, add-ons and plan
 //!   add-ons) in their own tables with their unique keys as constraints ([`documents`]).
 //!
@@ -16,6 +18,7 @@
 
 pub mod documents;
 pub mod migrate;
+pub mod notifications;
 mod postgres;
 mod sqlite;
 pub mod usage;
