@@ -593,6 +593,21 @@ impl Postgres {
         Ok(last)
     }
 
+    /// Runs `stmts` in one transaction; each must change exactly one row, else all are rolled
+    /// back and the answer is `false`.
+    pub(crate) async fn execute_all_or_none(&self, stmts: Vec<Stmt>) -> Result<bool, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        for s in &stmts {
+            if tx.execute(s.sql.as_str(), &text_params(&s.params)).await? != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     pub(crate) async fn query_docs(&self, stmt: Stmt) -> Result<Vec<String>, StoreError> {
         let client = self.pool.get().await?;
         let rows = client

@@ -527,6 +527,26 @@ impl Sqlite {
         .await
     }
 
+    /// Runs `stmts` in one savepoint; each must change exactly one row, else all are rolled
+    /// back and the answer is `false`.
+    pub(crate) async fn execute_all_or_none(&self, stmts: Vec<Stmt>) -> Result<bool, StoreError> {
+        let r = self
+            .write(move |conn, _| {
+                for s in &stmts {
+                    if run_stmt(conn, s)? != 1 {
+                        return Err(StoreError::Conflict("compare-and-set lost".into()));
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) async fn query_docs(&self, stmt: Stmt) -> Result<Vec<String>, StoreError> {
         self.read(move |conn| {
             let mut s = conn.prepare_cached(&stmt.sql)?;
