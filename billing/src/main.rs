@@ -207,6 +207,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)?;
     }
+    // The sandbox app and the default billing profile, once (also with replicas starting at once).
+    tollgate_billing::invoice::profile::provision(&store, now).await?;
+    if !clock.is_simulated() {
+        // On the simulated clock invoices move when the clock is advanced.
+        tokio::spawn(tollgate_billing::scheduler::invoices::run_real_time(
+            store.clone(),
+            std::time::Duration::from_secs(5),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;

@@ -19,11 +19,18 @@
 //! * [`plans`]: versioned plans (phases, rate cards): create, update a draft, publish, archive.
 //! * [`addons`]: versioned add-ons.
 //! * [`plan_addons`]: the add-ons a plan offers.
+//! * [`billing_profiles`]: billing profiles (supplier, workflow, apps).
+//! * [`billing_customers`]: customer overrides (which profile a customer's invoices use).
+//! * [`invoices`]: invoices, their actions, pending lines, simulation and the printable page.
+//! * [`apps`]: installed apps, the marketplace and the custom-invoicing callbacks.
 //!
 //! `catalog_http` holds what the catalog's resources share (errors with `validationErrors`,
 //! list queries).
 
 pub mod addons;
+pub mod apps;
+pub mod billing_customers;
+pub mod billing_profiles;
 pub(crate) mod catalog_http;
 pub mod clock;
 pub mod customers;
@@ -33,6 +40,7 @@ pub mod features;
 pub mod grants;
 pub mod history;
 pub mod ingest;
+pub mod invoices;
 pub mod meter_query;
 pub mod meters;
 pub mod plan_addons;
@@ -158,6 +166,10 @@ pub fn router(api: Api) -> Router {
         .merge(plans::routes())
         .merge(addons::routes())
         .merge(plan_addons::routes())
+        .merge(billing_profiles::routes())
+        .merge(billing_customers::routes())
+        .merge(invoices::routes())
+        .merge(apps::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), auth))
