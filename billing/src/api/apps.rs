@@ -59,8 +59,20 @@ async fn list_apps(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
     let (mut page, mut page_size) = (1usize, 100usize);
     for (k, v) in query_pairs(&raw) {
         match k.as_str() {
-            "page" => page = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad(format!("page: {v:?} must be an integer ≥ 1")))?,
-            "pageSize" => page_size = v.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| bad(format!("pageSize: {v:?} must be an integer in 1..=1000")))?,
+            "page" => {
+                page = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| bad(format!("page: {v:?} must be an integer ≥ 1")))?
+            }
+            "pageSize" => {
+                page_size = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| bad(format!("pageSize: {v:?} must be an integer in 1..=1000")))?
+            }
             _ => {}
         }
     }
@@ -68,8 +80,15 @@ async fn list_apps(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
     all.retain(|a| a.deleted_at.is_none());
     all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
     let total = all.len();
-    let items: Vec<App> = all.into_iter().skip((page - 1) * page_size).take(page_size).collect();
-    Ok(axum::Json(json!({"totalCount": total, "page": page, "pageSize": page_size, "items": items})).into_response())
+    let items: Vec<App> = all
+        .into_iter()
+        .skip((page - 1) * page_size)
+        .take(page_size)
+        .collect();
+    Ok(axum::Json(
+        json!({"totalCount": total, "page": page, "pageSize": page_size, "items": items}),
+    )
+    .into_response())
 }
 
 async fn get_app(State(api): State<Api>, Path(id): Path<String>) -> R {
@@ -113,16 +132,28 @@ async fn uninstall_app(State(api): State<Api>, Path(id): Path<String>) -> R {
     let profiles: Vec<BillingProfile> = api.store.list_entities(profile::KIND).await?;
     if let Some(p) = profiles.iter().find(|p| {
         p.deleted_at.is_none()
-            && [&p.apps.tax, &p.apps.invoicing, &p.apps.payment].iter().any(|x| x["id"] == id.as_str())
+            && [&p.apps.tax, &p.apps.invoicing, &p.apps.payment]
+                .iter()
+                .any(|x| x["id"] == id.as_str())
     }) {
-        return Err(conflict(format!("app {id} is used by billing profile {} ({}): delete or change that profile first", p.id, p.name)));
+        return Err(conflict(format!(
+            "app {id} is used by billing profile {} ({}): delete or change that profile first",
+            p.id, p.name
+        )));
     }
     let invoices: Vec<Invoice> = api.store.list_entities(lifecycle::KIND).await?;
     if let Some(i) = invoices.iter().find(|i| {
         i.workflow.apps.invoicing["id"] == id.as_str()
-            && !matches!(i.status.as_str(), "paid" | "voided" | "uncollectible" | "deleted")
+            && !matches!(
+                i.status.as_str(),
+                "paid" | "voided" | "uncollectible" | "deleted"
+            )
     }) {
-        return Err(conflict(format!("app {id} is used by invoice {} in status {}", i.id, i.ext())));
+        return Err(conflict(format!(
+            "app {id} is used by invoice {} in status {}",
+            i.id,
+            i.ext()
+        )));
     }
     let now = api.now().await?;
     a.deleted_at = Some(now);
@@ -133,7 +164,10 @@ async fn uninstall_app(State(api): State<Api>, Path(id): Path<String>) -> R {
 
 async fn list_listings() -> R {
     let items: Vec<Value> = KINDS.iter().filter_map(|k| app::listing(k)).collect();
-    Ok(axum::Json(json!({"totalCount": items.len(), "page": 1, "pageSize": 100, "items": items})).into_response())
+    Ok(
+        axum::Json(json!({"totalCount": items.len(), "page": 1, "pageSize": 100, "items": items}))
+            .into_response(),
+    )
 }
 
 fn listing_of(kind: &str) -> Result<Value, Problem> {
@@ -159,13 +193,19 @@ struct Install {
 
 async fn install(State(api): State<Api>, Path(kind): Path<String>, body: Bytes) -> R {
     let listing = listing_of(&kind)?;
-    let req: Install = if body.is_empty() { Install::default() } else { json_body(&body)? };
+    let req: Install = if body.is_empty() {
+        Install::default()
+    } else {
+        json_body(&body)?
+    };
     let now = api.now().await?;
     let custom = kind == "custom_invoicing";
     let a = App {
         id: crate::invoice::new_id(),
         kind: kind.clone(),
-        name: req.name.unwrap_or_else(|| listing["name"].as_str().unwrap_or_default().to_owned()),
+        name: req
+            .name
+            .unwrap_or_else(|| listing["name"].as_str().unwrap_or_default().to_owned()),
         description: listing["description"].as_str().map(str::to_owned),
         metadata: None,
         created_at: now,
@@ -194,13 +234,18 @@ async fn install(State(api): State<Api>, Path(kind): Path<String>, body: Bytes) 
             deleted_at: None,
             supplier,
             workflow: Workflow::default(),
-            apps: ProfileApps { tax: id_of.clone(), invoicing: id_of.clone(), payment: id_of },
+            apps: ProfileApps {
+                tax: id_of.clone(),
+                invoicing: id_of.clone(),
+                payment: id_of,
+            },
             default: false,
         };
         api.store.put_entity(profile::KIND, &p.id, &p).await?;
         default_for = vec!["tax", "invoicing", "payment"];
     }
-    Ok((StatusCode::CREATED, axum::Json(json!({"app": a, "defaultForCapabilityTypes": default_for}))).into_response())
+    // OpenMeter answers an install with 200.
+    Ok(axum::Json(json!({"app": a, "defaultForCapabilityTypes": default_for})).into_response())
 }
 
 /// The invoice must run on a custom invoicing app.
@@ -208,10 +253,14 @@ async fn custom_invoice(api: &Api, id: &str) -> Result<(), Problem> {
     let (_, inv) = lifecycle::load(&api.store, id)
         .await?
         .ok_or_else(|| not_found(format!("invoice {id} not found")))?;
-    let app_id = inv.workflow.apps.invoicing["id"].as_str().unwrap_or_default();
+    let app_id = inv.workflow.apps.invoicing["id"]
+        .as_str()
+        .unwrap_or_default();
     match api.store.get_entity::<App>(app::KIND, app_id).await? {
         Some(a) if a.kind == "custom_invoicing" => Ok(()),
-        _ => Err(conflict(format!("invoice {id} is not invoiced by a custom invoicing app"))),
+        _ => Err(conflict(format!(
+            "invoice {id} is not invoiced by a custom invoicing app"
+        ))),
     }
 }
 
@@ -238,9 +287,21 @@ struct DraftSyncedInvoicing {
 }
 
 async fn draft_synchronized(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> R {
-    let b: DraftSynced = if body.is_empty() { DraftSynced::default() } else { json_body(&body)? };
+    let b: DraftSynced = if body.is_empty() {
+        DraftSynced::default()
+    } else {
+        json_body(&body)?
+    };
     let i = b.invoicing.unwrap_or_default();
-    callback(&api, &id, Action::DraftSynchronized { number: i.invoice_number, external_id: i.external_id }).await
+    callback(
+        &api,
+        &id,
+        Action::DraftSynchronized {
+            number: i.invoice_number,
+            external_id: i.external_id,
+        },
+    )
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -268,7 +329,11 @@ struct IssuingSyncedPayment {
 }
 
 async fn issuing_synchronized(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> R {
-    let b: IssuingSynced = if body.is_empty() { IssuingSynced::default() } else { json_body(&body)? };
+    let b: IssuingSynced = if body.is_empty() {
+        IssuingSynced::default()
+    } else {
+        json_body(&body)?
+    };
     let i = b.invoicing.unwrap_or_default();
     callback(
         &api,

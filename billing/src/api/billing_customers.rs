@@ -23,15 +23,13 @@ pub fn routes() -> Router<Api> {
         .route("/api/v1/billing/customers", get(list_overrides))
         .route(
             "/api/v1/billing/customers/{c}",
-            get(get_override).put(upsert_override).delete(delete_override),
+            get(get_override)
+                .put(upsert_override)
+                .delete(delete_override),
         )
 }
 
-async fn view(
-    api: &Api,
-    customer: &Customer,
-    expand: &[String],
-) -> Result<Value, Problem> {
+async fn view(api: &Api, customer: &Customer, expand: &[String]) -> Result<Value, Problem> {
     let o = api
         .store
         .get_entity::<CustomerOverride>(OVERRIDE_KIND, &customer.id)
@@ -46,7 +44,8 @@ async fn view(
     }
     if let Some(p) = effective {
         let pv = profile_view(api, &p, expand.iter().any(|e| e == "apps")).await?;
-        v["customerProfile"] = json!({"supplier": pv["supplier"], "workflow": pv["workflow"], "apps": pv["apps"]});
+        v["customerProfile"] =
+            json!({"supplier": pv["supplier"], "workflow": pv["workflow"], "apps": pv["apps"]});
     }
     if expand.iter().any(|e| e == "customer") {
         v["customer"] = serde_json::to_value(customer).unwrap_or_default();
@@ -79,8 +78,20 @@ async fn list_overrides(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
             "customersWithoutPinnedProfile" => without_pinned = v == "true",
             "billingProfile" => profiles.push(v),
             "customerId" => ids.push(v),
-            "page" => page = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad(format!("page: {v:?} must be an integer ≥ 1")))?,
-            "pageSize" => page_size = v.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| bad(format!("pageSize: {v:?} must be an integer in 1..=1000")))?,
+            "page" => {
+                page = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| bad(format!("page: {v:?} must be an integer ≥ 1")))?
+            }
+            "pageSize" => {
+                page_size = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| bad(format!("pageSize: {v:?} must be an integer in 1..=1000")))?
+            }
             _ => {}
         }
     }
@@ -102,10 +113,17 @@ async fn list_overrides(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
     }
     let total = items.len();
     let mut out = Vec::new();
-    for c in items.into_iter().skip((page - 1) * page_size).take(page_size) {
+    for c in items
+        .into_iter()
+        .skip((page - 1) * page_size)
+        .take(page_size)
+    {
         out.push(view(&api, c, &expand).await?);
     }
-    Ok(axum::Json(json!({"totalCount": total, "page": page, "pageSize": page_size, "items": out})).into_response())
+    Ok(
+        axum::Json(json!({"totalCount": total, "page": page, "pageSize": page_size, "items": out}))
+            .into_response(),
+    )
 }
 
 async fn get_override(State(api): State<Api>, Path(c): Path<String>, RawQuery(raw): RawQuery) -> R {
@@ -121,7 +139,13 @@ struct Upsert {
 }
 
 async fn upsert_override(State(api): State<Api>, Path(c): Path<String>, body: Bytes) -> R {
-    let u: Upsert = if body.is_empty() { Upsert { billing_profile_id: None } } else { json_body(&body)? };
+    let u: Upsert = if body.is_empty() {
+        Upsert {
+            billing_profile_id: None,
+        }
+    } else {
+        json_body(&body)?
+    };
     let customer = customer(&api, &c).await?;
     if let Some(pid) = &u.billing_profile_id
         && !api
@@ -130,7 +154,9 @@ async fn upsert_override(State(api): State<Api>, Path(c): Path<String>, body: By
             .await?
             .is_some_and(|p| p.deleted_at.is_none())
     {
-        return Err(bad(format!("billingProfileId: billing profile {pid} not found")));
+        return Err(bad(format!(
+            "billingProfileId: billing profile {pid} not found"
+        )));
     }
     let now = api.now().await?;
     let created_at = api
@@ -144,7 +170,9 @@ async fn upsert_override(State(api): State<Api>, Path(c): Path<String>, body: By
         created_at,
         updated_at: now,
     };
-    api.store.put_entity(OVERRIDE_KIND, &customer.id, &o).await?;
+    api.store
+        .put_entity(OVERRIDE_KIND, &customer.id, &o)
+        .await?;
     Ok(axum::Json(view(&api, &customer, &[]).await?).into_response())
 }
 

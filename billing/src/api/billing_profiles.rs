@@ -59,16 +59,37 @@ fn expands_apps(raw: &Option<String>) -> bool {
 
 async fn list_profiles(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
     let mut include_archived = false;
-    let (mut page, mut page_size, mut desc, mut order_by) = (1usize, 100usize, false, "createdAt".to_owned());
+    let (mut page, mut page_size, mut desc, mut order_by) =
+        (1usize, 100usize, false, "createdAt".to_owned());
     for (k, v) in query_pairs(&raw) {
         match k.as_str() {
             "includeArchived" => include_archived = v == "true",
-            "page" => page = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad(format!("page: {v:?} must be an integer ≥ 1")))?,
-            "pageSize" => page_size = v.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| bad(format!("pageSize: {v:?} must be an integer in 1..=1000")))?,
-            "order" => desc = match v.as_str() { "ASC" => false, "DESC" => true, _ => return Err(bad(format!("order: {v:?} is not ASC or DESC"))) },
+            "page" => {
+                page = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| bad(format!("page: {v:?} must be an integer ≥ 1")))?
+            }
+            "pageSize" => {
+                page_size = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| bad(format!("pageSize: {v:?} must be an integer in 1..=1000")))?
+            }
+            "order" => {
+                desc = match v.as_str() {
+                    "ASC" => false,
+                    "DESC" => true,
+                    _ => return Err(bad(format!("order: {v:?} is not ASC or DESC"))),
+                }
+            }
             "orderBy" => {
                 if !matches!(v.as_str(), "createdAt" | "updatedAt" | "default" | "name") {
-                    return Err(bad(format!("orderBy: {v:?} is not createdAt, updatedAt, default or name")));
+                    return Err(bad(format!(
+                        "orderBy: {v:?} is not createdAt, updatedAt, default or name"
+                    )));
                 }
                 order_by = v;
             }
@@ -92,7 +113,10 @@ async fn list_profiles(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
     for p in all.iter().skip((page - 1) * page_size).take(page_size) {
         items.push(profile_view(&api, p, expand).await?);
     }
-    Ok(axum::Json(json!({"totalCount": total, "page": page, "pageSize": page_size, "items": items})).into_response())
+    Ok(axum::Json(
+        json!({"totalCount": total, "page": page, "pageSize": page_size, "items": items}),
+    )
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -143,7 +167,10 @@ fn check(name: &str, supplier: &Party, workflow: &Workflow) -> Result<(), super:
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(bad(format!("invalid billing profile: {}", problems.join("; "))))
+        Err(bad(format!(
+            "invalid billing profile: {}",
+            problems.join("; ")
+        )))
     }
 }
 
@@ -151,7 +178,9 @@ fn check(name: &str, supplier: &Party, workflow: &Workflow) -> Result<(), super:
 async fn store_profile(api: &Api, p: &BillingProfile) -> Result<(), super::Problem> {
     let mut docs: Vec<(&str, &str, Value)> = Vec::new();
     let old = if p.default {
-        profile::default_profile(&api.store).await?.filter(|d| d.id != p.id)
+        profile::default_profile(&api.store)
+            .await?
+            .filter(|d| d.id != p.id)
     } else {
         None
     };
@@ -161,9 +190,17 @@ async fn store_profile(api: &Api, p: &BillingProfile) -> Result<(), super::Probl
         d
     });
     if let Some(d) = &demoted {
-        docs.push((KIND, &d.id, serde_json::to_value(d).map_err(|e| bad(e.to_string()))?));
+        docs.push((
+            KIND,
+            &d.id,
+            serde_json::to_value(d).map_err(|e| bad(e.to_string()))?,
+        ));
     }
-    docs.push((KIND, &p.id, serde_json::to_value(p).map_err(|e| bad(e.to_string()))?));
+    docs.push((
+        KIND,
+        &p.id,
+        serde_json::to_value(p).map_err(|e| bad(e.to_string()))?,
+    ));
     api.store.put_entities(&docs).await?;
     Ok(())
 }
@@ -171,7 +208,11 @@ async fn store_profile(api: &Api, p: &BillingProfile) -> Result<(), super::Probl
 async fn create_profile(State(api): State<Api>, body: Bytes) -> R {
     let c: ProfileCreate = json_body(&body)?;
     check(&c.name, &c.supplier, &c.workflow)?;
-    for (cap, id) in [("tax", &c.apps.tax), ("invoicing", &c.apps.invoicing), ("payment", &c.apps.payment)] {
+    for (cap, id) in [
+        ("tax", &c.apps.tax),
+        ("invoicing", &c.apps.invoicing),
+        ("payment", &c.apps.payment),
+    ] {
         match api.store.get_entity::<App>(app::KIND, id).await? {
             Some(a) if a.deleted_at.is_none() => {}
             _ => return Err(bad(format!("apps.{cap}: app {id} is not installed"))),
@@ -196,7 +237,11 @@ async fn create_profile(State(api): State<Api>, body: Bytes) -> R {
         default: c.default,
     };
     store_profile(&api, &p).await?;
-    Ok((StatusCode::CREATED, axum::Json(profile_view(&api, &p, false).await?)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(profile_view(&api, &p, false).await?),
+    )
+        .into_response())
 }
 
 async fn live_profile(api: &Api, id: &str) -> Result<BillingProfile, super::Problem> {
@@ -235,9 +280,14 @@ async fn update_profile(State(api): State<Api>, Path(id): Path<String>, body: By
 async fn delete_profile(State(api): State<Api>, Path(id): Path<String>) -> R {
     let mut p = live_profile(&api, &id).await?;
     if p.default {
-        return Err(conflict(format!("billing profile {id} is the default profile and cannot be deleted")));
+        return Err(conflict(format!(
+            "billing profile {id} is the default profile and cannot be deleted"
+        )));
     }
-    let pinned: Vec<CustomerOverride> = api.store.list_entities_by(OVERRIDE_KIND, "profile_id", &id).await?;
+    let pinned: Vec<CustomerOverride> = api
+        .store
+        .list_entities_by(OVERRIDE_KIND, "profile_id", &id)
+        .await?;
     if let Some(o) = pinned.first() {
         return Err(conflict(format!(
             "billing profile {id} is pinned by customer {} (and {} more): remove those overrides first",
@@ -248,7 +298,10 @@ async fn delete_profile(State(api): State<Api>, Path(id): Path<String>) -> R {
     let open: Vec<Invoice> = api.store.list_entities(lifecycle::KIND).await?;
     if let Some(i) = open.iter().find(|i| {
         i.workflow.source_billing_profile_id == id
-            && !matches!(i.status.as_str(), "paid" | "voided" | "uncollectible" | "deleted")
+            && !matches!(
+                i.status.as_str(),
+                "paid" | "voided" | "uncollectible" | "deleted"
+            )
     }) {
         return Err(conflict(format!(
             "billing profile {id} has invoice {} in status {}: finalize its invoices first",

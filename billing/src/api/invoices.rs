@@ -35,14 +35,23 @@ pub fn routes() -> Router<Api> {
         .route("/api/v1/billing/invoices/{id}/advance", post(advance))
         .route("/api/v1/billing/invoices/{id}/approve", post(approve))
         .route("/api/v1/billing/invoices/{id}/retry", post(retry))
-        .route("/api/v1/billing/invoices/{id}/snapshot-quantities", post(snapshot))
+        .route(
+            "/api/v1/billing/invoices/{id}/snapshot-quantities",
+            post(snapshot),
+        )
         .route("/api/v1/billing/invoices/{id}/void", post(void))
-        .route("/api/v1/billing/invoices/{id}/taxes/recalculate", post(recalculate_tax))
+        .route(
+            "/api/v1/billing/invoices/{id}/taxes/recalculate",
+            post(recalculate_tax),
+        )
         .route(
             "/api/v1/billing/customers/{c}/invoices/pending-lines",
             post(create_pending_lines),
         )
-        .route("/api/v1/billing/customers/{c}/invoices/simulate", post(simulate))
+        .route(
+            "/api/v1/billing/customers/{c}/invoices/simulate",
+            post(simulate),
+        )
         .route("/api/tollgate/v1/invoices/{id}/html", get(invoice_page))
 }
 
@@ -84,7 +93,8 @@ async fn list_invoices(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
     let (mut statuses, mut extended, mut customers) = (Vec::new(), Vec::new(), Vec::new());
     let mut bounds: Vec<(String, DateTime<Utc>)> = Vec::new();
     let (mut lines, mut include_deleted) = (false, false);
-    let (mut page, mut page_size, mut desc, mut order_by) = (1usize, 100usize, false, "createdAt".to_owned());
+    let (mut page, mut page_size, mut desc, mut order_by) =
+        (1usize, 100usize, false, "createdAt".to_owned());
     for (k, v) in query_pairs(&raw) {
         match k.trim_end_matches("[]") {
             "statuses" => statuses.push(v),
@@ -94,12 +104,40 @@ async fn list_invoices(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
             "includeDeleted" => include_deleted = v == "true",
             b @ ("issuedAfter" | "issuedBefore" | "periodStartAfter" | "periodStartBefore"
             | "createdAfter" | "createdBefore") => bounds.push((b.to_owned(), time_param(b, &v)?)),
-            "page" => page = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad(format!("page: {v:?} must be an integer ≥ 1")))?,
-            "pageSize" => page_size = v.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| bad(format!("pageSize: {v:?} must be an integer in 1..=1000")))?,
-            "order" => desc = match v.as_str() { "ASC" => false, "DESC" => true, _ => return Err(bad(format!("order: {v:?} is not ASC or DESC"))) },
+            "page" => {
+                page = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| bad(format!("page: {v:?} must be an integer ≥ 1")))?
+            }
+            "pageSize" => {
+                page_size = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| bad(format!("pageSize: {v:?} must be an integer in 1..=1000")))?
+            }
+            "order" => {
+                desc = match v.as_str() {
+                    "ASC" => false,
+                    "DESC" => true,
+                    _ => return Err(bad(format!("order: {v:?} is not ASC or DESC"))),
+                }
+            }
             "orderBy" => {
-                if !matches!(v.as_str(), "customer.name" | "issuedAt" | "status" | "createdAt" | "updatedAt" | "periodStart") {
-                    return Err(bad(format!("orderBy: {v:?} is not customer.name, issuedAt, status, createdAt, updatedAt or periodStart")));
+                if !matches!(
+                    v.as_str(),
+                    "customer.name"
+                        | "issuedAt"
+                        | "status"
+                        | "createdAt"
+                        | "updatedAt"
+                        | "periodStart"
+                ) {
+                    return Err(bad(format!(
+                        "orderBy: {v:?} is not customer.name, issuedAt, status, createdAt, updatedAt or periodStart"
+                    )));
                 }
                 order_by = v;
             }
@@ -111,7 +149,9 @@ async fn list_invoices(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
     } else {
         let mut out = Vec::new();
         for c in &customers {
-            let id = customer_by(&api, c).await?.map_or_else(|| c.clone(), |c| c.id);
+            let id = customer_by(&api, c)
+                .await?
+                .map_or_else(|| c.clone(), |c| c.id);
             out.extend(lifecycle::invoices_of(&api.store, &id).await?);
         }
         out
@@ -149,15 +189,24 @@ async fn list_invoices(State(api): State<Api>, RawQuery(raw): RawQuery) -> R {
     for inv in all.into_iter().skip((page - 1) * page_size).take(page_size) {
         items.push(view(&api, inv, lines).await?);
     }
-    Ok(axum::Json(json!({"totalCount": total, "page": page, "pageSize": page_size, "items": items})).into_response())
+    Ok(axum::Json(
+        json!({"totalCount": total, "page": page, "pageSize": page_size, "items": items}),
+    )
+    .into_response())
 }
 
 async fn get_invoice(State(api): State<Api>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> R {
     let pairs = query_pairs(&raw);
-    let expands: Vec<&String> = pairs.iter().filter(|(k, _)| k.trim_end_matches("[]") == "expand").map(|(_, v)| v).collect();
+    let expands: Vec<&String> = pairs
+        .iter()
+        .filter(|(k, _)| k.trim_end_matches("[]") == "expand")
+        .map(|(_, v)| v)
+        .collect();
     // OpenMeter's default for a single invoice is `expand=lines`.
     let lines = expands.is_empty() || expands.iter().any(|v| *v == "lines");
-    let include_deleted = pairs.iter().any(|(k, v)| k == "includeDeletedLines" && v == "true");
+    let include_deleted = pairs
+        .iter()
+        .any(|(k, v)| k == "includeDeletedLines" && v == "true");
     let mut inv = find(&api, &id).await?;
     if !include_deleted {
         inv.lines.retain(|l| l.live());
@@ -190,7 +239,9 @@ async fn void(State(api): State<Api>, Path(id): Path<String>) -> R {
 async fn recalculate_tax(Path(id): Path<String>) -> R {
     Err(Problem(
         StatusCode::NOT_IMPLEMENTED,
-        format!("invoice {id}: tax is calculated by tax apps, and no tax app is installed (as in OpenMeter's open-source build)"),
+        format!(
+            "invoice {id}: tax is calculated by tax apps, and no tax app is installed (as in OpenMeter's open-source build)"
+        ),
     ))
 }
 
@@ -221,13 +272,18 @@ struct NowFilters {
 
 async fn invoice_now(State(api): State<Api>, body: Bytes) -> R {
     let req: InvoiceNow = json_body(&body)?;
-    let customer = customer_by(&api, &req.customer_id)
-        .await?
-        .ok_or_else(|| not_found(format!("customerId: customer {} not found", req.customer_id)))?;
+    let customer = customer_by(&api, &req.customer_id).await?.ok_or_else(|| {
+        not_found(format!(
+            "customerId: customer {} not found",
+            req.customer_id
+        ))
+    })?;
     let now = api.now().await?;
     let as_of = req.as_of.unwrap_or(now);
     if as_of > now {
-        return Err(bad(format!("asOf: {as_of} is in the future (now is {now})")));
+        return Err(bad(format!(
+            "asOf: {as_of} is in the future (now is {now})"
+        )));
     }
     let gathering: Vec<Invoice> = lifecycle::invoices_of(&api.store, &customer.id)
         .await?
@@ -351,20 +407,51 @@ async fn make_line(
         external_ids: None,
     };
     match crate::invoice::rating::engine_price(&line) {
-        Err(e) => return Err(bad(format!("lines[{i}]: {e}"))),
+        Err(e) => return Err(bad(format!("lines[{i}].{e}"))),
         Ok(Some((price, discounts, commitments))) => {
-            let mut problems: Vec<String> = price.problems().into_iter().map(|p| format!("{}: {}", at(&format!("rateCard.price.{}", p.field)), p.message)).collect();
-            problems.extend(discounts.problems(Some(&price)).into_iter().map(|p| format!("{}: {}", at(&format!("rateCard.{}", p.field)), p.message)));
-            problems.extend(commitments.problems().into_iter().map(|p| format!("{}: {}", at(&format!("rateCard.price.{}", p.field)), p.message)));
+            let mut problems: Vec<String> = price
+                .problems()
+                .into_iter()
+                .map(|p| {
+                    format!(
+                        "{}: {}",
+                        at(&format!("rateCard.price.{}", p.field)),
+                        p.message
+                    )
+                })
+                .collect();
+            problems.extend(
+                discounts
+                    .problems(Some(&price))
+                    .into_iter()
+                    .map(|p| format!("{}: {}", at(&format!("rateCard.{}", p.field)), p.message)),
+            );
+            problems.extend(commitments.problems().into_iter().map(|p| {
+                format!(
+                    "{}: {}",
+                    at(&format!("rateCard.price.{}", p.field)),
+                    p.message
+                )
+            }));
             if !problems.is_empty() {
                 return Err(bad(problems.join("; ")));
             }
             if !price.is_flat() {
                 let Some(key) = line.rate_card.feature_key.clone() else {
-                    return Err(bad(format!("{}: a usage-based price needs the feature whose meter measures the usage", at("rateCard.featureKey"))));
+                    return Err(bad(format!(
+                        "{}: a usage-based price needs the feature whose meter measures the usage",
+                        at("rateCard.featureKey")
+                    )));
                 };
-                if need_feature && super::features::feature_by(api, &key).await?.is_none_or(|f| f.archived_at.is_some()) {
-                    return Err(bad(format!("{}: feature {key} not found", at("rateCard.featureKey"))));
+                if need_feature
+                    && super::features::feature_by(api, &key)
+                        .await?
+                        .is_none_or(|f| f.archived_at.is_some())
+                {
+                    return Err(bad(format!(
+                        "{}: feature {key} not found",
+                        at("rateCard.featureKey")
+                    )));
                 }
             }
         }
@@ -384,7 +471,16 @@ async fn make_line(
         price: line.rate_card.price.clone(),
         discounts: line.rate_card.discounts.clone(),
     };
-    pricing_of(&card).map_err(|p| bad(format!("{}: {}", at("rateCard.price"), p.iter().map(|x| x.message.clone()).collect::<Vec<_>>().join("; "))))?;
+    pricing_of(&card).map_err(|p| {
+        bad(format!(
+            "{}: {}",
+            at("rateCard.price"),
+            p.iter()
+                .map(|x| x.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    })?;
     line.updated_at = now;
     Ok(line)
 }
@@ -403,21 +499,31 @@ async fn create_pending_lines(State(api): State<Api>, Path(c): Path<String>, bod
     if req.lines.is_empty() {
         return Err(bad("lines: at least one line is required"));
     }
-    crate::pricing::Currency::from_code(&req.currency).map_err(|e| bad(format!("currency: {e}")))?;
+    crate::pricing::Currency::from_code(&req.currency)
+        .map_err(|e| bad(format!("currency: {e}")))?;
     let now = api.now().await?;
     let mut lines = Vec::new();
     for (i, p) in req.lines.into_iter().enumerate() {
         lines.push(make_line(&api, i, p, &req.currency, now, true).await?);
     }
-    let (inv, added, is_new) = lifecycle::add_pending_lines(&api.store, &customer, &req.currency, lines, now).await?;
+    let (inv, added, is_new) =
+        lifecycle::add_pending_lines(&api.store, &customer, &req.currency, lines, now).await?;
     let inv_view = view(&api, inv, true).await?;
     let added: Vec<Value> = added
         .iter()
         .filter_map(|l| {
-            inv_view["lines"].as_array()?.iter().find(|x| x["id"] == l.id.as_str()).cloned()
+            inv_view["lines"]
+                .as_array()?
+                .iter()
+                .find(|x| x["id"] == l.id.as_str())
+                .cloned()
         })
         .collect();
-    Ok((StatusCode::CREATED, axum::Json(json!({"lines": added, "invoice": inv_view, "isInvoiceNew": is_new}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"lines": added, "invoice": inv_view, "isInvoiceNew": is_new})),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -433,16 +539,26 @@ async fn simulate(State(api): State<Api>, Path(c): Path<String>, body: Bytes) ->
     let customer = customer_by(&api, &c)
         .await?
         .ok_or_else(|| not_found(format!("customer {c} not found")))?;
-    crate::pricing::Currency::from_code(&req.currency).map_err(|e| bad(format!("currency: {e}")))?;
+    crate::pricing::Currency::from_code(&req.currency)
+        .map_err(|e| bad(format!("currency: {e}")))?;
     let now = api.now().await?;
     let profile = profile::profile_for(&api.store, &customer.id)
         .await?
         .ok_or_else(|| conflict("there is no default billing profile"))?;
-    let mut inv = lifecycle::new_invoice(new_id(), lifecycle::invoice_customer(&customer), &req.currency, &profile, now);
+    let mut inv = lifecycle::new_invoice(
+        new_id(),
+        lifecycle::invoice_customer(&customer),
+        &req.currency,
+        &profile,
+        now,
+    );
     inv.number = req.number;
     let mut quantities = Vec::new();
     for (i, p) in req.lines.into_iter().enumerate() {
-        let q = (p.quantity.unwrap_or_default(), p.pre_line_period_quantity.unwrap_or_default());
+        let q = (
+            p.quantity.unwrap_or_default(),
+            p.pre_line_period_quantity.unwrap_or_default(),
+        );
         if q.0 < Decimal::ZERO || q.1 < Decimal::ZERO {
             return Err(bad(format!("lines[{i}].quantity: must not be negative")));
         }
@@ -476,7 +592,10 @@ async fn update_invoice(State(api): State<Api>, Path(id): Path<String>, body: By
             .await?
             .ok_or_else(|| not_found(format!("invoice {id} not found")))?;
         if !(inv.status == "gathering" || inv.status == "draft") || inv.ext() == "draft.syncing" {
-            return Err(conflict(format!("invoice {id} is {}: only gathering and draft invoices can be updated", inv.ext())));
+            return Err(conflict(format!(
+                "invoice {id} is {}: only gathering and draft invoices can be updated",
+                inv.ext()
+            )));
         }
         let mut after = inv.clone();
         after.updated_at = now;
@@ -486,14 +605,22 @@ async fn update_invoice(State(api): State<Api>, Path(id): Path<String>, body: By
         if u.metadata.is_some() {
             after.metadata = u.metadata.clone();
         }
-        if let Some(wf) = u.workflow.as_ref().and_then(|w| w["workflow"]["invoicing"].as_object()) {
+        if let Some(wf) = u
+            .workflow
+            .as_ref()
+            .and_then(|w| w["workflow"]["invoicing"].as_object())
+        {
             let inv_wf = &mut after.workflow.workflow.invoicing;
             if let Some(b) = wf.get("autoAdvance").and_then(Value::as_bool) {
                 inv_wf.auto_advance = b;
             }
-            for (k, slot) in [("draftPeriod", &mut inv_wf.draft_period), ("dueAfter", &mut inv_wf.due_after)] {
+            for (k, slot) in [
+                ("draftPeriod", &mut inv_wf.draft_period),
+                ("dueAfter", &mut inv_wf.due_after),
+            ] {
                 if let Some(s) = wf.get(k).and_then(Value::as_str) {
-                    crate::duration::IsoDuration::parse(s).map_err(|e| bad(format!("workflow.workflow.invoicing.{k}: {e}")))?;
+                    crate::duration::IsoDuration::parse(s)
+                        .map_err(|e| bad(format!("workflow.workflow.invoicing.{k}: {e}")))?;
                     *slot = s.to_owned();
                 }
             }
@@ -502,13 +629,19 @@ async fn update_invoice(State(api): State<Api>, Path(id): Path<String>, body: By
             let mut kept = Vec::new();
             for (i, p) in lines.iter().enumerate() {
                 let p = p.clone();
-                let existing = p.id.clone().and_then(|lid| after.lines.iter().find(|l| l.id == lid).cloned());
+                let existing =
+                    p.id.clone()
+                        .and_then(|lid| after.lines.iter().find(|l| l.id == lid).cloned());
                 let mut line = make_line(&api, i, p, &after.currency, now, true).await?;
                 if let Some(old) = existing {
                     line.created_at = old.created_at;
                     line.split_line_group = old.split_line_group;
                     line.subscription = old.subscription;
-                    line.managed_by = if old.managed_by == "subscription" { "manual".into() } else { old.managed_by };
+                    line.managed_by = if old.managed_by == "subscription" {
+                        "manual".into()
+                    } else {
+                        old.managed_by
+                    };
                     line.child_unique_reference_id = old.child_unique_reference_id;
                 }
                 line.invoice = Some(json!({"id": after.id}));
@@ -528,9 +661,17 @@ async fn update_invoice(State(api): State<Api>, Path(id): Path<String>, body: By
             after.recompute();
         }
         if after.status == "gathering" {
-            after.next_action_at = after.live_lines().map(|l| l.invoice_at).min().map(crate::invoice::model::stamp);
+            after.next_action_at = after
+                .live_lines()
+                .map(|l| l.invoice_at)
+                .min()
+                .map(crate::invoice::model::stamp);
         }
-        if api.store.swap_entity(lifecycle::KIND, &id, Some(&raw), &after).await? {
+        if api
+            .store
+            .swap_entity(lifecycle::KIND, &id, Some(&raw), &after)
+            .await?
+        {
             lifecycle::invoice_status_changed(Some(&inv), &after);
             return Ok(axum::Json(view(&api, after, true).await?).into_response());
         }
@@ -541,5 +682,9 @@ async fn invoice_page(State(api): State<Api>, Path(id): Path<String>) -> R {
     let inv = find(&api, &id).await?;
     let now = api.now().await?;
     let inv = lifecycle::live_view(&api.store, inv, now).await?;
-    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html::page(&inv)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html::page(&inv),
+    )
+        .into_response())
 }

@@ -132,7 +132,10 @@ impl App {
     }
 
     /// The extended status an issued invoice moves to (the payment side).
-    pub fn after_issued(&self, metadata: Option<&std::collections::BTreeMap<String, String>>) -> String {
+    pub fn after_issued(
+        &self,
+        metadata: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> String {
         match self.kind.as_str() {
             "sandbox" => sandbox::payment_outcome(metadata),
             _ => "payment_processing.pending".into(),

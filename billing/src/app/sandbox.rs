@@ -38,7 +38,10 @@ pub fn number(customer_ref: &str, seq: usize) -> String {
 
 /// `paid`, unless the invoice's metadata asks for `failed`, `uncollectible` or `action_required`.
 pub fn payment_outcome(metadata: Option<&BTreeMap<String, String>>) -> String {
-    match metadata.and_then(|m| m.get(TARGET_PAYMENT_STATUS)).map(String::as_str) {
+    match metadata
+        .and_then(|m| m.get(TARGET_PAYMENT_STATUS))
+        .map(String::as_str)
+    {
         Some("failed") => "payment_processing.failed".into(),
         Some("uncollectible") => "uncollectible".into(),
         Some("action_required") => "payment_processing.action_required".into(),

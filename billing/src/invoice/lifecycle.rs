@@ -29,10 +29,10 @@ use super::profile::{self, BillingProfile};
 use super::rating::{self, Quantities};
 use super::usage::UsageReader;
 use crate::app::{self, App, DraftSync, IssueSync};
+use crate::catalog::model::PriceDoc;
 use crate::entitlement::Customer;
 use crate::meter::Aggregation;
 use crate::pricing::Currency;
-use crate::catalog::model::PriceDoc;
 use crate::store::{Store, StoreError};
 
 /// The document kind.
@@ -85,9 +85,7 @@ async fn save(
     before: &Invoice,
     after: &Invoice,
 ) -> Result<bool, StoreError> {
-    let stored = store
-        .swap_entity(KIND, &after.id, Some(raw), after)
-        .await?;
+    let stored = store.swap_entity(KIND, &after.id, Some(raw), after).await?;
     if stored {
         invoice_status_changed(Some(before), after);
     }
@@ -111,7 +109,10 @@ pub fn subjects_of(c: &InvoiceCustomer) -> Vec<String> {
 
 /// A short reference to a customer for invoice numbers: its key (or id) in capitals.
 fn customer_ref(c: &InvoiceCustomer) -> String {
-    let base = c.key.clone().unwrap_or_else(|| c.id.chars().take(8).collect());
+    let base = c
+        .key
+        .clone()
+        .unwrap_or_else(|| c.id.chars().take(8).collect());
     base.to_uppercase()
         .chars()
         .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '-' })
@@ -132,7 +133,9 @@ pub fn invoice_customer(c: &Customer) -> InvoiceCustomer {
 
 /// The invoicing app of an invoice (the sandbox when it was uninstalled).
 async fn invoicing_app(store: &Store, inv: &Invoice) -> Result<App, StoreError> {
-    let id = inv.workflow.apps.invoicing["id"].as_str().unwrap_or_default();
+    let id = inv.workflow.apps.invoicing["id"]
+        .as_str()
+        .unwrap_or_default();
     Ok(match store.get_entity::<App>(app::KIND, id).await? {
         Some(a) => a,
         None => app::sandbox_app(inv.created_at),
@@ -184,7 +187,9 @@ pub fn new_invoice(
         },
         lines: Vec::new(),
         totals: Totals::default(),
-        payment: Some(json!({"terms": {"type": "due_date", "dueAfter": profile.workflow.invoicing.due_after}})),
+        payment: Some(
+            json!({"terms": {"type": "due_date", "dueAfter": profile.workflow.invoicing.due_after}}),
+        ),
         validation_issues: Vec::new(),
         external_ids: None,
         gathering_key: None,
@@ -206,7 +211,9 @@ fn gathering_next(inv: &mut Invoice) {
 
 /// The customer's invoices.
 pub async fn invoices_of(store: &Store, customer_id: &str) -> Result<Vec<Invoice>, StoreError> {
-    store.list_entities_by(KIND, "customer_id", customer_id).await
+    store
+        .list_entities_by(KIND, "customer_id", customer_id)
+        .await
 }
 
 /// The customer's gathering invoice in `currency`, with its stored text.
@@ -440,6 +447,8 @@ pub async fn collect(
             Some(t) => durations.collection.after(t).unwrap_or(t).max(now),
             None => now,
         };
+        // Rated now as a preview; quantities are taken again at collection.
+        rate_all(store, &mut draft, now).await?;
         draft.collection_at = Some(collection_at);
         draft.set_status("draft.waiting_for_collection");
         draft.next_action_at = Some(stamp(collection_at));
@@ -458,8 +467,10 @@ pub async fn collect(
             gathering_next(&mut rest);
         }
         rest.recompute();
-        let draft_doc = serde_json::to_value(&draft).map_err(|e| StoreError::Decode(e.to_string()))?;
-        let rest_doc = serde_json::to_value(&rest).map_err(|e| StoreError::Decode(e.to_string()))?;
+        let draft_doc =
+            serde_json::to_value(&draft).map_err(|e| StoreError::Decode(e.to_string()))?;
+        let rest_doc =
+            serde_json::to_value(&rest).map_err(|e| StoreError::Decode(e.to_string()))?;
         if store
             .swap_entities(&[
                 (KIND, &rest.id, Some(&raw), rest_doc),
@@ -503,7 +514,11 @@ async fn billed_before(
 }
 
 /// Rates every live line of `inv` with the meters' usage now.
-pub async fn rate_all(store: &Store, inv: &mut Invoice, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub async fn rate_all(
+    store: &Store,
+    inv: &mut Invoice,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let subjects = subjects_of(&inv.customer);
     let mut reader = UsageReader::new(store);
     let before = billed_before(store, inv).await?;
@@ -558,7 +573,10 @@ fn after_snapshot(inv: &mut Invoice, app: &App, now: DateTime<Utc>) {
 pub fn ready_for_approval(inv: &mut Invoice, now: DateTime<Utc>) {
     let wf = &inv.workflow.workflow;
     if wf.invoicing.auto_advance {
-        let base = inv.collection_at.unwrap_or(inv.created_at).max(inv.created_at);
+        let base = inv
+            .collection_at
+            .unwrap_or(inv.created_at)
+            .max(inv.created_at);
         let until = wf.durations().draft.after(base).unwrap_or(base).max(now);
         inv.draft_until = Some(until);
         inv.set_status("draft.waiting_auto_approval");
@@ -571,7 +589,12 @@ pub fn ready_for_approval(inv: &mut Invoice, now: DateTime<Utc>) {
 
 /// Issues `inv` through its app: deleted when it has no lines, waits at `issuing.syncing` for a
 /// custom-invoicing hook, else finalized.
-async fn issue(store: &Store, inv: &mut Invoice, app: &App, now: DateTime<Utc>) -> Result<(), StoreError> {
+async fn issue(
+    store: &Store,
+    inv: &mut Invoice,
+    app: &App,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     if inv.live_lines().next().is_none() {
         inv.deleted_at = Some(now);
         inv.set_status("deleted");
@@ -683,7 +706,11 @@ pub async fn settle(
 }
 
 /// The automatic step of a draft whose time has come.
-async fn advance_step(store: &Store, inv: &mut Invoice, now: DateTime<Utc>) -> Result<(), StoreError> {
+async fn advance_step(
+    store: &Store,
+    inv: &mut Invoice,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let app = invoicing_app(store, inv).await?;
     inv.updated_at = now;
     match inv.ext() {
@@ -756,13 +783,19 @@ pub async fn act(
         let app = invoicing_app(store, &inv).await?;
         match &action {
             Action::Advance => match ext.as_str() {
-                "draft.waiting_for_collection" | "draft.waiting_auto_approval" => {
+                "draft.waiting_for_collection" => {
+                    after.collection_at = Some(now);
                     advance_step(store, &mut after, now).await?
                 }
+                "draft.waiting_auto_approval" => advance_step(store, &mut after, now).await?,
                 _ => return refuse("advanced"),
             },
             Action::SnapshotQuantities => match ext.as_str() {
-                "draft.waiting_for_collection" => advance_step(store, &mut after, now).await?,
+                "draft.waiting_for_collection" => {
+                    // Collected now rather than at the collection time.
+                    after.collection_at = Some(now);
+                    advance_step(store, &mut after, now).await?
+                }
                 _ => return refuse("snapshotted"),
             },
             Action::Approve => match ext.as_str() {
@@ -842,7 +875,10 @@ pub async fn act(
                          payment_uncollectible, payment_overdue, action_required, void"
                     )));
                 };
-                if !matches!(inv.status.as_str(), "issued" | "payment_processing" | "overdue") {
+                if !matches!(
+                    inv.status.as_str(),
+                    "issued" | "payment_processing" | "overdue"
+                ) {
                     return refuse("given a payment status");
                 }
                 if to == "voided" {
@@ -862,7 +898,11 @@ pub async fn act(
 }
 
 /// The view of a gathering invoice: its lines rated with the usage so far (not stored).
-pub async fn live_view(store: &Store, mut inv: Invoice, now: DateTime<Utc>) -> Result<Invoice, StoreError> {
+pub async fn live_view(
+    store: &Store,
+    mut inv: Invoice,
+    now: DateTime<Utc>,
+) -> Result<Invoice, StoreError> {
     if inv.status == "gathering" {
         rate_all(store, &mut inv, now).await?;
     }

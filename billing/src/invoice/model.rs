@@ -62,6 +62,24 @@ impl Totals {
         self.total += o.total;
     }
 
+    /// The same amounts without trailing zeros (`50` rather than `50.00`), as OpenMeter prints
+    /// them.
+    pub fn normalized(mut self) -> Totals {
+        for v in [
+            &mut self.amount,
+            &mut self.charges_total,
+            &mut self.discounts_total,
+            &mut self.credits_total,
+            &mut self.taxes_inclusive_total,
+            &mut self.taxes_exclusive_total,
+            &mut self.taxes_total,
+            &mut self.total,
+        ] {
+            *v = v.normalize();
+        }
+        self
+    }
+
     /// Whether the fields add up to `total`.
     pub fn adds_up(&self) -> bool {
         self.total
@@ -481,7 +499,7 @@ impl Invoice {
                 },
             });
         }
-        self.totals = t;
+        self.totals = t.normalized();
         self.period = period;
     }
 }
@@ -510,8 +528,11 @@ pub fn actions(extended: &str) -> AvailableActions {
             a.delete = state("deleted");
         }
         s if s.starts_with("draft.") => a.delete = state("deleted"),
-        "issued" | "payment_processing.pending" | "payment_processing.failed"
-        | "payment_processing.action_required" | "overdue" => a.void = state("voided"),
+        "issued"
+        | "payment_processing.pending"
+        | "payment_processing.failed"
+        | "payment_processing.action_required"
+        | "overdue" => a.void = state("voided"),
         _ => {}
     }
     a

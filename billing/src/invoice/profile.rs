@@ -207,7 +207,10 @@ impl Workflow {
         let mut out = Vec::new();
         for (field, v) in [
             ("workflow.collection.interval", &self.collection.interval),
-            ("workflow.invoicing.draftPeriod", &self.invoicing.draft_period),
+            (
+                "workflow.invoicing.draftPeriod",
+                &self.invoicing.draft_period,
+            ),
             ("workflow.invoicing.dueAfter", &self.invoicing.due_after),
         ] {
             if let Err(e) = IsoDuration::parse(v) {
@@ -406,7 +409,9 @@ pub async fn provision(store: &Store, now: DateTime<Utc>) -> Result<(), StoreErr
     let profile = BillingProfile {
         id: DEFAULT_PROFILE_ID.into(),
         name: "Tollgate sandbox".into(),
-        description: Some("Created at first start: invoices are issued and paid by the sandbox app.".into()),
+        description: Some(
+            "Created at first start: invoices are issued and paid by the sandbox app.".into(),
+        ),
         metadata: None,
         created_at: now,
         updated_at: now,

@@ -24,9 +24,12 @@ pub struct Quantities {
 
 /// A stable id for a detailed line: the same parent and reference always give the same id.
 pub fn child_id(parent: &str, reference: &str) -> String {
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{parent}/{reference}").as_bytes())
-        .simple()
-        .to_string()
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("{parent}/{reference}").as_bytes(),
+    )
+    .simple()
+    .to_string()
 }
 
 /// The line's price in the engine's terms (`None`: free).
@@ -116,10 +119,10 @@ pub fn rate_line(
         None => (Decimal::ZERO, Decimal::ZERO),
     };
     if !flat {
-        line.metered_quantity = Some(quantity);
-        line.metered_pre_line_period_quantity = Some(pre);
-        line.quantity = Some(quantity - used);
-        line.pre_line_period_quantity = Some((pre - used_pre).max(Decimal::ZERO));
+        line.metered_quantity = Some(quantity.normalize());
+        line.metered_pre_line_period_quantity = Some(pre.normalize());
+        line.quantity = Some((quantity - used).normalize());
+        line.pre_line_period_quantity = Some((pre - used_pre).max(Decimal::ZERO).normalize());
     } else {
         line.quantity = Some(Decimal::ONE);
         line.metered_quantity = Some(Decimal::ONE);
@@ -153,12 +156,13 @@ pub fn rate_line(
             amount_discounts.push(AmountDiscount {
                 id: child_id(&id, &format!("{reason}/{i}")),
                 reason: reason.into(),
-                amount: disc.amount,
+                amount: disc.amount.normalize(),
                 description: None,
             });
             totals.discounts_total += disc.amount;
         }
         totals.total = totals.amount + totals.charges_total - totals.discounts_total;
+        let totals = totals.normalized();
         // A minimum-spend line covers the whole service period (OpenMeter).
         let period = match (&line.split_line_group, d.kind) {
             (Some(g), pricing::LineKind::MinimumSpend) => g.period,
@@ -186,8 +190,8 @@ pub fn rate_line(
                 to: period.to,
             },
             invoice_at,
-            per_unit_amount: d.per_unit_amount,
-            quantity: d.quantity,
+            per_unit_amount: d.per_unit_amount.normalize(),
+            quantity: d.quantity.normalize(),
             payment_term: term(d.payment_term).into(),
             rate_card: json!({
                 "price": {"type": "flat", "amount": d.per_unit_amount, "paymentTerm": term(d.payment_term)},
@@ -200,6 +204,7 @@ pub fn rate_line(
             },
         });
     }
+    line.totals = std::mem::take(&mut line.totals).normalized();
     line.updated_at = now;
     Ok(())
 }

@@ -120,8 +120,7 @@ pub fn lines_for(
                     continue;
                 }
             }
-            let in_advance =
-                matches!(&price, PriceDoc::Flat { payment_term, .. } if payment_term == "in_advance");
+            let in_advance = matches!(&price, PriceDoc::Flat { payment_term, .. } if payment_term == "in_advance");
             let invoice_at = if in_advance {
                 service.from
             } else {
@@ -218,7 +217,10 @@ mod tests {
             pro_rating: true,
             items: vec![SubscriptionItem {
                 phase_key: "default".into(),
-                rate_card: card("base", json!({"type": "flat", "amount": "31", "paymentTerm": "in_advance"})),
+                rate_card: card(
+                    "base",
+                    json!({"type": "flat", "amount": "31", "paymentTerm": "in_advance"}),
+                ),
                 active_from: t("2026-01-01T00:00:00Z"),
                 // Cancelled after 10 of January's 31 days, then February's line is not made.
                 active_to: Some(t("2026-01-11T00:00:00Z")),
@@ -260,7 +262,10 @@ mod tests {
             }],
         };
         let lines = lines_for(&sub, t("2026-02-16T00:00:00Z"), t("2026-01-15T00:00:00Z")).unwrap();
-        let periods: Vec<_> = lines.iter().map(|l| (l.period.from, l.invoice_at)).collect();
+        let periods: Vec<_> = lines
+            .iter()
+            .map(|l| (l.period.from, l.invoice_at))
+            .collect();
         assert_eq!(
             periods,
             [

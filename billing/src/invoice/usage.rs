@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use rust_decimal::Decimal;
 
 use super::model::Line;
@@ -15,6 +15,10 @@ use crate::filter::{compile_group_filters, group_passes};
 use crate::meter::Aggregation;
 use crate::query::value_of;
 use crate::store::{MinuteAgg, Store, StoreError};
+
+fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(chrono::TimeDelta::minutes(1)).unwrap_or(t)
+}
 
 /// Reads usage for lines, caching features by key.
 pub struct UsageReader<'a> {
@@ -50,8 +54,7 @@ impl<'a> UsageReader<'a> {
         let Some(f) = self.feature(key).await? else {
             return Ok(None);
         };
-        Ok(f
-            .meter_slug
+        Ok(f.meter_slug
             .as_deref()
             .and_then(|s| self.store.meter(s))
             .map(|m| m.meter.aggregation))
@@ -68,9 +71,16 @@ impl<'a> UsageReader<'a> {
         let Some(feature) = self.feature(key).await? else {
             return Ok(Decimal::ZERO);
         };
-        let Some(meter) = feature.meter_slug.as_deref().and_then(|s| self.store.meter(s)) else {
+        let Some(meter) = feature
+            .meter_slug
+            .as_deref()
+            .and_then(|s| self.store.meter(s))
+        else {
             return Ok(Decimal::ZERO);
         };
+        // Usage is kept per minute: each minute belongs to the period its start falls in once
+        // both bounds are floored to the minute, so adjacent periods neither share nor lose one.
+        let (from, to) = (floor_minute(from), floor_minute(to));
         if subjects.is_empty() || from >= to {
             return Ok(Decimal::ZERO);
         }
