@@ -897,11 +897,39 @@ async fn kill9_while_advancing_invoices_makes_none_twice() {
             .send()
             .await;
     });
-    // Let it get going, then kill it mid-way.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Kill it once the first usage invoices exist, while the rest are still being made.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, made) = get(
+            &b,
+            "/api/v1/billing/invoices?statuses=draft&statuses=paid&pageSize=1000",
+        )
+        .await;
+        if made["totalCount"].as_u64().unwrap_or(0) > n as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no usage invoice was made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     b.kill9();
     let _ = advance.await;
     let b = Billing::start(dir.path());
+    let (_, c) = get(&b, CLOCK).await;
+    assert!(
+        c["advancingTo"].is_string(),
+        "the kill came after the advance finished: {c}"
+    );
+    let (_, mid) = get(
+        &b,
+        "/api/v1/billing/invoices?statuses=draft&statuses=paid&pageSize=1000",
+    )
+    .await;
+    let mid = mid["totalCount"].as_u64().unwrap();
+    assert!(
+        mid > n as u64 && mid < 2 * n as u64,
+        "killed mid-way: {mid} of {} invoices made",
+        2 * n
+    );
     advance_to(&b, target).await;
     let (_, all) = get(&b, "/api/v1/billing/invoices?expand=lines&pageSize=1000").await;
     let all = all["items"].as_array().unwrap();

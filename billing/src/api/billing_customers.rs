@@ -148,11 +148,11 @@ async fn upsert_override(State(api): State<Api>, Path(c): Path<String>, body: By
     };
     let customer = customer(&api, &c).await?;
     if let Some(pid) = &u.billing_profile_id
-        && !api
+        && api
             .store
             .get_entity::<BillingProfile>(KIND, pid)
             .await?
-            .is_some_and(|p| p.deleted_at.is_none())
+            .is_none_or(|p| p.deleted_at.is_some())
     {
         return Err(bad(format!(
             "billingProfileId: billing profile {pid} not found"

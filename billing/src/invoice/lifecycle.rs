@@ -364,9 +364,6 @@ pub async fn collect(
             return Ok(None);
         }
         let mut reader = UsageReader::new(store);
-        let progressive_on = how
-            .progressive
-            .unwrap_or(gathering.workflow.workflow.invoicing.progressive_billing);
         // Usage is kept per minute: a split falls on a minute boundary.
         let as_of = how
             .as_of
@@ -378,7 +375,7 @@ pub async fn collect(
             let chosen = how
                 .line_ids
                 .as_ref()
-                .is_none_or(|ids| ids.iter().any(|i| *i == line.id));
+                .is_none_or(|ids| ids.contains(&line.id));
             if !chosen || !line.live() {
                 left.push(line);
                 continue;
@@ -395,30 +392,31 @@ pub async fn collect(
                 taken.push(line);
                 continue;
             }
-            if how.progressive.is_some() || how.line_ids.is_some() || progressive_on {
-                if progressive_allowed(&mut reader, &line, progressive_on).await?
-                    && as_of > line.period.from
-                    && as_of < line.period.to
-                {
-                    let group = line.split_line_group.clone().unwrap_or(SplitLineGroup {
-                        id: line.id.clone(),
-                        period: line.period,
-                        previously_billed: Decimal::ZERO,
-                    });
-                    let mut head = line.clone();
-                    head.id = super::new_id();
-                    head.period.to = as_of;
-                    head.invoice_at = as_of;
-                    head.split_line_group = Some(group.clone());
-                    head.created_at = now;
-                    let mut tail = line;
-                    tail.period.from = as_of;
-                    tail.split_line_group = Some(group);
-                    tail.updated_at = now;
-                    taken.push(head);
-                    left.push(tail);
-                    continue;
-                }
+            // Only "invoice now" splits a line; the scheduler bills whole lines when their
+            // invoiceAt comes.
+            if how.progressive == Some(true)
+                && progressive_allowed(&mut reader, &line, true).await?
+                && as_of > line.period.from
+                && as_of < line.period.to
+            {
+                let group = line.split_line_group.clone().unwrap_or(SplitLineGroup {
+                    id: line.id.clone(),
+                    period: line.period,
+                    previously_billed: Decimal::ZERO,
+                });
+                let mut head = line.clone();
+                head.id = super::new_id();
+                head.period.to = as_of;
+                head.invoice_at = as_of;
+                head.split_line_group = Some(group.clone());
+                head.created_at = now;
+                let mut tail = line;
+                tail.period.from = as_of;
+                tail.split_line_group = Some(group);
+                tail.updated_at = now;
+                taken.push(head);
+                left.push(tail);
+                continue;
             }
             left.push(line);
         }
