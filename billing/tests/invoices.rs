@@ -345,6 +345,18 @@ async fn default_profile_and_sandbox_are_made_once() {
     assert!(e["detail"].as_str().unwrap().contains("default"), "{e}");
 }
 
+/// name, price, discounts, quantity, then the expected amount, charges, discounts and total.
+type Case = (
+    &'static str,
+    Value,
+    Option<Value>,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
 /// Each price model, rated by `simulate` with the quantity given, against amounts worked out by
 /// hand from OpenMeter's rules (reference §3.9–§3.10).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +367,7 @@ async fn every_pricing_model_matches_hand_worked_amounts() {
     let t0 = now(&b).await;
     let t1 = t0 + chrono::Duration::days(30);
     let period = json!({"from": iso(t0), "to": iso(t1)});
-    let cases: Vec<(&str, Value, Option<Value>, &str, &str, &str, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         // name, price, discounts, quantity, amount, charges, discounts, total
         (
             "flat",
