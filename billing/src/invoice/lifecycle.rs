@@ -445,8 +445,6 @@ pub async fn collect(
             Some(t) => durations.collection.after(t).unwrap_or(t).max(now),
             None => now,
         };
-        // Rated now as a preview; quantities are taken again at collection.
-        rate_all(store, &mut draft, now).await?;
         draft.collection_at = Some(collection_at);
         draft.set_status("draft.waiting_for_collection");
         draft.next_action_at = Some(stamp(collection_at));
@@ -895,13 +893,14 @@ pub async fn act(
     }
 }
 
-/// The view of a gathering invoice: its lines rated with the usage so far (not stored).
+/// The view of an invoice whose quantities are not taken yet (gathering, or a draft waiting for
+/// collection): its lines rated with the usage so far (not stored).
 pub async fn live_view(
     store: &Store,
     mut inv: Invoice,
     now: DateTime<Utc>,
 ) -> Result<Invoice, StoreError> {
-    if inv.status == "gathering" {
+    if inv.status == "gathering" || inv.ext() == "draft.waiting_for_collection" {
         rate_all(store, &mut inv, now).await?;
     }
     Ok(inv)
