@@ -12,7 +12,9 @@
 //! * [`api`]: the HTTP API on OpenMeter's paths.
 //! * [`config`]: the TOML config file.
 //! * [`clock`]: billing's "now" — real time, or a simulated clock kept in the database.
-//! * [`scheduler`]: what falls due when billing's time passes (run by a clock advance).
+//! * [`subscription`]: customers on plans over time, the entitlements they provision, add-ons.
+//! * [`scheduler`]: what falls due when billing's time passes (run by a clock advance, or by
+//!   [`scheduler::runner`] on real time).
 //! * [`duration`]: ISO 8601 durations.
 //! * [`invoice`]: billing profiles, invoices and their lifecycle, from usage to a paid invoice.
 //! * [`app`]: installed apps (sandbox, custom invoicing) and their invoice hooks.
@@ -31,3 +33,4 @@ pub mod pricing;
 pub mod query;
 pub mod scheduler;
 pub mod store;
+pub mod subscription;

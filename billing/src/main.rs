@@ -209,17 +209,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     // The sandbox app and the default billing profile, once (also with replicas starting at once).
     tollgate_billing::invoice::profile::provision(&store, now).await?;
-    if !clock.is_simulated() {
-        // On the simulated clock invoices move when the clock is advanced.
-        tokio::spawn(tollgate_billing::scheduler::invoices::run_real_time(
-            store.clone(),
-            std::time::Duration::from_secs(5),
-        ));
-    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
     tracing::info!(addr = %config.listen, database = %store.describe(), "tollgate-billing listening");
+    let _runner = (!clock.is_simulated()).then(|| {
+        tollgate_billing::scheduler::runner::spawn(
+            clock.clone(),
+            std::time::Duration::from_millis(config.scheduler_interval_ms),
+        )
+    });
     if clock.is_simulated() {
         tracing::info!(now = %now, "simulated clock: advance it with POST /api/tollgate/v1/clock");
     }

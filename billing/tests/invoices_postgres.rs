@@ -117,7 +117,7 @@ async fn two_replicas_on_real_time_invoice_each_customer_once() {
              "rateCard": {"price": {"type": "flat", "amount": "10", "paymentTerm": "in_arrears"}}}]})).await;
         assert_eq!(s, 201, "{r}");
     }
-    // Both schedulers tick every 5 s.
+    // Both replicas run the scheduler every second (one at a time, on the clock's lease).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let list: Value = reqwest::get(format!(

@@ -286,7 +286,7 @@ async fn delete_profile(State(api): State<Api>, Path(id): Path<String>) -> R {
     }
     let pinned: Vec<CustomerOverride> = api
         .store
-        .list_entities_by(OVERRIDE_KIND, "profile_id", &id)
+        .list_entities_where(OVERRIDE_KIND, "profile_id", &id)
         .await?;
     if let Some(o) = pinned.first() {
         return Err(conflict(format!(

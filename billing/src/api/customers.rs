@@ -37,7 +37,7 @@ pub(crate) async fn customer_by(api: &Api, id_or_key: &str) -> Result<Option<Cus
     }
     Ok(api
         .store
-        .list_entities_by::<Customer>("customer", "key", id_or_key)
+        .list_entities_where::<Customer>("customer", "key", id_or_key)
         .await?
         .into_iter()
         .next())

@@ -19,13 +19,16 @@
 //! * [`plans`]: versioned plans (phases, rate cards): create, update a draft, publish, archive.
 //! * [`addons`]: versioned add-ons.
 //! * [`plan_addons`]: the add-ons a plan offers.
+//! * [`subscriptions`]: subscriptions and their actions (change, migrate, cancel, …).
+//! * [`customer_subscriptions`]: a customer's subscriptions.
+//! * [`subscription_addons`]: add-ons bought on a subscription.
 //! * [`billing_profiles`]: billing profiles (supplier, workflow, apps).
 //! * [`billing_customers`]: customer overrides (which profile a customer's invoices use).
 //! * [`invoices`]: invoices, their actions, pending lines, simulation and the printable page.
 //! * [`apps`]: installed apps, the marketplace and the custom-invoicing callbacks.
 //!
 //! `catalog_http` holds what the catalog's resources share (errors with `validationErrors`,
-//! list queries).
+//! list queries); `subscription_http` what the subscription resources share.
 
 pub mod addons;
 pub mod apps;
@@ -33,6 +36,7 @@ pub mod billing_customers;
 pub mod billing_profiles;
 pub(crate) mod catalog_http;
 pub mod clock;
+pub mod customer_subscriptions;
 pub mod customers;
 pub mod entitlements;
 pub mod events;
@@ -47,6 +51,9 @@ pub mod plan_addons;
 pub mod plans;
 pub mod resets;
 pub mod subjects;
+pub mod subscription_addons;
+pub(crate) mod subscription_http;
+pub mod subscriptions;
 
 use std::sync::Arc;
 
@@ -166,6 +173,9 @@ pub fn router(api: Api) -> Router {
         .merge(plans::routes())
         .merge(addons::routes())
         .merge(plan_addons::routes())
+        .merge(subscriptions::routes())
+        .merge(customer_subscriptions::routes())
+        .merge(subscription_addons::routes())
         .merge(billing_profiles::routes())
         .merge(billing_customers::routes())
         .merge(invoices::routes())

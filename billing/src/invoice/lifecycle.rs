@@ -212,7 +212,7 @@ fn gathering_next(inv: &mut Invoice) {
 /// The customer's invoices.
 pub async fn invoices_of(store: &Store, customer_id: &str) -> Result<Vec<Invoice>, StoreError> {
     store
-        .list_entities_by(KIND, "customer_id", customer_id)
+        .list_entities_where(KIND, "customer_id", customer_id)
         .await
 }
 
@@ -223,7 +223,7 @@ pub async fn gathering_of(
     currency: &str,
 ) -> Result<Option<(String, Invoice)>, StoreError> {
     let key = gathering_key(customer_id, currency);
-    let found: Vec<Invoice> = store.list_entities_by(KIND, "gathering_key", &key).await?;
+    let found: Vec<Invoice> = store.list_entities_where(KIND, "gathering_key", &key).await?;
     match found.first() {
         Some(inv) => load(store, &inv.id).await,
         None => Ok(None),

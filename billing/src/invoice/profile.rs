@@ -365,7 +365,7 @@ pub fn supplier_problems(p: &Party) -> Vec<String> {
 /// The live default profile.
 pub async fn default_profile(store: &Store) -> Result<Option<BillingProfile>, StoreError> {
     Ok(store
-        .list_entities_by::<BillingProfile>(KIND, "is_default", "true")
+        .list_entities_where::<BillingProfile>(KIND, "is_default", "true")
         .await?
         .into_iter()
         .find(|p| p.deleted_at.is_none()))

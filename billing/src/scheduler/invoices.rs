@@ -5,10 +5,8 @@
 //! invoice, so repeating a step after a kill -9, or two replicas acting at once, changes an
 //! invoice once.
 //!
-//! On the simulated clock a clock advance runs this work; on real time [`run_real_time`] does,
-//! every few seconds.
-
-use std::sync::Arc;
+//! On the simulated clock a clock advance runs this work; on real time the scheduler's runner
+//! ([`super::runner`]) does.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::future::BoxFuture;
@@ -114,26 +112,5 @@ impl DueWork for Invoices {
                 .filter_map(|d| d.detail.as_str().map(str::to_owned));
             run_ids(store, at, ids).await
         })
-    }
-}
-
-/// On real time: every `every`, runs the invoice steps that fell due. Stops never (a task of
-/// the server).
-pub async fn run_real_time(store: Arc<Store>, every: std::time::Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let now = Utc::now();
-        let due: Result<Vec<Invoice>, _> = store.invoices_due(&stamp(now), BATCH).await;
-        match due {
-            Ok(list) if !list.is_empty() => {
-                if let Err(e) = run_ids(&store, now, list.into_iter().map(|i| i.id)).await {
-                    tracing::warn!(error = %e, "invoice scheduler: will retry");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "invoice scheduler: will retry"),
-        }
     }
 }

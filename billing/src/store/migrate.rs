@@ -29,6 +29,11 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../../migrations/sqlite/0002_catalog.sql"),
     },
     Migration {
+        version: 3,
+        name: "subscriptions",
+        sql: include_str!("../../migrations/sqlite/0003_subscriptions.sql"),
+    },
+    Migration {
         version: 5,
         name: "invoicing",
         sql: include_str!("../../migrations/sqlite/0005_invoicing.sql"),
@@ -46,6 +51,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "catalog",
         sql: include_str!("../../migrations/postgres/0002_catalog.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "subscriptions",
+        sql: include_str!("../../migrations/postgres/0003_subscriptions.sql"),
     },
     Migration {
         version: 5,

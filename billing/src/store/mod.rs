@@ -399,15 +399,16 @@ impl Store {
         }
     }
 
-    /// The documents of a kind whose indexed `column` equals `value`, in id order.
-    pub async fn list_entities_by<T: for<'de> Deserialize<'de>>(
+    /// The documents of a kind whose indexed `column` equals `value`, in id order (read through
+    /// the column's index on both backends); a column the kind does not index is an error.
+    pub async fn list_entities_where<T: for<'de> Deserialize<'de>>(
         &self,
         kind: &str,
         column: &str,
         value: &str,
     ) -> Result<Vec<T>, StoreError> {
-        let stmt = documents::list_by(kind, column, value).ok_or_else(|| {
-            StoreError::Database(format!("{kind} documents have no indexed column {column}"))
+        let stmt = documents::list_where(kind, column, value).ok_or_else(|| {
+            StoreError::Database(format!("documents of kind {kind} have no column {column}"))
         })?;
         let docs = match &self.db {
             Db::Sqlite(db) => db.query_docs(stmt).await?,
