@@ -970,3 +970,113 @@ async fn kill9_while_advancing_invoices_makes_none_twice() {
         );
     }
 }
+
+/// The plan of issue #22's test: monthly, a 49.00 fee in advance and graduated API usage.
+fn monthly_plan(customer: &str) -> Value {
+    json!({"customerKey": customer, "customPlan": {"name": "Pro", "currency": "USD", "billingCadence": "P1M",
+    "phases": [{"key": "default", "name": "Default", "duration": null, "rateCards": [
+        {"type": "flat_fee", "key": "platform", "name": "Platform fee", "billingCadence": "P1M",
+         "price": {"type": "flat", "amount": "49", "paymentTerm": "in_advance"}},
+        {"type": "usage_based", "key": "api", "name": "API calls", "featureKey": "api", "billingCadence": "P1M",
+         "price": graduated()}
+    ]}]}})
+}
+
+/// What an invoice amounts to, for comparing two runs: status, lines (name, quantity, total) and
+/// totals, with periods relative to the subscription's start.
+fn summary(inv: &Value, t0: DateTime<Utc>) -> Value {
+    let rel = |v: &Value| {
+        v.as_str()
+            .map(|s| (s.parse::<DateTime<Utc>>().unwrap() - t0).num_seconds())
+    };
+    let mut lines: Vec<Value> = inv["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            json!([
+                l["name"],
+                l["quantity"],
+                l["totals"]["total"],
+                rel(&l["period"]["from"]),
+                rel(&l["period"]["to"])
+            ])
+        })
+        .collect();
+    lines.sort_by_key(|l| l.to_string());
+    json!({"status": inv["status"], "total": inv["totals"]["total"], "lines": lines})
+}
+
+/// Issue #22's test: a subscription to a monthly plan started now, usage ingested, the clock
+/// advanced a month (plus the collection interval) → one issued, paid invoice per period with the
+/// expected lines and totals, and the next period's gathering invoice in place; advancing in
+/// small steps gives the same invoices as one big step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monthly_subscription_is_invoiced_once_per_period_in_big_or_small_steps() {
+    let mut runs = Vec::new();
+    for small in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Billing::start(dir.path());
+        setup(&b, &["acme"]).await;
+        let (s, sub) = post(&b, "/api/v1/subscriptions", monthly_plan("acme")).await;
+        assert_eq!(s, 201, "{sub}");
+        let t0: DateTime<Utc> = sub["activeFrom"].as_str().unwrap().parse().unwrap();
+        let t1 = t0.checked_add_months(chrono::Months::new(1)).unwrap();
+        ingest(
+            &b,
+            json!([
+                ev("u1", "acme", t0 + chrono::Duration::days(3), 8000),
+                ev("u2", "acme", t0 + chrono::Duration::days(17), 4500)
+            ]),
+        )
+        .await;
+        let end = t1 + chrono::Duration::hours(2);
+        if small {
+            let mut t = t0;
+            while t < end {
+                t = (t + chrono::Duration::hours(13)).min(end);
+                advance_to(&b, t).await;
+            }
+        } else {
+            advance_to(&b, end).await;
+        }
+        let list = invoices(&b, "acme").await;
+        let paid: Vec<&Value> = list.iter().filter(|i| i["status"] == "paid").collect();
+        assert_eq!(paid.len(), 2, "{list:#?}");
+        for inv in &paid {
+            assert_totals_add_up(inv);
+            assert!(
+                inv["lines"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|l| l["subscription"]["subscription"]["id"] == sub["id"])
+            );
+        }
+        let mut totals: Vec<&str> = paid.iter().map(|i| total(i)).collect();
+        totals.sort();
+        // Period 1's fee at its start: 49. At its end: period 1's usage (12,500 → 107.50) and
+        // period 2's fee in advance (49) on one invoice: 156.50.
+        assert_eq!(totals, ["156.5", "49"], "{paid:#?}");
+        let gathering: Vec<&Value> = list.iter().filter(|i| i["status"] == "gathering").collect();
+        assert_eq!(gathering.len(), 1, "the next period's gathering invoice");
+        let g_lines = gathering[0]["lines"].as_array().unwrap();
+        assert_eq!(g_lines.len(), 1, "{g_lines:?}");
+        assert_eq!(g_lines[0]["name"], "API calls");
+        assert_eq!(
+            g_lines[0]["period"]["from"]
+                .as_str()
+                .unwrap()
+                .parse::<DateTime<Utc>>()
+                .unwrap(),
+            t1
+        );
+        let mut s: Vec<Value> = paid.iter().map(|i| summary(i, t0)).collect();
+        s.sort_by_key(|v| v.to_string());
+        runs.push(s);
+    }
+    assert_eq!(
+        runs[0], runs[1],
+        "small steps and one big step make the same invoices"
+    );
+}

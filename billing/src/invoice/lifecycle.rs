@@ -223,7 +223,9 @@ pub async fn gathering_of(
     currency: &str,
 ) -> Result<Option<(String, Invoice)>, StoreError> {
     let key = gathering_key(customer_id, currency);
-    let found: Vec<Invoice> = store.list_entities_where(KIND, "gathering_key", &key).await?;
+    let found: Vec<Invoice> = store
+        .list_entities_where(KIND, "gathering_key", &key)
+        .await?;
     match found.first() {
         Some(inv) => load(store, &inv.id).await,
         None => Ok(None),

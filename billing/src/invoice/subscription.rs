@@ -275,3 +275,271 @@ mod tests {
         );
     }
 }
+
+/// The subscription module's subscriptions as invoicing sees them.
+pub struct FromSubscriptions;
+
+impl Subscriptions for FromSubscriptions {
+    fn active<'a>(
+        &'a self,
+        store: &'a Store,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Vec<SubscriptionView>, StoreError>> {
+        Box::pin(async move {
+            Ok(
+                crate::subscription::subscriptions_active_in(store, from, to)
+                    .await?
+                    .iter()
+                    .map(view_of)
+                    .collect(),
+            )
+        })
+    }
+}
+
+/// A subscription as invoicing sees it: each phase's items active from the phase's start (or the
+/// item's override) to the next phase's start, the subscription's end or the item's override.
+/// Add-ons bought on the subscription are not invoiced yet.
+pub fn view_of(sub: &crate::subscription::model::Subscription) -> SubscriptionView {
+    let mut items = Vec::new();
+    for (i, phase) in sub.phases.iter().enumerate() {
+        let phase_to = sub
+            .phases
+            .get(i + 1)
+            .map(|p| p.active_from)
+            .into_iter()
+            .chain(sub.active_to)
+            .min();
+        for item in &phase.items {
+            let from = item
+                .active_from_override
+                .map_or(phase.active_from, |t| t.max(phase.active_from));
+            let to = match (item.active_to_override, phase_to) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            items.push(SubscriptionItem {
+                phase_key: phase.key.clone(),
+                rate_card: item.rate_card.clone(),
+                active_from: from.max(sub.active_from),
+                active_to: to,
+            });
+        }
+    }
+    SubscriptionView {
+        id: sub.id.clone(),
+        customer_id: sub.customer_id.clone(),
+        currency: sub.currency.clone(),
+        billing_anchor: sub.billing_anchor,
+        cadence: sub.billing_cadence.clone(),
+        pro_rating: sub.pro_rating_config.enabled,
+        items,
+    }
+}
+
+/// The document kind recording how far a subscription's lines were generated.
+pub const SYNC_KIND: &str = "subscription_invoicing";
+
+/// How far a subscription's lines were generated.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncState {
+    /// Lines of billing periods starting before this instant exist.
+    pub synced_through: DateTime<Utc>,
+    /// The subscription's `updatedAt` when they were generated (a later change syncs again).
+    pub subscription_updated_at: DateTime<Utc>,
+}
+
+/// Brings the customer's gathering invoice in line with `sub` for billing periods starting at or
+/// before `at`: new periods' lines are added; lines of this subscription still gathering are
+/// replaced by what the subscription says now (a cancel mid-period prorates its flat fee) or
+/// removed (an item that no longer runs then). The gathering invoice and the sync record change
+/// in one transaction, so a line is never generated twice, even across a kill -9 or replicas.
+/// Returns whether anything changed.
+pub async fn sync(
+    store: &Store,
+    sub: &crate::subscription::model::Subscription,
+    at: DateTime<Utc>,
+) -> Result<bool, super::InvoiceError> {
+    use super::lifecycle::{self, KIND};
+    let view = view_of(sub);
+    let until = at + chrono::TimeDelta::milliseconds(1);
+    let customer: crate::entitlement::Customer = store
+        .get_entity("customer", &sub.customer_id)
+        .await?
+        .ok_or_else(|| {
+            super::InvoiceError::NotFound(format!("customer {} not found", sub.customer_id))
+        })?;
+    loop {
+        let sync_raw = store.get_entity_raw(SYNC_KIND, &sub.id).await?;
+        let state: Option<SyncState> = sync_raw
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok());
+        let targets = if sub.deleted_at.is_some() {
+            Vec::new()
+        } else {
+            lines_for(&view, until, at).map_err(super::InvoiceError::Invalid)?
+        };
+        let gathering = lifecycle::gathering_of(store, &sub.customer_id, &sub.currency).await?;
+        let (g_raw, mut inv, is_new) = match gathering {
+            Some((raw, inv)) => (Some(raw), inv, false),
+            None => {
+                let profile = super::profile::profile_for(store, &customer.id)
+                    .await?
+                    .ok_or_else(|| {
+                        super::InvoiceError::Conflict("there is no default billing profile".into())
+                    })?;
+                let mut inv = lifecycle::new_invoice(
+                    super::new_id(),
+                    lifecycle::invoice_customer(&customer),
+                    &sub.currency,
+                    &profile,
+                    at,
+                );
+                inv.gathering_key = Some(lifecycle::gathering_key(&customer.id, &sub.currency));
+                inv.number = Some(format!("GATHER-{}", sub.currency));
+                (None, inv, true)
+            }
+        };
+        let prefix = format!("{}/", sub.id);
+        let synced = state.as_ref().map(|s| s.synced_through);
+        let mut changed = false;
+        // Lines of this subscription still gathering: replaced or removed.
+        for l in inv.lines.iter_mut().filter(|l| l.live()) {
+            let Some(r) = l.child_unique_reference_id.clone() else {
+                continue;
+            };
+            if !r.starts_with(&prefix) || l.split_line_group.is_some() {
+                continue;
+            }
+            match targets
+                .iter()
+                .find(|t| t.child_unique_reference_id.as_deref() == Some(&r))
+            {
+                Some(t) => {
+                    if t.period != l.period
+                        || t.invoice_at != l.invoice_at
+                        || serde_json::to_value(&t.rate_card).ok()
+                            != serde_json::to_value(&l.rate_card).ok()
+                    {
+                        let mut t = t.clone();
+                        t.created_at = l.created_at;
+                        t.invoice = Some(serde_json::json!({"id": inv.id}));
+                        *l = t;
+                        changed = true;
+                    }
+                }
+                None => {
+                    l.deleted_at = Some(at);
+                    changed = true;
+                }
+            }
+        }
+        // New periods' lines.
+        for t in &targets {
+            let billing_from = t.subscription.as_ref().and_then(|s| {
+                s["billingPeriod"]["from"]
+                    .as_str()
+                    .and_then(|v| v.parse::<DateTime<Utc>>().ok())
+            });
+            let already = inv
+                .lines
+                .iter()
+                .any(|l| l.child_unique_reference_id == t.child_unique_reference_id);
+            if already || billing_from.zip(synced).is_some_and(|(f, s)| f < s) {
+                continue;
+            }
+            let mut t = t.clone();
+            t.invoice = Some(serde_json::json!({"id": inv.id}));
+            inv.lines.push(t);
+            changed = true;
+        }
+        let new_state = SyncState {
+            synced_through: until.max(synced.unwrap_or(until)),
+            subscription_updated_at: sub.updated_at,
+        };
+        let state_changed = state.as_ref().is_none_or(|s| {
+            s.synced_through != new_state.synced_through
+                || s.subscription_updated_at != new_state.subscription_updated_at
+        });
+        if !changed && !state_changed {
+            return Ok(false);
+        }
+        let mut swaps: Vec<(&str, &str, Option<&str>, serde_json::Value)> = Vec::new();
+        let before = inv.clone();
+        if changed {
+            inv.updated_at = at;
+            inv.next_action_at = inv
+                .live_lines()
+                .map(|l| l.invoice_at)
+                .min()
+                .map(super::model::stamp);
+            inv.recompute();
+            swaps.push((
+                KIND,
+                &inv.id,
+                g_raw.as_deref(),
+                serde_json::to_value(&inv).map_err(|e| StoreError::Decode(e.to_string()))?,
+            ));
+        }
+        swaps.push((
+            SYNC_KIND,
+            &sub.id,
+            sync_raw.as_deref(),
+            serde_json::to_value(&new_state).map_err(|e| StoreError::Decode(e.to_string()))?,
+        ));
+        if store.swap_entities(&swaps).await? {
+            if changed {
+                lifecycle::invoice_status_changed(if is_new { None } else { Some(&before) }, &inv);
+            }
+            return Ok(changed);
+        }
+    }
+}
+
+/// When a subscription's invoicing must be synced in `(after, until]`: at once when it was never
+/// synced or changed since, then at each billing period's start.
+pub async fn sync_due(
+    store: &Store,
+    after: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, String)>, StoreError> {
+    let mut out = Vec::new();
+    let first = after + chrono::TimeDelta::milliseconds(1);
+    for sub in crate::subscription::subscriptions_active_in(store, after, until).await? {
+        let state: Option<SyncState> = store.get_entity(SYNC_KIND, &sub.id).await?;
+        let stale = state
+            .as_ref()
+            .is_none_or(|s| s.subscription_updated_at != sub.updated_at);
+        if stale {
+            out.push((first.max(sub.active_from).min(until), sub.id.clone()));
+        }
+        let Ok(cadence) = Interval::parse(&sub.billing_cadence) else {
+            continue;
+        };
+        let (mut from, _) = cadence.period_at(sub.billing_anchor, first);
+        let mut n = 0;
+        while from <= until && n < 10_000 {
+            if from > after && from >= sub.active_from && sub.active_to.is_none_or(|t| from < t) {
+                out.push((from, sub.id.clone()));
+            }
+            n += 1;
+            from = cadence.period_at(sub.billing_anchor, from).1;
+        }
+    }
+    // Cancelled subscriptions change too (their lines are prorated when cancelled).
+    for sub in store
+        .list_entities::<crate::subscription::model::Subscription>(crate::subscription::model::KIND)
+        .await?
+    {
+        if out.iter().any(|(_, id)| *id == sub.id) {
+            continue;
+        }
+        let state: Option<SyncState> = store.get_entity(SYNC_KIND, &sub.id).await?;
+        if state.is_some_and(|s| s.subscription_updated_at != sub.updated_at) {
+            out.push((first, sub.id.clone()));
+        }
+    }
+    Ok(out)
+}

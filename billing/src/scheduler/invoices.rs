@@ -13,8 +13,8 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::{Done, Due, DueQueue, DueWork, Happening, ListQueue};
-use crate::invoice::lifecycle;
 use crate::invoice::model::{Invoice, stamp};
+use crate::invoice::{lifecycle, subscription};
 use crate::store::{Store, StoreError};
 
 /// At most this many invoices are taken per instant (the clock plans again after a writing
@@ -86,7 +86,7 @@ impl DueWork for Invoices {
             let due: Vec<Invoice> = store.invoices_due(&stamp(until), BATCH).await?;
             // Anything already overdue (made while the clock stood still) is done first thing.
             let first = after + TimeDelta::milliseconds(1);
-            let items = due
+            let mut items: Vec<Due> = due
                 .into_iter()
                 .filter_map(|inv| {
                     let at: DateTime<Utc> = inv.next_action_at.as_deref()?.parse().ok()?;
@@ -96,6 +96,13 @@ impl DueWork for Invoices {
                     })
                 })
                 .collect();
+            // Subscriptions' lines: at once when new or changed, then at each period's start.
+            for (at, id) in subscription::sync_due(store, after, until).await? {
+                items.push(Due {
+                    at,
+                    detail: json!({ "subscription": id }),
+                });
+            }
             Ok(Box::new(ListQueue::new(items)) as Box<dyn DueQueue>)
         })
     }
@@ -107,10 +114,29 @@ impl DueWork for Invoices {
         items: Vec<Due>,
     ) -> BoxFuture<'a, Result<Done, StoreError>> {
         Box::pin(async move {
-            let ids = items
-                .into_iter()
-                .filter_map(|d| d.detail.as_str().map(str::to_owned));
-            run_ids(store, at, ids).await
+            // Subscriptions' lines first: a line due now is then invoiced at this instant.
+            let mut synced = false;
+            let mut ids = Vec::new();
+            for d in &items {
+                if let Some(sub_id) = d.detail["subscription"].as_str() {
+                    let Some(sub) = crate::subscription::load(store, sub_id).await? else {
+                        continue;
+                    };
+                    match subscription::sync(store, &sub, at).await {
+                        Ok(changed) => synced |= changed,
+                        Err(lifecycle::InvoiceError::Store(e)) => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(subscription = %sub_id, error = %e, "subscription lines not generated");
+                        }
+                    }
+                } else if let Some(id) = d.detail.as_str() {
+                    ids.push(id.to_owned());
+                }
+            }
+            let mut done = run_ids(store, at, ids).await?;
+            // The sync record always moves on: the clock must look again from here.
+            done.wrote |= synced || items.iter().any(|d| d.detail["subscription"].is_string());
+            Ok(done)
         })
     }
 }

@@ -18,9 +18,9 @@
 //! clock's compare-and-set make harmless but wasteful.
 
 pub mod entitlements;
+pub mod invoices;
 pub mod runner;
 pub mod subscriptions;
-pub mod invoices;
 
 use std::sync::Arc;
 
