@@ -1080,3 +1080,133 @@ async fn a_monthly_subscription_is_invoiced_once_per_period_in_big_or_small_step
         "small steps and one big step make the same invoices"
     );
 }
+
+/// Cancelling mid-period prorates the flat fee still gathering by exact time, and the usage line
+/// ends at the cancellation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_mid_period_prorates_the_fee() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path());
+    setup(&b, &["acme"]).await;
+    let mut plan = monthly_plan("acme");
+    plan["customPlan"]["phases"][0]["rateCards"][0]["price"] =
+        json!({"type": "flat", "amount": "30", "paymentTerm": "in_arrears"});
+    let (s, sub) = post(&b, "/api/v1/subscriptions", plan).await;
+    assert_eq!(s, 201, "{sub}");
+    let t0: DateTime<Utc> = sub["activeFrom"].as_str().unwrap().parse().unwrap();
+    let t1 = t0.checked_add_months(chrono::Months::new(1)).unwrap();
+    let cancel_at = t0 + (t1 - t0) / 3;
+    advance_to(&b, cancel_at).await;
+    let id = sub["id"].as_str().unwrap();
+    let (s, c) = post(
+        &b,
+        &format!("/api/v1/subscriptions/{id}/cancel"),
+        json!({"timing": "immediate"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{c}");
+    advance_to(&b, cancel_at + chrono::Duration::minutes(1)).await;
+    let list = invoices(&b, "acme").await;
+    let fee = list
+        .iter()
+        .flat_map(|i| i["lines"].as_array().unwrap().iter())
+        .find(|l| l["name"] == "Platform fee")
+        .unwrap();
+    // 30 × (a third of the period) / (the period), exact time: 10.00 (rounded to cents).
+    let expected = (rust_decimal::Decimal::from(30)
+        * rust_decimal::Decimal::from((cancel_at - t0).num_milliseconds())
+        / rust_decimal::Decimal::from((t1 - t0).num_milliseconds()))
+    .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    assert_eq!(
+        fee["totals"]["total"]
+            .as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap(),
+        expected,
+        "{fee}"
+    );
+    assert_eq!(
+        fee["period"]["to"]
+            .as_str()
+            .unwrap()
+            .parse::<DateTime<Utc>>()
+            .unwrap(),
+        cancel_at
+    );
+}
+
+/// kill -9 while an advance has the scheduler invoicing subscriptions' period ends: after a
+/// restart the advance is repeated and each customer has exactly its two invoices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_while_invoicing_subscriptions_makes_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Billing::start(dir.path());
+    let n = 60;
+    let keys: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    setup(&b, &key_refs).await;
+    let mut t0 = None;
+    for k in &keys {
+        let (s, sub) = post(&b, "/api/v1/subscriptions", monthly_plan(k)).await;
+        assert_eq!(s, 201, "{sub}");
+        t0.get_or_insert(
+            sub["activeFrom"]
+                .as_str()
+                .unwrap()
+                .parse::<DateTime<Utc>>()
+                .unwrap(),
+        );
+    }
+    let t0 = t0.unwrap();
+    let t1 = t0.checked_add_months(chrono::Months::new(1)).unwrap();
+    let events: Vec<Value> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| ev(&format!("k{i}"), k, t0 + chrono::Duration::days(2), 2000))
+        .collect();
+    ingest(&b, Value::Array(events)).await;
+    advance_to(&b, t0 + chrono::Duration::minutes(1)).await;
+    let target = t1 + chrono::Duration::hours(2);
+    let url = b.url(CLOCK);
+    let advance = tokio::spawn(async move {
+        let _ = client()
+            .post(url)
+            .json(&json!({"to": iso(target)}))
+            .send()
+            .await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, made) = get(
+            &b,
+            "/api/v1/billing/invoices?statuses=draft&statuses=paid&pageSize=1000",
+        )
+        .await;
+        if made["totalCount"].as_u64().unwrap_or(0) > n as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no period-end invoice was made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.kill9();
+    let _ = advance.await;
+    let b = Billing::start(dir.path());
+    advance_to(&b, target).await;
+    for k in &keys {
+        let list = invoices(&b, k).await;
+        let mut totals: Vec<&str> = list
+            .iter()
+            .filter(|i| i["status"] == "paid")
+            .map(|i| total(i))
+            .collect();
+        totals.sort();
+        // 49 at the start; at the end period 1's usage (1,000 × 0.01 = 10) + period 2's 49.
+        assert_eq!(totals, ["49", "59"], "{k}: {list:#?}");
+        assert_eq!(
+            list.iter().filter(|i| i["status"] == "gathering").count(),
+            1,
+            "{k}"
+        );
+    }
+}
