@@ -1198,7 +1198,7 @@ async fn kill9_while_invoicing_subscriptions_makes_no_duplicate() {
         let mut totals: Vec<&str> = list
             .iter()
             .filter(|i| i["status"] == "paid")
-            .map(|i| total(i))
+            .map(total)
             .collect();
         totals.sort();
         // 49 at the start; at the end period 1's usage (1,000 × 0.01 = 10) + period 2's 49.
