@@ -293,7 +293,7 @@ fn python() -> PathBuf {
 async fn openmeter_python_sdk_drives_invoicing() {
     let dir = tempfile::tempdir().unwrap();
     let b = Billing::start(dir.path());
-    setup(&b, &["acme", "globex"]).await;
+    setup(&b, &["acme", "globex", "initech"]).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/invoices.py");
     let out = Command::new(python())
         .arg(script)

@@ -96,7 +96,7 @@ check(o["customerOverride"]["billingProfileId"] == manual["id"], f"override: {o}
 o = client.customer_overrides.get("acme")
 check(o["baseBillingProfileId"] == default["id"] and "customerOverride" not in o, f"acme merged: {o}")
 listed = client.customer_overrides.list()
-check(listed["totalCount"] == 2, f"overrides list: {listed}")
+check(listed["totalCount"] == 3, f"overrides list: {listed}")
 
 step("pending lines by hand")
 r = client.customer_invoice.create_pending_invoice_line("acme", {
@@ -196,5 +196,30 @@ step("the printable page")
 r = client.send_request(HttpRequest("GET", f"/api/tollgate/v1/invoices/{c['id']}/html"))
 r.read()
 check(r.status_code == 200 and "ERP-9" in r.text(), "html page")
+
+step("a monthly subscription across a month of the simulated clock (issue #22)")
+sub = client.subscriptions.create({"customerKey": "initech", "customPlan": {
+    "name": "Pro", "currency": "USD", "billingCadence": "P1M",
+    "phases": [{"key": "default", "name": "Default", "duration": None, "rateCards": [
+        {"type": "flat_fee", "key": "platform", "name": "Platform fee", "billingCadence": "P1M",
+         "price": {"type": "flat", "amount": "49", "paymentTerm": "in_advance"}},
+        {"type": "usage_based", "key": "api", "name": "API calls", "featureKey": "api", "billingCadence": "P1M",
+         "price": {"type": "unit", "amount": "0.01"}}]}]}})
+start = sub["activeFrom"]
+r = client.send_request(HttpRequest("POST", "/api/v1/events", json=[{
+    "specversion": "1.0", "id": "sdk-sub-1", "source": "sdk", "type": "request", "subject": "initech",
+    "time": start, "data": {"n": 1234}}], headers={"content-type": "application/cloudevents-batch+json"}))
+check(r.status_code < 300, f"ingest {r.status_code}")
+adv = clock({"advanceBy": "P1M"})
+clock({"advanceBy": "PT2H"})
+kinds = sorted({h["type"] for h in adv["happened"]})
+check("invoice.created" in kinds and "invoice.issued" in kinds, f"advance reports invoices: {kinds}")
+paid = client.invoices.list(customers=["initech"], statuses=["paid"], expand=["lines"])
+totals = sorted(i["totals"]["total"] for i in paid["items"])
+# 49 at the start; at the month's end 1,234 × 0.01 = 12.34 plus the next month's 49 = 61.34.
+check(totals == ["49", "61.34"], f"subscription invoices: {totals}")
+gathering = client.invoices.list(customers=["initech"], statuses=["gathering"], expand=["lines"])
+check(gathering["totalCount"] == 1 and gathering["items"][0]["lines"][0]["name"] == "API calls",
+      "next period's gathering invoice")
 
 print("invoices: all steps passed")
