@@ -694,10 +694,23 @@ pub async fn settle(
             }
             continue;
         }
+        // Steps that fall due at once (a P0D draft period: collected, then issued) are taken in
+        // memory and stored by one compare-and-set.
         let mut after = inv.clone();
-        advance_step(store, &mut after, now).await?;
+        let mut went = Vec::new();
+        loop {
+            advance_step(store, &mut after, now).await?;
+            went.push(after.ext().to_owned());
+            let again = after
+                .next_action_at
+                .as_deref()
+                .is_some_and(|t| t <= stamp(now).as_str());
+            if !again || went.len() >= 8 {
+                break;
+            }
+        }
         if save(store, &raw, &inv, &after).await? {
-            out.push((after.ext().to_owned(), after));
+            out.extend(went.into_iter().map(|s| (s, after.clone())));
         }
     }
     Ok(out)
