@@ -672,7 +672,7 @@ async fn update_invoice(State(api): State<Api>, Path(id): Path<String>, body: By
             .swap_entity(lifecycle::KIND, &id, Some(&raw), &after)
             .await?
         {
-            lifecycle::invoice_status_changed(Some(&inv), &after);
+            lifecycle::invoice_status_changed(&api.store, Some(&inv), &after).await;
             return Ok(axum::Json(view(&api, after, true).await?).into_response());
         }
     }

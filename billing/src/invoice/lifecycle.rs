@@ -55,16 +55,42 @@ pub enum InvoiceError {
     Store(#[from] StoreError),
 }
 
-/// The hook every status change goes through: where `invoice.created` / `invoice.updated`
-/// notifications are to be sent from (issue #16). Today it logs.
-pub fn invoice_status_changed(before: Option<&Invoice>, after: &Invoice) {
+/// The hook every status change goes through, after the change is stored: logs it and records
+/// the `invoice.created` (the first status after gathering) or `invoice.updated` notification
+/// for every live rule of that type ([`crate::notification::outbox::record_invoice_event`]).
+///
+/// The event is recorded right after the invoice's own commit, not in its transaction: a crash
+/// between the two loses that one notification (never the invoice change). `invoice.created` is
+/// keyed per rule and invoice, so a repeated call never records it twice.
+pub async fn invoice_status_changed(store: &Store, before: Option<&Invoice>, after: &Invoice) {
     let from = before.map(|b| b.ext().to_owned());
-    if from.as_deref() != Some(after.ext()) {
-        tracing::info!(
-            invoice = %after.id, customer = %after.customer.id,
-            from = from.as_deref().unwrap_or("-"), to = %after.ext(),
-            "invoice status changed"
-        );
+    if from.as_deref() == Some(after.ext()) {
+        return;
+    }
+    tracing::info!(
+        invoice = %after.id, customer = %after.customer.id,
+        from = from.as_deref().unwrap_or("-"), to = %after.ext(),
+        "invoice status changed"
+    );
+    let kind = match before {
+        _ if after.status == "gathering" => return,
+        Some(b) if b.status != "gathering" => crate::notification::kinds::INVOICE_UPDATED,
+        // A gathering invoice emptied by collection is gone, not a new invoice.
+        _ if after.status == "deleted" => return,
+        _ => crate::notification::kinds::INVOICE_CREATED,
+    };
+    let document = match serde_json::to_value(after) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(invoice = %after.id, error = %e, "invoice notification not recorded");
+            return;
+        }
+    };
+    if let Err(e) =
+        crate::notification::outbox::record_invoice_event(store, kind, &document, after.updated_at)
+            .await
+    {
+        tracing::warn!(invoice = %after.id, error = %e, "invoice notification not recorded");
     }
 }
 
@@ -87,7 +113,7 @@ async fn save(
 ) -> Result<bool, StoreError> {
     let stored = store.swap_entity(KIND, &after.id, Some(raw), after).await?;
     if stored {
-        invoice_status_changed(Some(before), after);
+        invoice_status_changed(store, Some(before), after).await;
     }
     Ok(stored)
 }
@@ -310,7 +336,7 @@ pub async fn add_pending_lines(
                 e => Err(e),
             })?;
         if stored {
-            invoice_status_changed(if is_new { None } else { Some(&before) }, &inv);
+            invoice_status_changed(store, if is_new { None } else { Some(&before) }, &inv).await;
             return Ok((inv, added, is_new));
         }
     }
@@ -476,8 +502,8 @@ pub async fn collect(
             ])
             .await?
         {
-            invoice_status_changed(Some(&gathering), &rest);
-            invoice_status_changed(None, &draft);
+            invoice_status_changed(store, Some(&gathering), &rest).await;
+            invoice_status_changed(store, None, &draft).await;
             return Ok(Some(draft));
         }
         // The gathering invoice changed under us (new lines, or another process collected):

@@ -491,7 +491,12 @@ pub async fn sync(
         ));
         if store.swap_entities(&swaps).await? {
             if changed {
-                lifecycle::invoice_status_changed(if is_new { None } else { Some(&before) }, &inv);
+                lifecycle::invoice_status_changed(
+                    store,
+                    if is_new { None } else { Some(&before) },
+                    &inv,
+                )
+                .await;
             }
             return Ok(changed);
         }
