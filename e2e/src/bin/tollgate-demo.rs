@@ -116,10 +116,12 @@ async fn catalog(billing: &Billing) -> anyhow::Result<()> {
 }
 
 /// What the gateway did with one consumer's requests.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct Answered {
     admitted: u64,
     refused: u64,
+    /// The first refusal's request number, status and body.
+    first_refusal: Option<(usize, u16, String)>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -199,6 +201,29 @@ async fn main() -> anyhow::Result<()> {
         println!("   customer {name:<8} subject consumer:{id}  on {plan}");
     }
 
+    // The subscriptions provisioned each customer's `api_calls` entitlement; wait until the
+    // agent's snapshot has them, as a gateway would before its first request.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (id, name, _) in CONSUMERS {
+        let url = format!(
+            "http://{}/v1/entitlements/consumer:{id}/api_calls",
+            stack.agent_http
+        );
+        loop {
+            let local: Value = billing.send(billing.http.get(&url), &url).await?;
+            if local["has_access"] == Value::Bool(true) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the agent has no access for {name} after 30 s: {local}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    println!(
+        "   the agent's entitlement snapshot has every customer's api_calls: the gateway follows the plans"
+    );
+
     let deck = workspace_root().join("kong-config/deck");
     let api = tollgate_e2e::deck::plugins(&deck.join("01-consumers-key-auth.yaml"), "tollgate")?
         .remove(0);
@@ -246,10 +271,14 @@ async fn main() -> anyhow::Result<()> {
                 };
                 match access.run_phase(&limit, "access", &access_pdk).await {
                     Ok(PhaseOutcome::Returned) => tally.admitted += 1,
-                    Ok(PhaseOutcome::Exited { status, .. }) => {
+                    Ok(PhaseOutcome::Exited { status, body, .. }) => {
                         // Kong answered itself: no upstream, and the log phase still runs.
+                        let status = u16::try_from(status).unwrap_or(500);
                         tally.refused += 1;
-                        request.status = u16::try_from(status).unwrap_or(500);
+                        tally
+                            .first_refusal
+                            .get_or_insert_with(|| (k, status, body.to_string()));
+                        request.status = status;
                         request.upstream_status = None;
                     }
                     Err(_) => failed += 1,
@@ -276,6 +305,10 @@ async fn main() -> anyhow::Result<()> {
             let total = answered.entry(subject).or_default();
             total.admitted += n.admitted;
             total.refused += n.refused;
+            total.first_refusal = [total.first_refusal.take(), n.first_refusal]
+                .into_iter()
+                .flatten()
+                .min_by_key(|f| f.0);
         }
     }
     bar.finish();
@@ -340,7 +373,7 @@ async fn main() -> anyhow::Result<()> {
             ))
             .await?;
         let access = value["hasAccess"].as_bool().unwrap_or(false);
-        let a = answered.get(&subject).copied().unwrap_or_default();
+        let a = answered.get(&subject).cloned().unwrap_or_default();
         println!(
             "   {:<9} {:<7} {:>9} {:>8} {:>13} {:>14} {:>14} {:>8}",
             name,
@@ -353,7 +386,11 @@ async fn main() -> anyhow::Result<()> {
             if access { "yes" } else { "BLOCKED" }
         );
         if !access {
-            blocked_detail(&stack, id, name, a, &value).await?;
+            blocked_detail(&stack, id, name, &a, &value).await?;
+        } else if let Some((k, status, body)) = &a.first_refusal {
+            println!(
+                "             refused although billing grants access — request {k}: HTTP {status} {body}"
+            );
         }
     }
 
@@ -395,7 +432,7 @@ async fn blocked_detail(
     stack: &Stack,
     id: &str,
     name: &str,
-    answered: Answered,
+    answered: &Answered,
     value: &Value,
 ) -> anyhow::Result<()> {
     println!(
