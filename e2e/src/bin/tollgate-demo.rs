@@ -470,7 +470,10 @@ async fn invoices(billing: &Billing) -> anyhow::Result<()> {
         advanced["now"].as_str().unwrap_or("?")
     );
 
-    println!("\n7. The invoices billing issued for the period (paid by the sandbox app):");
+    println!(
+        "\n7. The invoices billing issued — the month's fee in advance at its start; at its end the usage, in"
+    );
+    println!("   arrears, with the next month's fee — each paid by the sandbox app:");
     for (_, name, plan) in CONSUMERS {
         let customer = billing.get(&format!("/api/v1/customers/{name}")).await?;
         let customer_id = customer["id"]
@@ -510,11 +513,13 @@ fn print_invoice(billing: &Billing, name: &str, plan: &str, inv: &Value) {
             line["quantity"].as_str().unwrap_or(""),
             format!("{} {}", s(&line["currency"]), s(&line["totals"]["total"]))
         );
-        for detail in line["detailedLines"].as_array().into_iter().flatten() {
+        // Detailed lines: one per price tier (or the unit price), as the rating engine made them.
+        for detail in line["children"].as_array().into_iter().flatten() {
             println!(
-                "       {:<38} {:>10} {:>12}",
+                "       {:<38} {:>10} x {:<8} {:>10}",
                 s(&detail["name"]),
                 detail["quantity"].as_str().unwrap_or(""),
+                detail["perUnitAmount"].as_str().unwrap_or(""),
                 s(&detail["totals"]["total"])
             );
         }
