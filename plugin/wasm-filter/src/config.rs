@@ -63,6 +63,12 @@ pub struct FilterConfig {
     pub agent: Agent,
     /// How often `on_tick` delivers and refreshes, ms.
     pub flush_period_ms: u32,
+    /// Where requests hand their events to the root context: `worker` (default) — a queue inside
+    /// the VM, which every host has (one VM per nginx worker or Envoy thread, each ticking its
+    /// own root context) — or `shared`: the proxy-wasm shared queue `tollgate/events`, drained
+    /// by whichever worker ticks first (Envoy; on ngx_wasm_module it needs a `shm_queue
+    /// tollgate/events` zone, which kong.conf cannot declare).
+    pub shared_queue: bool,
     /// Records held at most (the shared queue has no eviction: past this, records are dropped
     /// and counted).
     pub queue_max: u64,
@@ -123,6 +129,7 @@ struct RawConfig {
     attributes: Option<Vec<Attribute>>,
     consumer_property: Option<String>,
     flush_period_ms: Option<u32>,
+    delivery_queue: Option<String>,
     queue_max: Option<u64>,
     batch_max: Option<usize>,
     llm: Option<bool>,
@@ -228,6 +235,16 @@ impl FilterConfig {
             Some(p) => Some(p.split('.').map(str::to_owned).collect()),
             None => None,
         };
+        let shared_queue = match raw.delivery_queue.as_deref() {
+            None | Some("worker") => false,
+            Some("shared") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "delivery_queue",
+                    format!("{other:?} is not worker or shared"),
+                ));
+            }
+        };
         let enforcement = raw.enforcement.map(enforcement).transpose()?;
         Ok(FilterConfig {
             rules,
@@ -235,6 +252,7 @@ impl FilterConfig {
             consumer_property,
             agent,
             flush_period_ms,
+            shared_queue,
             queue_max,
             batch_max,
             llm: raw.llm.unwrap_or(false),
@@ -315,7 +333,10 @@ mod tests {
         for (json, field) in [
             (r#"{}"#, "config.agent"),
             (r#"{"agent":{}}"#, "config.agent.address"),
-            (r#"{"agent":{"address":"localhost"}}"#, "config.agent.address"),
+            (
+                r#"{"agent":{"address":"localhost"}}"#,
+                "config.agent.address",
+            ),
             (
                 r#"{"agent":{"address":"127.0.0.1:1","cluster":"a"}}"#,
                 "config.agent",
@@ -336,7 +357,10 @@ mod tests {
                 r#"{"agent":{"address":"127.0.0.1:1"},"queue_max":0}"#,
                 "config.queue_max",
             ),
-            (r#"{"agent":{"address":"127.0.0.1:1"},"colour":1}"#, "colour"),
+            (
+                r#"{"agent":{"address":"127.0.0.1:1"},"colour":1}"#,
+                "colour",
+            ),
         ] {
             let err = FilterConfig::from_json(json.as_bytes()).unwrap_err();
             assert!(err.contains(field), "{json}: {err}");

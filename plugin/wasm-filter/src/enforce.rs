@@ -299,7 +299,14 @@ mod tests {
             Decision::Allow { count: false }
         );
         assert_eq!(
-            decide(&c, Some("s"), Some(&metered(5.0)), 0.0, 1_000, 1_000 + 60_001),
+            decide(
+                &c,
+                Some("s"),
+                Some(&metered(5.0)),
+                0.0,
+                1_000,
+                1_000 + 60_001
+            ),
             deny(503, "entitlements_unavailable")
         );
         let no = Stored {

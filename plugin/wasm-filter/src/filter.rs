@@ -6,12 +6,15 @@
 //!   status, sizes, LLM usage (never `Pause`: ngx_wasm_module cannot yield in response phases);
 //!   `on_log` → events into the shared queue (Kong forbids HTTP calls in the response and log
 //!   phases).
-//! * Root context: `on_tick` moves queued events into its bounded outbox and sends one batch at
-//!   a time with `dispatch_http_call` to the agent's intake; refreshes entitlement values from
+//! * Requests hand their events to the worker's root context through a bounded outbox in the VM
+//!   (`delivery_queue: worker`, every host), or through the shared queue (`shared`).
+//! * Root context: `on_tick` moves shared-queue events into its bounded outbox and sends one
+//!   batch at a time with `dispatch_http_call` to the agent's intake; refreshes entitlement values from
 //!   the agent's local endpoint and asks it about first-seen subjects. Answers arrive in
 //!   `on_http_call_response`; a failed delivery is counted and its batch kept for the next tick
 //!   (within the bound). Nothing here ever blocks a request.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -24,7 +27,7 @@ use crate::config::FilterConfig;
 use crate::enforce::{self, Decision, Stored};
 use crate::request::{self, RequestFacts};
 use crate::usage::UsageReader;
-use crate::{EVENTS_QUEUE, WANTED_QUEUE, metrics};
+use crate::{EVENTS_QUEUE, metrics};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -79,9 +82,25 @@ fn now_ms() -> i64 {
 /// What the contexts share inside one VM.
 struct Shared {
     config: FilterConfig,
-    events_queue: u32,
-    wanted_queue: u32,
+    /// The shared queue's id, with `delivery_queue: shared`.
+    events_queue: Option<u32>,
     metrics: Metrics,
+    /// Events waiting for a delivery (bounded by `queue_max`).
+    outbox: RefCell<VecDeque<Vec<u8>>>,
+    /// Subjects seen on requests that the agent must be asked about.
+    wanted: RefCell<Vec<String>>,
+}
+
+impl Shared {
+    /// Adds an event to the outbox; false (dropped) when it is full.
+    fn push(&self, record: Vec<u8>) -> bool {
+        let mut outbox = self.outbox.borrow_mut();
+        if outbox.len() as u64 >= self.config.queue_max {
+            return false;
+        }
+        outbox.push_back(record);
+        true
+    }
 }
 
 enum Call {
@@ -93,8 +112,6 @@ enum Call {
 #[derive(Default)]
 struct Root {
     shared: Option<Rc<Shared>>,
-    /// Events taken from the shared queue, waiting for a delivery (bounded by `queue_max`).
-    outbox: VecDeque<Vec<u8>>,
     calls: HashMap<u32, Call>,
     delivering: bool,
     refreshing: bool,
@@ -107,29 +124,36 @@ impl Root {
 
     /// Events from the shared queue into the outbox; past the bound they are dropped and counted.
     fn drain_queue(&mut self, s: &Shared) {
+        let Some(queue) = s.events_queue else {
+            return;
+        };
         let mut dropped = 0;
-        while let Ok(Some(record)) = hostcalls::dequeue_shared_queue(s.events_queue) {
-            if self.outbox.len() as u64 >= s.config.queue_max {
+        while let Ok(Some(record)) = hostcalls::dequeue_shared_queue(queue) {
+            if !s.push(record) {
                 dropped += 1;
-            } else {
-                self.outbox.push_back(record);
             }
         }
         if dropped > 0 {
             inc(s.metrics.dropped, dropped);
             Self::log(
                 LogLevel::Warn,
-                &format!("tollgate: outbox full ({} events): dropped {dropped} events", s.config.queue_max),
+                &format!(
+                    "tollgate: outbox full ({} events): dropped {dropped} events",
+                    s.config.queue_max
+                ),
             );
         }
     }
 
     fn deliver(&mut self, s: &Shared) {
-        if self.delivering || self.outbox.is_empty() {
+        if self.delivering || s.outbox.borrow().is_empty() {
             return;
         }
-        let n = self.outbox.len().min(s.config.batch_max);
-        let batch: Vec<Vec<u8>> = self.outbox.drain(..n).collect();
+        let batch: Vec<Vec<u8>> = {
+            let mut outbox = s.outbox.borrow_mut();
+            let n = outbox.len().min(s.config.batch_max);
+            outbox.drain(..n).collect()
+        };
         let body = request::batch_body(batch.iter().map(Vec::as_slice));
         let agent = &s.config.agent;
         let auth = agent.token.as_ref().map(|t| format!("Bearer {t}"));
@@ -157,7 +181,10 @@ impl Root {
                 inc(s.metrics.delivery_failures, 1);
                 Self::log(
                     LogLevel::Warn,
-                    &format!("tollgate: cannot call the agent at {}: {status:?}", agent.upstream),
+                    &format!(
+                        "tollgate: cannot call the agent at {}: {status:?}",
+                        agent.upstream
+                    ),
                 );
                 self.put_back(s, batch);
             }
@@ -166,13 +193,15 @@ impl Root {
 
     /// A batch that did not reach the agent goes back to the front, within the bound.
     fn put_back(&mut self, s: &Shared, batch: Vec<Vec<u8>>) {
+        let mut outbox = s.outbox.borrow_mut();
         for record in batch.into_iter().rev() {
-            self.outbox.push_front(record);
+            outbox.push_front(record);
         }
         let max = s.config.queue_max as usize;
-        if self.outbox.len() > max {
-            let over = self.outbox.len() - max;
-            self.outbox.truncate(max);
+        if outbox.len() > max {
+            // The newest go: the oldest have waited longest for their turn.
+            let over = outbox.len() - max;
+            outbox.truncate(max);
             inc(s.metrics.dropped, over as u64);
         }
     }
@@ -211,13 +240,12 @@ impl Root {
             let path = format!("{}?feature={feature}", s.config.agent.entitlements_path);
             self.refreshing = self.get(s, path, Call::Refresh);
         }
-        for _ in 0..LOOKUPS_PER_TICK {
-            let Ok(Some(subject)) = hostcalls::dequeue_shared_queue(s.wanted_queue) else {
-                break;
-            };
-            let Ok(subject) = String::from_utf8(subject) else {
-                continue;
-            };
+        let wanted: Vec<String> = {
+            let mut w = s.wanted.borrow_mut();
+            let n = w.len().min(LOOKUPS_PER_TICK);
+            w.drain(..n).collect()
+        };
+        for subject in wanted {
             let path = format!(
                 "{}/{}/{feature}",
                 s.config.agent.entitlements_path,
@@ -225,7 +253,11 @@ impl Root {
             );
             if !self.get(s, path, Call::Lookup(subject.clone())) {
                 // Asked again on a later request.
-                let _ = hostcalls::set_shared_data(&enforce::value_key(&e.feature, &subject), None, None);
+                let _ = hostcalls::set_shared_data(
+                    &enforce::value_key(&e.feature, &subject),
+                    None,
+                    None,
+                );
             }
         }
     }
@@ -238,13 +270,20 @@ fn enc(s: &str) -> String {
 /// Stores a value from the agent and starts its local count over.
 fn store(feature: &str, subject: &str, value: &Stored) {
     if let Ok(bytes) = serde_json::to_vec(value) {
-        let _ = hostcalls::set_shared_data(&enforce::value_key(feature, subject), Some(&bytes), None);
+        let _ =
+            hostcalls::set_shared_data(&enforce::value_key(feature, subject), Some(&bytes), None);
         let _ = hostcalls::set_shared_data(&enforce::used_key(feature, subject), Some(b"0"), None);
     }
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
         let Some(s) = self.shared.clone() else {
             return;
         };
@@ -267,7 +306,11 @@ impl Context for Root {
                     inc(s.metrics.delivery_failures, 1);
                     Self::log(
                         LogLevel::Warn,
-                        &format!("tollgate: delivery of {} events to the agent failed ({}); kept for the next tick", batch.len(), why),
+                        &format!(
+                            "tollgate: delivery of {} events to the agent failed ({}); kept for the next tick",
+                            batch.len(),
+                            why
+                        ),
                     );
                     // A 400 names events the agent will never take: do not retry them forever.
                     if status != 400 {
@@ -318,11 +361,18 @@ impl Context for Root {
                     _ => {
                         inc(s.metrics.refresh_failures, 1);
                         if let Call::Lookup(subject) = &call {
-                            let _ = hostcalls::set_shared_data(&enforce::value_key(&e.feature, subject), None, None);
+                            let _ = hostcalls::set_shared_data(
+                                &enforce::value_key(&e.feature, subject),
+                                None,
+                                None,
+                            );
                         }
                         Self::log(
                             LogLevel::Warn,
-                            &format!("tollgate: entitlement refresh from the agent failed ({})", why),
+                            &format!(
+                                "tollgate: entitlement refresh from the agent failed ({})",
+                                why
+                            ),
                         );
                         return;
                     }
@@ -348,13 +398,15 @@ impl RootContext for Root {
             }
         };
         self.set_tick_period(Duration::from_millis(u64::from(config.flush_period_ms)));
-        let events_queue = self.register_shared_queue(EVENTS_QUEUE);
-        let wanted_queue = self.register_shared_queue(WANTED_QUEUE);
+        let events_queue = config
+            .shared_queue
+            .then(|| self.register_shared_queue(EVENTS_QUEUE));
         self.shared = Some(Rc::new(Shared {
             config,
             events_queue,
-            wanted_queue,
             metrics: Metrics::define(),
+            outbox: RefCell::new(VecDeque::new()),
+            wanted: RefCell::new(Vec::new()),
         }));
         true
     }
@@ -399,7 +451,10 @@ fn prop_str(path: &[&str]) -> Option<String> {
 
 fn prop_int(path: &[&str]) -> Option<i64> {
     let bytes = hostcalls::get_property(path.to_vec()).ok()??;
-    if let Some(n) = std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse().ok()) {
+    if let Some(n) = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
         return Some(n);
     }
     let arr: [u8; 8] = bytes.as_slice().try_into().ok()?;
@@ -430,7 +485,10 @@ impl Http {
             let ask = match &value {
                 None => true,
                 // Unknown or still not answered after the stale bound: ask again.
-                Some(v) => (v.kind == "none" || v.kind == "pending") && now - v.synced_at_ms > e.max_stale_ms,
+                Some(v) => {
+                    (v.kind == "none" || v.kind == "pending")
+                        && now - v.synced_at_ms > e.max_stale_ms
+                }
             };
             if ask {
                 let pending = Stored {
@@ -444,7 +502,7 @@ impl Http {
                 if let Ok(bytes) = serde_json::to_vec(&pending) {
                     let _ = hostcalls::set_shared_data(&key, Some(&bytes), None);
                 }
-                let _ = hostcalls::enqueue_shared_queue(s.wanted_queue, Some(subject.as_bytes()));
+                s.wanted.borrow_mut().push(subject.clone());
                 value = Some(pending);
             }
             if value.as_ref().is_some_and(|v| v.kind == "metered") {
@@ -472,8 +530,10 @@ impl Http {
                 self.denied = true;
                 let (status, headers, body) =
                     enforce::deny_response(&e.feature, status, reason, balance, reset_at_ms, now);
-                let headers: Vec<(&str, &str)> =
-                    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 let _ = hostcalls::send_http_response(u32::from(status), headers, Some(&body));
                 Action::Pause
             }
@@ -521,7 +581,8 @@ impl HttpContext for Http {
             .or_else(|| f.header("x-request-id").map(str::to_owned));
         f.client_ip = prop_str(&["source", "address"]).map(|a| strip_port(&a).to_owned());
         f.route_id = prop_str(&["kong", "route_id"]);
-        f.route_name = prop_str(&["kong", "route_name"]).or_else(|| prop_str(&["xds", "route_name"]));
+        f.route_name =
+            prop_str(&["kong", "route_name"]).or_else(|| prop_str(&["xds", "route_name"]));
         f.service_id = prop_str(&["kong", "service_id"]);
         f.service_name =
             prop_str(&["kong", "service_name"]).or_else(|| prop_str(&["xds", "cluster_name"]));
@@ -545,7 +606,9 @@ impl HttpContext for Http {
         if !s.config.rules.meter_ai_token_usage || self.denied {
             return Action::Continue;
         }
-        let content_type = self.get_http_response_header("content-type").unwrap_or_default();
+        let content_type = self
+            .get_http_response_header("content-type")
+            .unwrap_or_default();
         let encoded = self
             .get_http_response_header("content-encoding")
             .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
@@ -585,7 +648,8 @@ impl HttpContext for Http {
         if f.status.is_none() {
             f.status = prop_int(&["response", "code"]);
         }
-        f.request_size = prop_int(&["request", "total_size"]).or_else(|| prop_int(&["request", "size"]));
+        f.request_size =
+            prop_int(&["request", "total_size"]).or_else(|| prop_int(&["request", "size"]));
         f.response_size = prop_int(&["response", "total_size"])
             .or_else(|| prop_int(&["response", "size"]))
             .or(Some(self.body_bytes));
@@ -598,10 +662,15 @@ impl HttpContext for Http {
             inc(s.metrics.usage_missing, 1);
         }
         let mut queued = 0;
-        for event in &m.events {
-            match hostcalls::enqueue_shared_queue(s.events_queue, Some(event)) {
-                Ok(()) => queued += 1,
-                Err(_) => inc(s.metrics.dropped, 1),
+        for event in m.events {
+            let ok = match s.events_queue {
+                Some(q) => hostcalls::enqueue_shared_queue(q, Some(&event)).is_ok(),
+                None => s.push(event),
+            };
+            if ok {
+                queued += 1;
+            } else {
+                inc(s.metrics.dropped, 1);
             }
         }
         inc(s.metrics.queued, queued);

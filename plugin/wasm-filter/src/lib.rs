@@ -7,9 +7,10 @@
 //!   `tollgate-events` (the external plugin's builder: same shape, same ids).
 //! * [`usage`]: LLM token usage from OpenAI/Anthropic JSON bodies and SSE streams.
 //! * [`enforce`]: the entitlement decision from shared data and the deny response.
-//! * `filter` (wasm32 only): the proxy-wasm root and HTTP contexts — records queued in a shared
-//!   queue from `on_log`, delivered from `on_tick` with `dispatch_http_call` to the agent's HTTP
-//!   intake; entitlement values refreshed from the agent's local endpoint on `on_tick`.
+//! * `filter` (wasm32 only): the proxy-wasm root and HTTP contexts — records queued from `on_log`
+//!   (a bounded queue in the worker's VM, or the proxy-wasm shared queue), delivered from
+//!   `on_tick` with `dispatch_http_call` to the agent's HTTP intake; entitlement values kept in
+//!   shared data, refreshed from the agent's local endpoint on `on_tick`.
 
 pub mod config;
 pub mod enforce;
@@ -22,11 +23,9 @@ mod filter;
 /// The name Kong knows the filter by (its file name without `.wasm`) and Envoy's `root_id`.
 pub const FILTER_NAME: &str = "tollgate_wasm";
 
-/// Shared queue of records (CloudEvents JSON) waiting for delivery.
+/// The shared queue of records (CloudEvents JSON) waiting for delivery, with
+/// `delivery_queue: shared`.
 pub const EVENTS_QUEUE: &str = "tollgate/events";
-
-/// Shared queue of subjects seen on requests that the agent must be asked about.
-pub const WANTED_QUEUE: &str = "tollgate/wanted";
 
 /// The filter's counters (proxy-wasm metrics: Kong 3.9+ exports them to Prometheus as
 /// `kong_wasm_…`, Envoy as stats).

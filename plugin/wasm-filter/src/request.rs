@@ -116,7 +116,9 @@ impl RequestFacts {
             .unwrap_or("");
         let mut querystring = Map::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').map_or((pair, None), |(k, v)| (k, Some(v)));
+            let (k, v) = pair
+                .split_once('=')
+                .map_or((pair, None), |(k, v)| (k, Some(v)));
             querystring
                 .entry(decode(k))
                 .or_insert_with(|| v.map_or(Value::Bool(true), |v| Value::from(decode(v))));
@@ -264,7 +266,10 @@ mod tests {
             headers: vec![
                 ("host".into(), "api.example.com".into()),
                 ("user-agent".into(), "curl/8".into()),
-                ("x-consumer-id".into(), "8f1c1e9e-0000-4000-8000-000000000001".into()),
+                (
+                    "x-consumer-id".into(),
+                    "8f1c1e9e-0000-4000-8000-000000000001".into(),
+                ),
                 ("x-consumer-username".into(), "alice".into()),
             ],
             client_ip: Some("10.0.0.7".into()),
@@ -302,7 +307,10 @@ mod tests {
         let api = &e[0];
         assert_eq!(api["type"], "kong.api_request");
         assert_eq!(api["id"], "5f0c3a1e7d2b4c6a8e9f0a1b2c3d4e5f");
-        assert_eq!(api["subject"], "consumer:8f1c1e9e-0000-4000-8000-000000000001");
+        assert_eq!(
+            api["subject"],
+            "consumer:8f1c1e9e-0000-4000-8000-000000000001"
+        );
         assert_eq!(api["time"], "2025-11-24T16:00:00.123Z");
         let d = &api["data"];
         assert_eq!(d["request_method"], "POST");

@@ -297,18 +297,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (u.provider, u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (
+                u.provider,
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.total_tokens
+            ),
             (Some("anthropic"), 9, 4, 13)
         );
         // An error body has no usage: not an LLM completion.
-        assert_eq!(read("application/json", &[br#"{"error":{"message":"x"}}"#]), None);
+        assert_eq!(
+            read("application/json", &[br#"{"error":{"message":"x"}}"#]),
+            None
+        );
     }
 
     #[test]
     fn sse_split_at_every_byte_boundary_gives_the_same_usage() {
         for (body, want) in [
             (OPENAI_SSE, (Some("openai"), "gpt-4o-mini", 12, 7, 19)),
-            (ANTHROPIC_SSE, (Some("anthropic"), "claude-sonnet-4", 25, 15, 40)),
+            (
+                ANTHROPIC_SSE,
+                (Some("anthropic"), "claude-sonnet-4", 25, 15, 40),
+            ),
         ] {
             let bytes = body.as_bytes();
             for i in 0..=bytes.len() {
