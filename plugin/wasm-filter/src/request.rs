@@ -193,9 +193,10 @@ pub fn meter(facts: &RequestFacts, rules: &Rules, source: &str) -> Metered {
         return out;
     };
     let incomplete = facts.llm.as_ref().is_some_and(|u| !u.complete);
+    // A cut stream flags every event of the request: the token events (when some tokens were
+    // seen) and the request's own event, which is all there is when none were.
     let result = meter::meter_into(&entry, rules, source, |f| {
-        let flag = incomplete && f.r#type == meter::LLM_REQUEST;
-        out.events.push(cloudevent(&f, flag));
+        out.events.push(cloudevent(&f, incomplete));
     });
     out.no_subject = result.is_err();
     out.usage_missing = incomplete && !out.no_subject && rules.meter_ai_token_usage;
@@ -203,7 +204,8 @@ pub fn meter(facts: &RequestFacts, rules: &Rules, source: &str) -> Metered {
 }
 
 /// One event as a CloudEvents JSON object. `usage_incomplete` adds `"usage_complete": false` to
-/// `data` (an addition; Kong's names are unchanged).
+/// `data` (an addition; Kong's names are unchanged): the response was an LLM stream that ended
+/// before its final usage.
 fn cloudevent(f: &EventFields<'_>, usage_incomplete: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(f.data.len() + 256);
     out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
@@ -376,8 +378,16 @@ mod tests {
         assert!(m.usage_missing);
         let e = events(&m);
         assert_eq!(e[0]["subject"], "alice");
-        assert!(e[0]["data"].get("usage_complete").is_none());
+        assert_eq!(e[0]["data"]["usage_complete"], false);
         assert_eq!(e[2]["data"]["usage_complete"], false);
+        // Nothing seen at all: no token events (none are guessed), the request's event flagged.
+        if let Some(u) = f.llm.as_mut() {
+            u.prompt_tokens = 0;
+            u.total_tokens = 0;
+        }
+        let e = events(&meter(&f, &rules, "src"));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0]["data"]["usage_complete"], false);
         // No subject: nothing, counted.
         f.headers.retain(|(k, _)| k != "x-consumer-username");
         let m = meter(&f, &rules, "src");

@@ -93,3 +93,28 @@ pub async fn billing_events(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The filter's counters and log, for assertion messages.
+pub fn counters(vm: &Vm) -> String {
+    use tollgate_wasm::metrics::*;
+    let names = [
+        QUEUED,
+        DELIVERED,
+        DROPPED,
+        DELIVERY_FAILURES,
+        NO_SUBJECT,
+        USAGE_MISSING,
+        DENIED,
+        REFRESH_FAILURES,
+    ];
+    let counts: Vec<String> = names
+        .iter()
+        .map(|n| format!("{n}={}", vm.metric(n)))
+        .collect();
+    format!(
+        "{}; in flight {}; log: {:?}",
+        counts.join(" "),
+        vm.calls_in_flight(),
+        vm.logs()
+    )
+}
