@@ -77,6 +77,9 @@ pub struct Stream {
     pub(crate) local_response: Option<LocalResponse>,
 }
 
+/// A header map.
+pub type Headers = Vec<(String, String)>;
+
 /// What host functions see.
 pub struct HostState {
     pub(crate) wasi: WasiP1Ctx,
@@ -86,7 +89,7 @@ pub struct HostState {
     pub(crate) vm_config: Vec<u8>,
     pub(crate) plugin_config: Vec<u8>,
     pub(crate) stream: Stream,
-    pub(crate) call_response: Option<(Vec<(String, String)>, Vec<u8>)>,
+    pub(crate) call_response: Option<(Headers, Vec<u8>)>,
     pub(crate) call_failure: Option<String>,
     pub(crate) tick_period_ms: u32,
     pub(crate) next_token: u32,

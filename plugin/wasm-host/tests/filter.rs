@@ -207,10 +207,18 @@ async fn llm_usage_from_json_and_sse_reaches_billing_and_a_cut_stream_is_flagged
     );
     assert_eq!(tokens(3, "response").0, 12);
     // The cut stream: counted, its request's event flagged, no tokens guessed.
-    assert!(!events.iter().any(|e| e["id"] == format!("{prefix}04:response")));
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["id"] == format!("{prefix}04:response"))
+    );
     let api = by_id(format!("{prefix}04"));
     assert_eq!(api["data"]["usage_complete"], false);
-    assert!(by_id(format!("{prefix}03"))["data"].get("usage_complete").is_none());
+    assert!(
+        by_id(format!("{prefix}03"))["data"]
+            .get("usage_complete")
+            .is_none()
+    );
     assert_eq!(vm.refused_calls(), 0);
 }
 
