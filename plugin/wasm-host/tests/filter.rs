@@ -429,3 +429,46 @@ async fn with_the_agent_down_traffic_never_waits_the_outbox_is_bounded_and_failu
     assert_eq!(events.len(), 20);
     assert_eq!(vm.refused_calls(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_envoy_ids_come_from_x_request_id_and_integer_properties_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(dir.path()).unwrap();
+    let billing = format!("http://{}", stack.billing_addr);
+    let mut vm = vm(&config(&stack.agent_http.to_string()), Flavor::Envoy);
+    let id = "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a";
+    let req = tollgate_wasm_host::Request {
+        method: "PUT".into(),
+        path: "/orders/7".into(),
+        authority: "edge.example.com".into(),
+        headers: vec![
+            ("x-request-id".into(), id.into()),
+            ("x-consumer-id".into(), ACME.into()),
+        ],
+        body: vec![b"{\"qty\":2}".to_vec()],
+        properties: vec![
+            ("xds.route_name".into(), b"orders".to_vec()),
+            ("xds.cluster_name".into(), b"orders-backend".to_vec()),
+        ],
+        client: "[2001:db8::7]:40000".into(),
+    };
+    vm.exchange(&req, &ok_json("{\"ok\":true}")).unwrap();
+    assert!(
+        vm.run_until(Duration::from_secs(10), |vm| vm.metric(metrics::DELIVERED)
+            == 1)
+            .unwrap(),
+        "{}",
+        common::counters(&vm)
+    );
+    let events = billing_events(&billing, id, 1, Duration::from_secs(15)).await;
+    assert_eq!(events.len(), 1);
+    let d = &events[0]["data"];
+    assert_eq!(events[0]["id"], id);
+    assert_eq!(d["request_method"], "PUT");
+    assert_eq!(d["route_name"], "orders");
+    assert_eq!(d["service_name"], "orders-backend");
+    assert_eq!(d["client_ip"], "2001:db8::7");
+    // Envoy's sizes are 8-byte integers: read as numbers, not text.
+    assert!(d["request_size_bytes"].as_i64().unwrap() > 9);
+    assert!(d["response_size_bytes"].as_i64().unwrap() > 11);
+}
