@@ -14,7 +14,29 @@
 //! API event's id as `api_request_id` like Kong's. `time` comes from `started_at`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use tollgate_proto::encoded::{EncodedEvent, EventFields};
+#[cfg(feature = "proto")]
+use tollgate_proto::encoded::EncodedEvent;
+#[cfg(feature = "proto")]
+pub use tollgate_proto::encoded::EventFields;
+
+/// One event's fields, borrowed (the same struct as `tollgate_proto::encoded::EventFields`, for
+/// builds without the `proto` feature such as the proxy-wasm filter).
+#[cfg(not(feature = "proto"))]
+#[derive(Debug, Clone, Copy)]
+pub struct EventFields<'a> {
+    /// CloudEvents `id`.
+    pub id: &'a str,
+    /// CloudEvents `source`.
+    pub source: &'a str,
+    /// CloudEvents `type`.
+    pub r#type: &'a str,
+    /// The billed subject.
+    pub subject: &'a str,
+    /// RFC 3339 time.
+    pub time: &'a str,
+    /// The `data` object as JSON.
+    pub data: &'a [u8],
+}
 
 use crate::rules::{AttributeSource, Rules, SubjectSource};
 use crate::serialize::{self, AiUsage, LogEntry};
@@ -25,6 +47,7 @@ pub const API_REQUEST: &str = "kong.api_request";
 pub const LLM_REQUEST: &str = "kong.llm_request";
 
 /// What one request produced.
+#[cfg(feature = "proto")]
 #[derive(Debug)]
 pub enum Metered {
     /// The events to deliver, encoded for the agent (possibly none, when both toggles are off).
@@ -34,6 +57,7 @@ pub enum Metered {
 }
 
 /// Builds the events for one serialized request, encoded for the agent's gRPC ingest.
+#[cfg(feature = "proto")]
 #[inline]
 pub fn meter(entry: &LogEntry<'_>, config: &Rules, source: &str) -> Metered {
     let mut events = Vec::with_capacity(3);

@@ -2,6 +2,8 @@
 //! reading through to the central service on a miss, so an application can ask the sidecar "may
 //! customer X use feature Y, and how much is left?" with no network hop.
 //!
+//! * `GET /v1/entitlements?feature={key}`: every cached value of the feature (an array, empty when
+//!   none): the snapshot the proxy-wasm filter refreshes on each tick.
 //! * `GET /v1/entitlements/{subject}`: every tracked feature of the subject.
 //! * `GET /v1/entitlements/{subject}/{feature}`: one value.
 //! * `GET /api/v1/subjects/{subject}/entitlements/{feature}/value`: the same in OpenMeter's
@@ -37,6 +39,7 @@ pub struct EntitlementApi {
 /// The routes.
 pub fn router(api: EntitlementApi) -> Router {
     Router::new()
+        .route("/v1/entitlements", get(all_for_feature))
         .route("/v1/entitlements/{subject}", get(all_for_subject))
         .route("/v1/entitlements/{subject}/{feature}", get(one))
         .route(
@@ -99,6 +102,38 @@ async fn one(
             "no entitlement for feature {feature} of subject {subject}"
         )),
     }
+}
+
+/// `?feature=` of the snapshot route.
+#[derive(serde::Deserialize)]
+struct FeatureQuery {
+    feature: Option<String>,
+}
+
+async fn all_for_feature(
+    State(api): State<EntitlementApi>,
+    axum::extract::Query(q): axum::extract::Query<FeatureQuery>,
+) -> Response {
+    let Some(feature) = q.feature.filter(|f| !f.is_empty()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            json!({"type": "about:blank", "title": "Bad Request", "status": 400,
+                "detail": "query parameter feature is required (GET /v1/entitlements?feature=<key>)"})
+            .to_string(),
+        )
+            .into_response();
+    };
+    if api.cache.track_features(std::slice::from_ref(&feature)) {
+        api.syncer.load_meters().await;
+    }
+    let values: Vec<LocalValue> = api
+        .cache
+        .all()
+        .into_iter()
+        .filter(|v| v.feature == feature && v.kind != "none")
+        .collect();
+    axum::Json(values).into_response()
 }
 
 async fn all_for_subject(
