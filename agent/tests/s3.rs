@@ -187,15 +187,25 @@ async fn jsonl_objects_are_read_once_and_a_bad_line_is_dead_lettered_with_its_pl
     // Several listings since the restart, any of which would have read the old object again.
     wait_ticks(&agent, 4).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Delivery is at least once (a kill -9 between the receiver's 2xx and the buffer letting the
+    // batch go sends it again, with the same ids, which billing dedupes), so what tells whether
+    // an object was read again is what the restarted agent's S3 source stored: b.jsonl's one
+    // event, nothing of a.jsonl.
     let counts = raw_counts(&receiver);
     for id in ["e-1", "e-2", "e-3"] {
-        assert_eq!(counts[id], 1, "{id} delivered {} times", counts[id]);
+        assert!(counts[id] >= 1, "{id} never delivered");
     }
-    assert_eq!(counts[derived["id"].as_str().unwrap()], 1);
+    assert!(counts[derived["id"].as_str().unwrap()] >= 1);
     let (_, metrics) = agent.get("/metrics").await;
-    assert!(
-        metrics.contains("tollgate_agent_source_events_total{kind=\"s3\""),
-        "{metrics}"
+    let stored: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("tollgate_agent_source_events_total{kind=\"s3\""))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no S3 events counter in {metrics}"));
+    assert_eq!(
+        stored, 1.0,
+        "the restarted agent read only the new object: {metrics}"
     );
 }
 
