@@ -10,6 +10,7 @@
 //! * [`catalog`]: the product catalog — versioned plans, rate cards, add-ons.
 //! * [`pricing`]: the rating engine — prices, discounts and commitments into detailed lines.
 //! * [`api`]: the HTTP API on OpenMeter's paths.
+//! * [`console`]: the web console on the API's listener.
 //! * [`config`]: the TOML config file.
 //! * [`clock`]: billing's "now" — real time, or a simulated clock kept in the database.
 //! * [`scheduler`]: what falls due when billing's time passes (run by a clock advance).
@@ -19,6 +20,7 @@ pub mod api;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod duration;
 pub mod entitlement;
 pub mod filter;

@@ -1,0 +1,39 @@
+//! The console's stylesheet and script, compiled into the binary (`include_str!`) and served
+//! under `/console/assets/` with a long cache lifetime: the file names carry the crate version,
+//! so an upgrade is fetched anew. No CDN, no build step: the console works offline.
+
+use axum::extract::Path;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// The stylesheet's path.
+pub const CSS_PATH: &str = concat!(
+    "/console/assets/console-",
+    env!("CARGO_PKG_VERSION"),
+    ".css"
+);
+/// The script's path.
+pub const JS_PATH: &str = concat!("/console/assets/console-", env!("CARGO_PKG_VERSION"), ".js");
+
+const CSS: &str = include_str!("static/console.css");
+const JS: &str = include_str!("static/console.js");
+
+/// `GET /console/assets/{name}`.
+pub async fn serve(Path(name): Path<String>) -> Response {
+    let path = format!("/console/assets/{name}");
+    let (body, kind) = if path == CSS_PATH {
+        (CSS, "text/css; charset=utf-8")
+    } else if path == JS_PATH {
+        (JS, "text/javascript; charset=utf-8")
+    } else {
+        return (StatusCode::NOT_FOUND, "no such asset").into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=86400, immutable"),
+        ],
+        body,
+    )
+        .into_response()
+}
