@@ -15,8 +15,12 @@ pub const CSS_PATH: &str = concat!(
 /// The script's path.
 pub const JS_PATH: &str = concat!("/console/assets/console-", env!("CARGO_PKG_VERSION"), ".js");
 
+/// The icon's path.
+pub const ICON_PATH: &str = concat!("/console/assets/icon-", env!("CARGO_PKG_VERSION"), ".svg");
+
 const CSS: &str = include_str!("static/console.css");
 const JS: &str = include_str!("static/console.js");
+const ICON: &str = include_str!("static/icon.svg");
 
 /// `GET /console/assets/{name}`.
 pub async fn serve(Path(name): Path<String>) -> Response {
@@ -25,6 +29,8 @@ pub async fn serve(Path(name): Path<String>) -> Response {
         (CSS, "text/css; charset=utf-8")
     } else if path == JS_PATH {
         (JS, "text/javascript; charset=utf-8")
+    } else if path == ICON_PATH {
+        (ICON, "image/svg+xml")
     } else {
         return (StatusCode::NOT_FOUND, "no such asset").into_response();
     };

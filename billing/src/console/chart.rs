@@ -73,8 +73,9 @@ pub fn time_series(caption: &str, series: &[Series], from_ms: i64, to_ms: i64) -
                 }
                 line.axis x1=(LEFT) x2=(LEFT) y1=(TOP) y2=(H - BOTTOM) {}
                 line.axis x1=(LEFT) x2=(W - RIGHT) y1=(H - BOTTOM) y2=(H - BOTTOM) {}
-                @for t in &xticks {
-                    text x=(x(*t)) y=(H - 8.0) text-anchor="middle" { (label_time(*t, span)) }
+                @for (i, t) in xticks.iter().enumerate() {
+                    @let anchor = if i == 0 { "start" } else if i + 1 == xticks.len() { "end" } else { "middle" };
+                    text x=(x(*t)) y=(H - 8.0) text-anchor=(anchor) { (label_time(*t, span)) }
                 }
                 @for (i, s) in series.iter().enumerate() {
                     @let class = format!("s{}", i % COLOURS);

@@ -212,8 +212,12 @@ pub async fn page_route(
     let pairs = query_pairs(&raw);
     let banner = if pairs.iter().any(|(k, _)| k == "created") {
         Banner::Notice("Customer created.".into())
-    } else if pairs.iter().any(|(k, _)| k == "granted") {
-        Banner::Notice("Grant added.".into())
+    } else if let Some((_, at)) = pairs.iter().find(|(k, _)| k == "granted") {
+        // Grants start on a whole minute (the API rounds `effectiveAt` up, as OpenMeter does).
+        match at.parse::<DateTime<Utc>>() {
+            Ok(t) => Banner::Notice(format!("Grant added, effective from {}.", datetime(t))),
+            Err(_) => Banner::Notice("Grant added.".into()),
+        }
     } else {
         Banner::None
     };
@@ -414,9 +418,15 @@ pub async fn add_grant(
     }
     let owner = api::entitlements::customer_owner(&console.api, &id).await?;
     match api::grants::create(&console.api, owner, &e, &Bytes::from(doc.to_string())).await {
-        Ok(_) => {
+        Ok(g) => {
             console.summary.invalidate();
-            Ok(Redirect::to(&format!("/customers/{id}?granted=1")).into_response())
+            let at: String = form_urlencoded::byte_serialize(
+                g.effective_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    .as_bytes(),
+            )
+            .collect();
+            Ok(Redirect::to(&format!("/customers/{id}?granted={at}")).into_response())
         }
         Err(Problem(status, detail)) => {
             render_customer(&console, &id, Banner::Error(status, detail)).await

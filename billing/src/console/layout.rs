@@ -154,6 +154,7 @@ pub fn document(title: &str, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Tollgate billing" }
+                link rel="icon" href=(super::assets::ICON_PATH) type="image/svg+xml";
                 link rel="stylesheet" href=(super::assets::CSS_PATH);
                 script src=(super::assets::JS_PATH) defer {}
             }

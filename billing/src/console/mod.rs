@@ -10,7 +10,7 @@
 //!   reachable without one.
 //! * [`layout`]: the page shell (navigation, billing's clock in the header), errors, formatting.
 //! * [`chart`]: SVG line and bar charts.
-//! * [`assets`]: the stylesheet and script.
+//! * [`assets`]: the stylesheet, script and icon.
 //! * [`summary`]: the overview's expensive figures (top consumers, entitlements near their
 //!   limit), computed off the request path and kept for a short while.
 //! * [`overview`], [`meters`], [`customers`], [`catalog`]: the page groups.
