@@ -116,7 +116,13 @@ retry_max_ms = 200
         .await;
     {
         let rec = receiver.received.lock().unwrap();
-        assert_eq!(rec.max_in_flight, 3, "three requests in flight, never more");
+        // Several at once, never more than the limit. On a loaded 2-core machine the third
+        // request may not start before the first returns, so exactly 3 is not asserted.
+        assert!(
+            (2..=3).contains(&rec.max_in_flight),
+            "2 or 3 requests in flight, never more: saw {}",
+            rec.max_in_flight
+        );
         let distinct: HashSet<&str> = rec.events.iter().filter_map(|e| e["id"].as_str()).collect();
         assert_eq!(distinct.len(), 4000);
     }

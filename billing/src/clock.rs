@@ -14,6 +14,11 @@
 //! was interrupted, where it is going. The clock is moved to an instant only after that instant's work ran, and that
 //! work is idempotent, so a kill -9 during an advance leaves the clock at an instant whose work is
 //! complete, and repeating the advance (`{"to": …}`) finishes it without doing anything twice.
+//!
+//! On real time the same machinery drives [`crate::scheduler::runner`]: a second document (kind
+//! `clock`, id `realtime`) says how far time-driven work is done, and [`Clock::catch_up`] runs
+//! what fell due between there and the real now under the same lease — a replica that finds the
+//! lease held by another live one skips its turn, so one replica acts at a time.
 
 use std::sync::Arc;
 
@@ -28,6 +33,8 @@ use crate::store::{Store, StoreError};
 pub const KIND: &str = "clock";
 /// The clock document's id.
 pub const ID: &str = "billing";
+/// The id of the document that says how far the real-time runner is done.
+pub const REALTIME_ID: &str = "realtime";
 /// At most this many happenings are listed in an advance's answer (all are counted).
 pub const MAX_REPORTED: usize = 1000;
 
@@ -117,7 +124,7 @@ pub struct Advanced {
     pub previous: DateTime<Utc>,
     /// Where it stands now.
     pub now: DateTime<Utc>,
-    /// Always true (only the simulated clock advances).
+    /// Whether it is the simulated clock (false for a real-time catch-up).
     pub simulated: bool,
     /// What happened, in time order (at most [`MAX_REPORTED`]).
     pub happened: Vec<Happening>,
@@ -131,6 +138,8 @@ pub struct Advanced {
 pub struct Clock {
     store: Arc<Store>,
     simulated: bool,
+    /// The document this clock keeps its state in ([`ID`] or [`REALTIME_ID`]).
+    doc_id: &'static str,
     /// This process, as the owner of an advance's lock.
     owner: String,
     advancing: tokio::sync::Mutex<()>,
@@ -161,6 +170,7 @@ impl Clock {
         Ok(Clock {
             store,
             simulated: false,
+            doc_id: REALTIME_ID,
             owner: uuid::Uuid::now_v7().to_string(),
             advancing: tokio::sync::Mutex::new(()),
             works: scheduler::registry(),
@@ -173,6 +183,7 @@ impl Clock {
         let clock = Clock {
             store,
             simulated: true,
+            doc_id: ID,
             owner: uuid::Uuid::now_v7().to_string(),
             advancing: tokio::sync::Mutex::new(()),
             works: scheduler::registry(),
@@ -232,7 +243,7 @@ impl Clock {
     /// The document's text and state, creating it (at the real time now) if missing.
     async fn load(&self) -> Result<(String, State), StoreError> {
         loop {
-            if let Some(raw) = self.store.get_entity_raw(KIND, ID).await? {
+            if let Some(raw) = self.store.get_entity_raw(KIND, self.doc_id).await? {
                 let st: State = serde_json::from_str(&raw)
                     .map_err(|e| StoreError::Decode(format!("the clock document: {e}")))?;
                 self.remember(st.now);
@@ -246,7 +257,7 @@ impl Clock {
                 created_at: now,
             };
             // Of replicas starting at once, one creates it; the others read theirs.
-            self.store.swap_entity(KIND, ID, None, &st).await?;
+            self.store.swap_entity(KIND, self.doc_id, None, &st).await?;
         }
     }
 
@@ -267,7 +278,11 @@ impl Clock {
                 return Ok(st);
             }
             st.revision += 1;
-            if self.store.swap_entity(KIND, ID, Some(&raw), &st).await? {
+            if self
+                .store
+                .swap_entity(KIND, self.doc_id, Some(&raw), &st)
+                .await?
+            {
                 self.remember(st.now);
                 return Ok(st);
             }
@@ -282,6 +297,29 @@ impl Clock {
         if !self.simulated {
             return Err(AdvanceError::NotSimulated);
         }
+        self.run_to(target, true).await?.ok_or_else(|| {
+            AdvanceError::Store(StoreError::Database("an advance gave up its turn".into()))
+        })
+    }
+
+    /// On real time: runs what fell due since the last catch-up (on any replica) up to the real
+    /// now, under the same lease as an advance. `None` when another replica holds the lease (it
+    /// is catching up) or there is nothing new; on the simulated clock always `None` (only an
+    /// advance moves it).
+    pub async fn catch_up(&self) -> Result<Option<Advanced>, AdvanceError> {
+        if self.simulated {
+            return Ok(None);
+        }
+        match self.run_to(Target::To(Utc::now()), false).await {
+            // Another replica's real clock is a little ahead: it did this stretch.
+            Err(AdvanceError::Backwards { .. }) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// Takes the lease and runs what falls due up to `target`; with `wait` false, gives up
+    /// (`None`) instead of waiting while another process holds a live lease.
+    async fn run_to(&self, target: Target, wait: bool) -> Result<Option<Advanced>, AdvanceError> {
         let _one_at_a_time = self.advancing.lock().await;
         // Take the lock in the document: wait while another process advances (its lease is
         // fresh); the target of `advanceBy` counts from where the clock stands once it is ours.
@@ -298,6 +336,9 @@ impl Clock {
                 && a.owner != self.owner
                 && !stale(a)
             {
+                if !wait {
+                    return Ok(None);
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
@@ -319,7 +360,11 @@ impl Clock {
                 renewed_at: Utc::now(),
             });
             mine.revision += 1;
-            if self.store.swap_entity(KIND, ID, Some(&raw), &mine).await? {
+            if self
+                .store
+                .swap_entity(KIND, self.doc_id, Some(&raw), &mine)
+                .await?
+            {
                 break (st.now, to);
             }
             lost_to = Some(raw);
@@ -342,14 +387,14 @@ impl Clock {
         if report.count > 0 {
             tracing::info!(from = %previous, to = %st.now, happened = report.count, "clock advanced");
         }
-        Ok(Advanced {
+        Ok(Some(Advanced {
             previous,
             now: st.now,
-            simulated: true,
+            simulated: self.simulated,
             truncated: report.count > report.items.len(),
             happened_count: report.count,
             happened: report.items,
-        })
+        }))
     }
 
     /// Renews this process's lease on the advance (if it still holds it).

@@ -28,6 +28,9 @@ pub struct Config {
     /// Billing's "now" from a clock kept in the database that moves only when advanced
     /// (`POST /api/tollgate/v1/clock`), for sandboxes, demos and tests; real time when false.
     pub simulated_clock: bool,
+    /// On real time, how often due work (subscription phases, changes, cancelations…) is run,
+    /// in milliseconds.
+    pub scheduler_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             api_tokens: Vec::new(),
             meters: Vec::new(),
             simulated_clock: false,
+            scheduler_interval_ms: 1000,
         }
     }
 }

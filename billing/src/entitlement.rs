@@ -300,6 +300,10 @@ pub struct Entitlement {
     /// Metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    /// Read-only annotations: `subscription.id` and `subscription.item.id` on an entitlement a
+    /// subscription provisioned ([`crate::subscription::provision`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Value>,
     /// Created.
     #[serde(default = "Utc::now")]
     pub created_at: DateTime<Utc>,

@@ -13,7 +13,9 @@
 //! * [`console`]: the web console on the API's listener.
 //! * [`config`]: the TOML config file.
 //! * [`clock`]: billing's "now" — real time, or a simulated clock kept in the database.
-//! * [`scheduler`]: what falls due when billing's time passes (run by a clock advance).
+//! * [`subscription`]: customers on plans over time, the entitlements they provision, add-ons.
+//! * [`scheduler`]: what falls due when billing's time passes (run by a clock advance, or by
+//!   [`scheduler::runner`] on real time).
 //! * [`duration`]: ISO 8601 durations.
 
 pub mod api;
@@ -29,3 +31,4 @@ pub mod pricing;
 pub mod query;
 pub mod scheduler;
 pub mod store;
+pub mod subscription;

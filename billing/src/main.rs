@@ -211,6 +211,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
     tracing::info!(addr = %config.listen, database = %store.describe(), "tollgate-billing listening");
+    let _runner = (!clock.is_simulated()).then(|| {
+        tollgate_billing::scheduler::runner::spawn(
+            clock.clone(),
+            std::time::Duration::from_millis(config.scheduler_interval_ms),
+        )
+    });
     if clock.is_simulated() {
         tracing::info!(now = %now, "simulated clock: advance it with POST /api/tollgate/v1/clock");
     }

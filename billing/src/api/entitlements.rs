@@ -184,6 +184,8 @@ async fn create_entitlement(api: &Api, owner: Owner, body: &Bytes) -> R {
     e.created_at = now;
     e.updated_at = e.created_at;
     e.resets.clear();
+    // Only a subscription provisions annotated entitlements.
+    e.annotations = None;
     api.store.put_entity("entitlement", &e.id, &e).await?;
     // v2 inline grants.
     if let Some(grants) = raw["grants"].as_array() {

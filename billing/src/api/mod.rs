@@ -19,13 +19,17 @@
 //! * [`plans`]: versioned plans (phases, rate cards): create, update a draft, publish, archive.
 //! * [`addons`]: versioned add-ons.
 //! * [`plan_addons`]: the add-ons a plan offers.
+//! * [`subscriptions`]: subscriptions and their actions (change, migrate, cancel, …).
+//! * [`customer_subscriptions`]: a customer's subscriptions.
+//! * [`subscription_addons`]: add-ons bought on a subscription.
 //!
 //! `catalog_http` holds what the catalog's resources share (errors with `validationErrors`,
-//! list queries).
+//! list queries); `subscription_http` what the subscription resources share.
 
 pub mod addons;
 pub(crate) mod catalog_http;
 pub mod clock;
+pub mod customer_subscriptions;
 pub mod customers;
 pub mod entitlements;
 pub mod events;
@@ -39,6 +43,9 @@ pub mod plan_addons;
 pub mod plans;
 pub mod resets;
 pub mod subjects;
+pub mod subscription_addons;
+pub(crate) mod subscription_http;
+pub mod subscriptions;
 
 use std::sync::Arc;
 
@@ -158,6 +165,9 @@ pub fn router(api: Api) -> Router {
         .merge(plans::routes())
         .merge(addons::routes())
         .merge(plan_addons::routes())
+        .merge(subscriptions::routes())
+        .merge(customer_subscriptions::routes())
+        .merge(subscription_addons::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), auth))

@@ -5,7 +5,8 @@
 //! one instant the works run in [`registry`] order.
 //!
 //! Today's works report what the balance engine derives from time (usage-period resets, grants
-//! starting, expiring and refilling: [`entitlements`]). Subscriptions, invoices and notifications
+//! starting, expiring and refilling: [`entitlements`]) and make entitlements follow
+//! subscriptions ([`subscriptions`]). On real time, [`runner`] runs them every second. Subscriptions, invoices and notifications
 //! plug in as further works: a work whose step writes (an invoice issued…) says so in
 //! [`Done::wrote`], and the clock then records that instant as done before going on, so a crash
 //! never loses or repeats finished work — provided each step is idempotent (keyed by what it is
@@ -16,6 +17,8 @@
 //! clock's compare-and-set make harmless but wasteful.
 
 pub mod entitlements;
+pub mod runner;
+pub mod subscriptions;
 
 use std::sync::Arc;
 
@@ -92,6 +95,7 @@ pub fn registry() -> Vec<Arc<dyn DueWork>> {
     vec![
         Arc::new(entitlements::UsagePeriods),
         Arc::new(entitlements::GrantTimes),
+        Arc::new(subscriptions::Provisioning),
     ]
 }
 

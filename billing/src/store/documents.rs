@@ -85,6 +85,26 @@ const TABLES: &[DocTable] = &[
         ],
         bigint: &[],
     },
+    DocTable {
+        kind: "subscription",
+        table: "subscriptions",
+        columns: &[
+            ("customer_id", "/customerId"),
+            ("active_from", "/activeFrom"),
+            ("active_to", "/activeTo"),
+            ("deleted_at", "/deletedAt"),
+        ],
+        bigint: &[],
+    },
+    DocTable {
+        kind: "subscription_addon",
+        table: "subscription_addons",
+        columns: &[
+            ("subscription_id", "/subscriptionId"),
+            ("addon_id", "/addon/id"),
+        ],
+        bigint: &[],
+    },
 ];
 
 /// A statement and its parameters (all text or NULL).
@@ -272,6 +292,20 @@ pub fn list(kind: &str) -> Stmt {
     }
 }
 
+/// The statement that lists the documents of a kind whose indexed `column` equals `value`, in id
+/// order; `None` when the kind has no such column.
+pub fn list_where(kind: &str, column: &str, value: &str) -> Option<Stmt> {
+    let t = table(kind)?;
+    t.columns.iter().find(|(c, _)| *c == column)?;
+    Some(Stmt {
+        sql: format!(
+            "SELECT doc FROM {} WHERE {column} = $1 ORDER BY id",
+            t.table
+        ),
+        params: vec![Some(value.into())],
+    })
+}
+
 /// The statements that delete one document; the last one's row count says whether it existed.
 pub fn delete(kind: &str, id: &str) -> Vec<Stmt> {
     match table(kind) {
@@ -340,9 +374,9 @@ mod tests {
 
     #[test]
     fn unknown_kinds_go_to_documents() {
-        let s = &put("subscription", "s1", &json!({}))[0];
+        let s = &put("widget", "s1", &json!({}))[0];
         assert!(s.sql.contains("documents"));
-        assert_eq!(s.params[0].as_deref(), Some("subscription"));
+        assert_eq!(s.params[0].as_deref(), Some("widget"));
     }
 
     #[test]

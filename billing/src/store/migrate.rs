@@ -28,6 +28,11 @@ pub const SQLITE: &[Migration] = &[
         name: "catalog",
         sql: include_str!("../../migrations/sqlite/0002_catalog.sql"),
     },
+    Migration {
+        version: 3,
+        name: "subscriptions",
+        sql: include_str!("../../migrations/sqlite/0003_subscriptions.sql"),
+    },
 ];
 
 /// PostgreSQL's migrations.
@@ -41,6 +46,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "catalog",
         sql: include_str!("../../migrations/postgres/0002_catalog.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "subscriptions",
+        sql: include_str!("../../migrations/postgres/0003_subscriptions.sql"),
     },
 ];
 

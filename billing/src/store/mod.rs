@@ -375,6 +375,24 @@ impl Store {
         docs.iter().map(|d| decode(d)).collect()
     }
 
+    /// The documents of a kind whose indexed `column` equals `value`, in id order (read through
+    /// the column's index on both backends); a column the kind does not index is an error.
+    pub async fn list_entities_where<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: &str,
+        column: &str,
+        value: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let stmt = documents::list_where(kind, column, value).ok_or_else(|| {
+            StoreError::Database(format!("documents of kind {kind} have no column {column}"))
+        })?;
+        let docs = match &self.db {
+            Db::Sqlite(db) => db.query_docs(stmt).await?,
+            Db::Postgres(db) => db.query_docs(stmt).await?,
+        };
+        docs.iter().map(|d| decode(d)).collect()
+    }
+
     /// Deletes a document; whether it existed.
     pub async fn delete_entity(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
         let stmts = documents::delete(kind, id);
