@@ -675,6 +675,31 @@ async fn drive(
     assert!(err.contains("400") && err.contains("amount"), "{err}");
     browser_log(c).await; // the 400 is logged as a failed load
 
+    // Subscribe Acme to the plan through the form: the API has the subscription, the page its
+    // phases with the trial current.
+    c.goto(&format!("{base}/customers/{acme}")).await?;
+    let form = c.find(Locator::Css("form.subscribe")).await?;
+    click_through(c, form.find(Locator::Css("button[type=submit]")).await?).await?;
+    assert!(text_of(c, "p.notice").await.contains("Subscribed"));
+    let subs = api.get("/api/v1/customers/acme/subscriptions").await;
+    let sub_id = subs["items"][0]["id"].as_str().unwrap().to_owned();
+    let section = text_of(c, &format!("div.subscription[data-id='{sub_id}']")).await;
+    assert!(
+        section.contains("active") && section.contains("pro v1"),
+        "{section}"
+    );
+    assert_eq!(
+        text_of(c, "table.phases tr.current td code").await,
+        "trial",
+        "the trial is the current phase"
+    );
+    assert!(
+        c.find_all(Locator::Css("form.subscribe")).await?.is_empty(),
+        "no second subscription offered"
+    );
+    let problems = console_problems(c).await;
+    assert!(problems.is_empty(), "after subscribing: {problems:?}");
+
     // Create a customer through the form; a second with the same key shows the API's 409.
     c.goto(&format!("{base}/customers")).await?;
     let form = c.find(Locator::Css("#new-customer form")).await?;

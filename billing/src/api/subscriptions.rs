@@ -249,15 +249,25 @@ fn new_subscription<'a>(
 }
 
 async fn create(State(api): State<Api>, raw: Bytes) -> SR {
-    let input: CreateInput = body(&raw)?;
+    let (sub, now) = create_subscription(&api, &raw).await?;
+    Ok((StatusCode::CREATED, axum::Json(view(&sub, now))).into_response())
+}
+
+/// Creates the subscription in `raw` (`SubscriptionCreate` JSON) after the API's checks, with
+/// billing's time it was created at; the console's form goes through here too.
+pub(crate) async fn create_subscription(
+    api: &Api,
+    raw: &Bytes,
+) -> Result<(Subscription, DateTime<Utc>), Failure> {
+    let input: CreateInput = body(raw)?;
     let now = api.now().await?;
     let customer = customer_of(
-        &api,
+        api,
         input.customer_id.as_deref(),
         input.customer_key.as_deref(),
     )
     .await?;
-    let (plan, custom) = plan_of(&api, &input, now).await?;
+    let (plan, custom) = plan_of(api, &input, now).await?;
     let start = ops::start_of(
         &input.timing.unwrap_or_default(),
         now,
@@ -276,8 +286,8 @@ async fn create(State(api): State<Api>, raw: Bytes) -> SR {
     let others = subscription::subscriptions_of_customer(&api.store, &customer.id, None).await?;
     ops::refuse_overlap(&sub, &others)?;
     subscription::save(&api.store, &[&sub], &[]).await?;
-    provision_now(&api, std::slice::from_ref(&sub), now).await?;
-    Ok((StatusCode::CREATED, axum::Json(view(&sub, now))).into_response())
+    provision_now(api, std::slice::from_ref(&sub), now).await?;
+    Ok((sub, now))
 }
 
 async fn get_expanded(State(api): State<Api>, Path(id): Path<String>, RawQuery(q): RawQuery) -> SR {

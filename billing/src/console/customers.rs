@@ -212,6 +212,8 @@ pub async fn page_route(
     let pairs = query_pairs(&raw);
     let banner = if pairs.iter().any(|(k, _)| k == "created") {
         Banner::Notice("Customer created.".into())
+    } else if pairs.iter().any(|(k, _)| k == "subscribed") {
+        Banner::Notice("Subscribed.".into())
     } else if let Some((_, at)) = pairs.iter().find(|(k, _)| k == "granted") {
         // Grants start on a whole minute (the API rounds `effectiveAt` up, as OpenMeter does).
         match at.parse::<DateTime<Utc>>() {
@@ -224,7 +226,8 @@ pub async fn page_route(
     render_customer(&console, &id, banner).await
 }
 
-async fn render_customer(console: &Console, id: &str, banner: Banner) -> Page {
+/// The customer page with `banner` above it.
+pub(crate) async fn render_customer(console: &Console, id: &str, banner: Banner) -> Page {
     let api = &console.api;
     let c = customer_of(console, id).await?;
     let now = api.now().await?;
@@ -296,6 +299,7 @@ async fn render_customer(console: &Console, id: &str, banner: Banner) -> Page {
             usage.push((m.meter.slug.clone(), value_of(m.meter.aggregation, &agg)));
         }
     }
+    let subscriptions = super::subscriptions::section(console, &c, now).await?;
     let content = html! {
         dl.facts {
             dt { "id" } dd { code #customer-id { (c.id) } }
@@ -317,6 +321,7 @@ async fn render_customer(console: &Console, id: &str, banner: Banner) -> Page {
                 }
             }
         }
+        (subscriptions)
         section.panel #entitlements {
             h2 { "Entitlements" }
             @if rows.is_empty() { (empty("No entitlements.")) }

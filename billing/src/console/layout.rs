@@ -43,6 +43,19 @@ impl From<crate::api::catalog_http::Failure> for PageError {
     }
 }
 
+impl From<crate::api::subscription_http::Failure> for PageError {
+    fn from(f: crate::api::subscription_http::Failure) -> Self {
+        use crate::api::subscription_http::Failure;
+        match f {
+            Failure::Problem(p) => p.into(),
+            Failure::Refusal(r) => PageError(
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+                r.detail(),
+            ),
+        }
+    }
+}
+
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let title = self.0.canonical_reason().unwrap_or("Error");

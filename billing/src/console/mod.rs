@@ -13,7 +13,8 @@
 //! * [`assets`]: the stylesheet, script and icon.
 //! * [`summary`]: the overview's expensive figures (top consumers, entitlements near their
 //!   limit), computed off the request path and kept for a short while.
-//! * [`overview`], [`meters`], [`customers`], [`catalog`]: the page groups.
+//! * [`overview`], [`meters`], [`customers`] (with [`subscriptions`]), [`catalog`]: the page
+//!   groups.
 
 pub mod assets;
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod customers;
 pub mod layout;
 pub mod meters;
 pub mod overview;
+pub mod subscriptions;
 pub mod summary;
 
 use std::sync::Arc;
@@ -63,6 +65,10 @@ pub fn router(api: Api) -> Router {
         .route(
             "/customers/{id}/entitlements/{e}/grants",
             post(customers::add_grant),
+        )
+        .route(
+            "/customers/{id}/subscriptions",
+            post(subscriptions::subscribe),
         )
         .route("/features", get(catalog::features))
         .route("/plans", get(catalog::plans))

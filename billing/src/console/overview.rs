@@ -75,6 +75,21 @@ pub async fn page_handler(console: &Console) -> Page {
             p.muted { "Each meter's events in the last hour, by event time (one minute rows)." }
             (chart::time_series("Metered events per minute, last hour", &series, from_ms, to_ms - MINUTE))
         }
+        @match &snap {
+            Some(snap) => (month_figures(snap)),
+            None => section.panel #top-consumers {
+                h2 { "Top consumers and entitlements near their limit" }
+                p.muted { "Being computed in the background (every customer's balance): reload in a moment." }
+            },
+        }
+    };
+    page(api, Nav::Overview, "Overview", Banner::None, content).await
+}
+
+/// The month's figures of a snapshot: top consumers per meter, entitlements near or over their
+/// limit.
+fn month_figures(snap: &summary::Snapshot) -> Markup {
+    html! {
         div.grid2 {
             section.panel #top-consumers {
                 h2 { "Top consumers this month" }
@@ -126,8 +141,7 @@ pub async fn page_handler(console: &Console) -> Page {
                 }
             }
         }
-    };
-    page(api, Nav::Overview, "Overview", Banner::None, content).await
+    }
 }
 
 /// `GET /`.

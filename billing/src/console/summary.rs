@@ -3,8 +3,8 @@
 //! rollups through [`crate::store::Store::usage`], balances through
 //! [`crate::entitlement::value`]), but over every customer at once, which at 10,000 customers
 //! takes longer than a page may. So they are computed off the request path and kept: a page
-//! shows the last snapshot with its time and, when that is older than its lifetime, starts a
-//! refresh in the background (one at a time). The lifetime grows with what a snapshot costs
+//! shows the last snapshot with its time and, when that is older than its lifetime (or there is
+//! none yet), starts a refresh in the background (one at a time). The lifetime grows with what a snapshot costs
 //! (ten times its computation, at least [`MIN_TTL`]), so a big installation is not kept busy
 //! recomputing. On the simulated clock a snapshot is for one instant: when the clock has moved,
 //! the page waits for a new one. The console's own actions drop the snapshot.
@@ -129,43 +129,55 @@ impl Cache {
     }
 }
 
-/// The snapshot to show now (see the module doc for when it is recomputed).
-pub async fn get(console: &Console) -> Result<Arc<Snapshot>, StoreError> {
-    let cache = &console.summary;
-    let now = console.api.clock.now().await?;
-    let simulated = console.api.clock.is_simulated();
-    if let Some(s) = cache.current() {
-        if simulated {
-            if s.at == now {
-                return Ok(s);
-            }
-        } else {
-            if s.computed.elapsed() >= s.ttl() && !cache.refreshing.swap(true, Ordering::AcqRel) {
-                let console = console.clone();
-                tokio::spawn(async move {
-                    let _g = console.summary.computing.lock().await;
-                    match console.api.clock.now().await {
-                        Ok(now) => match compute(&console, now).await {
-                            Ok(s) => console.summary.set(Arc::new(s)),
-                            Err(e) => tracing::warn!(error = %e, "console overview refresh"),
-                        },
-                        Err(e) => tracing::warn!(error = %e, "console overview refresh"),
-                    }
-                    console.summary.refreshing.store(false, Ordering::Release);
-                });
-            }
-            return Ok(s);
+/// Starts computing a snapshot in the background unless one is under way.
+fn refresh_in_background(console: &Console) {
+    if console.summary.refreshing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let console = console.clone();
+    tokio::spawn(async move {
+        let _g = console.summary.computing.lock().await;
+        match console.api.clock.now().await {
+            Ok(now) => match compute(&console, now).await {
+                Ok(s) => console.summary.set(Arc::new(s)),
+                Err(e) => tracing::warn!(error = %e, "console overview refresh"),
+            },
+            Err(e) => tracing::warn!(error = %e, "console overview refresh"),
         }
+        console.summary.refreshing.store(false, Ordering::Release);
+    });
+}
+
+/// The snapshot to show now (see the module doc for when it is recomputed); `None` on real
+/// time while the first one is being computed in the background.
+pub async fn get(console: &Console) -> Result<Option<Arc<Snapshot>>, StoreError> {
+    let cache = &console.summary;
+    if !console.api.clock.is_simulated() {
+        let current = cache.current();
+        if current
+            .as_ref()
+            .is_none_or(|s| s.computed.elapsed() >= s.ttl())
+        {
+            refresh_in_background(console);
+        }
+        return Ok(current);
+    }
+    // The simulated clock stands still: a snapshot is for its instant, computed once.
+    let now = console.api.clock.now().await?;
+    if let Some(s) = cache.current()
+        && s.at == now
+    {
+        return Ok(Some(s));
     }
     let _g = cache.computing.lock().await;
     if let Some(s) = cache.current()
-        && (s.at == now || !simulated)
+        && s.at == now
     {
-        return Ok(s);
+        return Ok(Some(s));
     }
     let s = Arc::new(compute(console, now).await?);
     cache.set(s.clone());
-    Ok(s)
+    Ok(Some(s))
 }
 
 /// The first instant of `at`'s month, UTC.
