@@ -6,7 +6,6 @@
 //! duplicating an entitlement or a step.
 
 #![allow(clippy::unwrap_used)]
-#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

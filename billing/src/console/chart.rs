@@ -28,7 +28,7 @@ const BOTTOM: f64 = 28.0;
 
 /// A round maximum at or above `v` (1, 2 or 5 × 10ⁿ), and never zero.
 pub fn nice_max(v: f64) -> f64 {
-    if !(v > 0.0) || !v.is_finite() {
+    if v.is_nan() || v <= 0.0 || !v.is_finite() {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
