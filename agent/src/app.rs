@@ -214,6 +214,8 @@ pub async fn run(
                 }),
         );
     }
+    // The pull sources: tasks of their own, stopping with the other sources.
+    let mut pulls = sources::spawn_pull_sources(&config.sources, &intake, &grpc_stop_rx)?;
     if let Some((cache, syncer, _)) = &entitlements {
         admin = admin.merge(entitlements::http::router(EntitlementApi {
             cache: cache.clone(),
@@ -253,6 +255,15 @@ pub async fn run(
     ready.store(false, Ordering::Release);
     let _ = grpc_stop_tx.send(true);
     while servers.join_next().await.is_some() {}
+    // A pull source mid-request stops at its next await; past a moment it is aborted (safe: its
+    // ids are derived and its progress is saved only after its events are stored).
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while pulls.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        pulls.abort_all();
+    }
     let _ = stop_tx.send(true);
     while flushers.join_next().await.is_some() {}
     spawner.abort();

@@ -703,6 +703,54 @@ impl DiskBuffer {
         Ok(n)
     }
 
+    /// Moves an input the agent could not make into an event (a malformed line of an S3
+    /// object, …) to the dead-letter tree, durably, under a fresh key: `event` carries what is
+    /// known of it (its raw text in `data`), `why` says what was wrong and where.
+    pub async fn dead_letter_input(
+        &self,
+        event: &StoredEvent,
+        why: &str,
+    ) -> Result<(), BufferError> {
+        let key = self.next_key.fetch_add(1, Ordering::AcqRel);
+        let letter = DeadLetter {
+            key,
+            queue: DEFAULT_QUEUE,
+            event: event.clone(),
+            status: 0,
+            response: why.chars().take(4096).collect(),
+            at_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        self.dead.insert(key.to_be_bytes(), encode(&letter))?;
+        self.commit().await
+    }
+
+    /// The pull sources' progress (last tick evaluated, objects read…), kept in its own tree.
+    fn progress(&self) -> Result<sled::Tree, BufferError> {
+        Ok(self.db.open_tree("source_progress")?)
+    }
+
+    /// A pull source's progress value under `key`.
+    pub fn progress_get(&self, key: &str) -> Result<Option<Vec<u8>>, BufferError> {
+        Ok(self.progress()?.get(key.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Records a pull source's progress, durably (after the events it covers are committed).
+    pub async fn progress_put(&self, key: &str, value: &[u8]) -> Result<(), BufferError> {
+        self.progress()?.insert(key.as_bytes(), value)?;
+        self.commit().await
+    }
+
+    /// Keys (and values) of a pull source's progress under `prefix`.
+    pub fn progress_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, BufferError> {
+        self.progress()?
+            .scan_prefix(prefix.as_bytes())
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
     /// Events queued (all queues).
     pub fn depth(&self) -> u64 {
         self.events.load(Ordering::Acquire)

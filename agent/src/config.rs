@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod pull;
+pub use pull::{
+    KubernetesSource, PromQuery, PrometheusSource, RunaiResource, RunaiSource, S3Format, S3Source,
+};
+
 /// Which ingest API the default destination speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -306,6 +311,16 @@ pub struct Sources {
     pub kong_http_log: KongHttpLogSource,
     /// `[sources.otlp_logs]`.
     pub otlp_logs: OtlpLogsSource,
+    /// `[[sources.prometheus]]` (pull).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prometheus: Vec<PrometheusSource>,
+    /// `[[sources.s3]]` (pull).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub s3: Vec<S3Source>,
+    /// `[sources.kubernetes]` (pull).
+    pub kubernetes: KubernetesSource,
+    /// `[sources.runai]` (pull).
+    pub runai: RunaiSource,
 }
 
 /// The whole configuration.
@@ -381,10 +396,16 @@ impl Config {
                 continue;
             }
             if !insert_at(&mut table, &path, env_value(&value)) {
-                errors.push(ConfigError::Invalid(format!(
-                    "{key}: {} is not a section",
-                    path[..path.len() - 1].join(".")
-                )));
+                let section = path[..path.len() - 1].join(".");
+                let list = matches!(section.as_str(), "sources.prometheus" | "sources.s3");
+                errors.push(ConfigError::Invalid(if list {
+                    format!(
+                        "{key}: [[{section}]] is a list of sources, which the environment cannot \
+                         address: set it in the file"
+                    )
+                } else {
+                    format!("{key}: {section} is not a section")
+                }));
             }
         }
         let config: Config = match serde_path_to_error::deserialize(toml::Value::Table(table)) {
@@ -519,6 +540,16 @@ impl Config {
                 );
             }
         }
+        errors.extend(
+            pull::validate(
+                &self.sources.prometheus,
+                &self.sources.s3,
+                &self.sources.kubernetes,
+                &self.sources.runai,
+            )
+            .into_iter()
+            .map(ConfigError::Invalid),
+        );
         if let Err(e) = self.sources.kong_http_log.rules() {
             errors.push(ConfigError::Invalid(e));
         }
@@ -577,6 +608,14 @@ impl Config {
         ] {
             if token.is_some() {
                 *token = Some("********".into());
+            }
+        }
+        if !shown.sources.runai.app_secret.is_empty() {
+            shown.sources.runai.app_secret = "********".into();
+        }
+        for p in &mut shown.sources.prometheus {
+            for v in p.headers.values_mut() {
+                *v = "********".into();
             }
         }
         toml::to_string_pretty(&shown).unwrap_or_default()

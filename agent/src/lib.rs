@@ -4,7 +4,8 @@
 //!
 //! Components, in the order an event meets them:
 //! * [`sources`]: where events come in, one module each — gRPC ingest from the `tollgate`
-//!   plugin, OpenMeter-compatible HTTP, Kong's http-log, OTLP logs — all acking once durable.
+//!   plugin, OpenMeter-compatible HTTP, Kong's http-log, OTLP logs — all acking once durable;
+//!   and the pull sources (Prometheus, S3, Kubernetes pod time, Run:ai) asking on a schedule.
 //! * [`buffer`]: the sled disk buffer: per-destination queues, group commit, dead letters.
 //! * [`sink`]: the HTTP flushers: batching, retries, bisection of poison events.
 //! * [`entitlements`]: the entitlement cache synced from the central service, local accounting,

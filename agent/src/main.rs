@@ -124,6 +124,9 @@ fn main() -> ExitCode {
             {
                 redact::hide(token);
             }
+            if !config.sources.runai.app_secret.is_empty() {
+                redact::hide(&config.sources.runai.app_secret);
+            }
             if let Err(e) = logging::init(&cli.log) {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;

@@ -2,6 +2,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -37,6 +38,34 @@ pub struct Metrics {
     pub oldest_event_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Latency of each successful delivery request.
     pub flush_latency_seconds: Histogram,
+    /// The pull sources' own counters, labelled `kind` and `name`.
+    pub sources: SourceMetrics,
+}
+
+/// Labels of a pull source's metrics: `kind` (`prometheus`, `s3`, …) and `name`.
+pub type SourceLabels = Vec<(String, String)>;
+
+/// `tollgate_agent_source_*`: what each pull source did.
+#[derive(Default, Clone)]
+pub struct SourceMetrics {
+    /// Ticks (schedule fires, listings) completed.
+    pub ticks: Family<SourceLabels, Counter>,
+    /// Events made and stored.
+    pub events: Family<SourceLabels, Counter>,
+    /// Failures: requests, queries, unreadable inputs, skipped ticks.
+    pub errors: Family<SourceLabels, Counter>,
+    /// Seconds between now and the newest tick fully stored.
+    pub lag_seconds: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+impl SourceMetrics {
+    /// The labels of source `name` of `kind`.
+    pub fn labels(kind: &str, name: &str) -> SourceLabels {
+        vec![
+            ("kind".to_owned(), kind.to_owned()),
+            ("name".to_owned(), name.to_owned()),
+        ]
+    }
 }
 
 impl Default for Metrics {
@@ -57,6 +86,7 @@ impl Default for Metrics {
             queue_max_bytes: Gauge::default(),
             oldest_event_age_seconds: Gauge::default(),
             flush_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            sources: SourceMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -119,6 +149,26 @@ impl Default for Metrics {
             "flush_latency_seconds",
             "Latency of successful delivery requests",
             m.flush_latency_seconds.clone(),
+        );
+        registry.register(
+            "source_ticks",
+            "Ticks completed by each pull source",
+            m.sources.ticks.clone(),
+        );
+        registry.register(
+            "source_events",
+            "Events stored by each pull source",
+            m.sources.events.clone(),
+        );
+        registry.register(
+            "source_errors",
+            "Failed requests, queries, inputs and skipped ticks of each pull source",
+            m.sources.errors.clone(),
+        );
+        registry.register(
+            "source_lag_seconds",
+            "Seconds since the newest tick a pull source has fully stored",
+            m.sources.lag_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -9,6 +9,7 @@
 //! * [`entitlement`]: customers, features, entitlements, grants and the balance engine.
 //! * [`catalog`]: the product catalog — versioned plans, rate cards, add-ons.
 //! * [`pricing`]: the rating engine — prices, discounts and commitments into detailed lines.
+//! * [`notification`]: signed webhooks — channels, rules, the outbox and its delivery worker.
 //! * [`api`]: the HTTP API on OpenMeter's paths.
 //! * [`console`]: the web console on the API's listener.
 //! * [`config`]: the TOML config file.
@@ -27,6 +28,7 @@ pub mod duration;
 pub mod entitlement;
 pub mod filter;
 pub mod meter;
+pub mod notification;
 pub mod pricing;
 pub mod query;
 pub mod scheduler;

@@ -220,10 +220,26 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     if clock.is_simulated() {
         tracing::info!(now = %now, "simulated clock: advance it with POST /api/tollgate/v1/clock");
     }
+    // Notifications: the threshold evaluator and the delivery worker, each on its own task.
+    let deliveries = Arc::new(tokio::sync::Notify::new());
+    let notifications = tollgate_billing::notification::threshold::Evaluator::new(
+        store.clone(),
+        clock.clone(),
+        deliveries.clone(),
+    );
+    tokio::spawn(notifications.clone().run());
+    let worker = tollgate_billing::notification::delivery::Worker::new(
+        store.clone(),
+        clock.clone(),
+        deliveries,
+    )
+    .context("notification delivery: building the HTTP client")?;
+    tokio::spawn(worker.run());
     let app = api::router(Api {
         store: store.clone(),
         tokens: Arc::new(config.api_tokens),
         clock: clock.clone(),
+        notifications,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

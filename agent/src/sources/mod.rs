@@ -10,12 +10,29 @@
 //!   into exactly the events the `tollgate` plugin makes (crate `tollgate-events`).
 //! * [`otlp_logs`]: OTLP/gRPC `LogsService/Export`, one event per log record.
 //!
-//! [`Intake`] is what the push sources share: append, group commit, account, answer.
+//! Pull sources, each a task of its own that asks a system on a schedule, with ids derived from
+//! what it measures (a repeated or retried tick dedupes) and progress kept in sled where the
+//! system can answer for the past:
+//! * [`prometheus`]: PromQL instant queries, one event per series per tick, catching up.
+//! * [`s3`]: CloudEvents in S3 objects, each object read once.
+//! * [`kubernetes`]: pod execution time with requests and limits, per interval.
+//! * [`runai`]: NVIDIA Run:ai workload or pod metrics.
+//!
+//! [`Intake`] is what all sources share: append, group commit, account, answer; [`pull`] is
+//! what the pull sources add to it, [`schedule`] when they tick.
 
 pub mod grpc;
 pub mod http;
 pub mod kong_http_log;
 pub mod otlp_logs;
+
+pub mod kubernetes;
+pub mod prometheus;
+pub mod pull;
+pub mod quantity;
+pub mod runai;
+pub mod s3;
+pub mod schedule;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -86,6 +103,40 @@ impl Intake {
         self.metrics.durable.inc_by(n);
         Ok(())
     }
+}
+
+/// Starts every configured pull source as its own task; they stop when `stop` turns true.
+/// A source that cannot start (an S3 client that cannot be built…) is an error naming its key.
+pub fn spawn_pull_sources(
+    config: &crate::config::Sources,
+    intake: &Intake,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinSet<()>> {
+    use anyhow::Context;
+    let mut tasks = tokio::task::JoinSet::new();
+    let handle = |kind, name: &str| pull::Pull::new(intake.clone(), kind, name, stop.clone());
+    for (i, p) in config.prometheus.iter().enumerate() {
+        let source = prometheus::Prometheus::new(p.clone(), handle("prometheus", p.label()))
+            .with_context(|| format!("sources.prometheus[{i}]"))?;
+        tasks.spawn(source.run());
+    }
+    for (i, c) in config.s3.iter().enumerate() {
+        let source = s3::S3::new(c.clone(), handle("s3", &c.label()))
+            .with_context(|| format!("sources.s3[{i}]"))?;
+        tasks.spawn(source.run());
+    }
+    if config.kubernetes.enabled {
+        let source =
+            kubernetes::Kubernetes::new(config.kubernetes.clone(), handle("kubernetes", "pods"))
+                .context("sources.kubernetes")?;
+        tasks.spawn(source.run());
+    }
+    if config.runai.enabled {
+        let source = runai::Runai::new(config.runai.clone(), handle("runai", &config.runai.url))
+            .context("sources.runai")?;
+        tasks.spawn(source.run());
+    }
+    Ok(tasks)
 }
 
 /// An RFC 9457 problem answer.

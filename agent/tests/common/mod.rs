@@ -232,6 +232,11 @@ pub fn write_config(dir: &Path, destination: &str, extra: &str) -> PathBuf {
 
 impl Agent {
     pub fn start(config: &Path) -> Agent {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Starts the agent with extra environment variables (`AWS_ACCESS_KEY_ID`, …).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Agent {
         let text = std::fs::read_to_string(config).unwrap();
         let table: toml::Table = text.parse().unwrap();
         let grpc: SocketAddr = table["grpc"]["listen"].as_str().unwrap().parse().unwrap();
@@ -239,6 +244,7 @@ impl Agent {
         let child = Command::new(agent_bin())
             .args(["--config", config.to_str().unwrap()])
             .env("TOLLGATE_LOG", "error")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .unwrap();

@@ -21,3 +21,15 @@ CREATE TABLE subscription_addons (
     doc             TEXT NOT NULL
 );
 CREATE UNIQUE INDEX subscription_addons_once ON subscription_addons (subscription_id, addon_id);
+
+-- When something may change for a subscription (it starts or ends, a phase starts, an edit takes
+-- effect, an add-on's quantity changes), as Unix milliseconds, written with the subscription or
+-- add-on document (`owner_id`) in the same transaction: the scheduler asks for a window of time
+-- through the index instead of reading every subscription.
+CREATE TABLE subscription_due (
+    owner_id        TEXT   NOT NULL,
+    subscription_id TEXT   NOT NULL,
+    at_ms           BIGINT NOT NULL,
+    PRIMARY KEY (owner_id, at_ms)
+);
+CREATE INDEX subscription_due_by_time ON subscription_due (at_ms);

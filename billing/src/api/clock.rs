@@ -63,6 +63,8 @@ async fn advance(State(api): State<Api>, body: Bytes) -> R {
     let outcome = tokio::spawn(async move { clock.advance(target).await })
         .await
         .map_err(|e| Problem(StatusCode::INTERNAL_SERVER_ERROR, format!("advance: {e}")))?;
+    // Time moved (grants started or expired, periods reset): thresholds are evaluated anew.
+    api.notifications.everything_changed();
     match outcome {
         Ok(done) => Ok(axum::Json(done).into_response()),
         Err(e @ AdvanceError::Backwards { .. }) => Err(conflict(e.to_string())),

@@ -120,6 +120,10 @@ async fn ingest(api: &Api, headers: &HeaderMap, body: &Bytes) -> Result<(), Prob
         .enumerate()
         .map(|(i, e)| validate_event(i, e, now))
         .collect::<Result<_, _>>()?;
+    let subjects: std::collections::HashSet<String> = checked
+        .iter()
+        .filter_map(|(e, _)| e["subject"].as_str().map(str::to_owned))
+        .collect();
     let batch = checked
         .into_iter()
         .map(|(e, t)| (e, t.timestamp_millis()))
@@ -127,6 +131,10 @@ async fn ingest(api: &Api, headers: &HeaderMap, body: &Bytes) -> Result<(), Prob
     // Returns once the batch is durable: acknowledge only what is on disk.
     let new = api.store.ingest(batch, now.timestamp_millis()).await?;
     tracing::debug!(new, "ingested");
+    if new > 0 {
+        // Committed: balance thresholds are evaluated on their own task (never awaited here).
+        api.notifications.usage_changed(subjects);
+    }
     Ok(())
 }
 

@@ -22,6 +22,8 @@
 //! * [`subscriptions`]: subscriptions and their actions (change, migrate, cancel, …).
 //! * [`customer_subscriptions`]: a customer's subscriptions.
 //! * [`subscription_addons`]: add-ons bought on a subscription.
+//! * [`notification_channels`], [`notification_rules`], [`notification_events`]: webhook
+//!   notifications (channels, rules, events with their delivery status).
 //!
 //! `catalog_http` holds what the catalog's resources share (errors with `validationErrors`,
 //! list queries); `subscription_http` what the subscription resources share.
@@ -39,6 +41,9 @@ pub mod history;
 pub mod ingest;
 pub mod meter_query;
 pub mod meters;
+pub mod notification_channels;
+pub mod notification_events;
+pub mod notification_rules;
 pub mod plan_addons;
 pub mod plans;
 pub mod resets;
@@ -76,6 +81,9 @@ pub struct Api {
     pub tokens: Arc<Vec<String>>,
     /// Billing's "now": every handler takes its time from here, never from `Utc::now()`.
     pub clock: Arc<Clock>,
+    /// Notifications: what ingest and the clock tell about changes (thresholds are evaluated on
+    /// its own task) and the delivery worker's wake-up.
+    pub notifications: Arc<crate::notification::threshold::Evaluator>,
 }
 
 impl Api {
@@ -168,6 +176,9 @@ pub fn router(api: Api) -> Router {
         .merge(subscriptions::routes())
         .merge(customer_subscriptions::routes())
         .merge(subscription_addons::routes())
+        .merge(notification_channels::routes())
+        .merge(notification_rules::routes())
+        .merge(notification_events::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), auth))

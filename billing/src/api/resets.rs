@@ -11,7 +11,7 @@ use chrono::DateTime;
 use serde_json::{Value, json};
 
 use super::entitlements::{Owner, customer_owner, entitlement_of, subject_owner};
-use super::{Api, R, bad, parse_time};
+use super::{Api, Problem, R, bad, parse_time};
 use crate::entitlement::Reset;
 
 /// Reset routes.
@@ -57,7 +57,22 @@ async fn reset(api: &Api, owner: Owner, e: &str, body: &Bytes) -> R {
         preserve_overage: preserve,
     });
     ent.updated_at = now;
-    api.store.put_entity("entitlement", &ent.id, &ent).await?;
+    // The reset and its `entitlements.reset` notifications commit in one transaction.
+    let events =
+        crate::notification::reset::reset_events(&api.store, at, now, std::slice::from_ref(&ent))
+            .await?;
+    let doc = serde_json::to_value(&ent)
+        .map_err(|e| Problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut stmts = crate::store::documents::put("entitlement", &ent.id, &doc);
+    for e in &events {
+        stmts.extend(crate::store::notifications::notification_statements(e));
+    }
+    api.store.execute_statements(stmts).await?;
+    if !events.is_empty() {
+        api.notifications.deliver_now();
+    }
+    // A new period: thresholds start over.
+    api.notifications.everything_changed();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

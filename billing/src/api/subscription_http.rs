@@ -101,6 +101,33 @@ pub(crate) async fn subscription_or_404(api: &Api, id: &str) -> Result<Subscript
         .ok_or_else(|| Refusal::not_found(format!("subscription {id} not found")).into())
 }
 
+/// The subscription with this id for an update, or 404.
+pub(crate) async fn for_update(api: &Api, id: &str) -> Result<subscription::ForUpdate, Failure> {
+    subscription::load_for_update(&api.store, id)
+        .await?
+        .ok_or_else(|| Refusal::not_found(format!("subscription {id} not found")).into())
+}
+
+/// Stores `changed` over what was read, or 409 when another request changed it meanwhile.
+pub(crate) async fn store_update(
+    api: &Api,
+    read: &subscription::ForUpdate,
+    changed: &Subscription,
+) -> Result<(), Failure> {
+    if subscription::update(&api.store, read, changed).await? {
+        return Ok(());
+    }
+    Err(Refusal::conflict(
+        "$",
+        "subscription_changed_concurrently",
+        format!(
+            "subscription {} was changed by another request at the same time: read it again and retry",
+            changed.id
+        ),
+    )
+    .into())
+}
+
 /// Reconciles the entitlements of `subs` at `now` (what a change means for the gateway, at once;
 /// the scheduler does the same at every later boundary).
 pub(crate) async fn provision_now(

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::subscription_http::{
-    Failure, SR, body, expanded, provision_now, subscription_or_404, view,
+    Failure, SR, body, expanded, for_update, provision_now, store_update, subscription_or_404, view,
 };
 use super::{Api, new_id, parse_time, query_pairs};
 use crate::catalog::model::{Phase, Plan, ProRatingConfig};
@@ -27,7 +27,7 @@ use crate::entitlement::Customer;
 use crate::subscription::model::{PREVIOUS, SUPERSEDING};
 use crate::subscription::ops::{self, EditOp, NewSubscription};
 use crate::subscription::period::Timing;
-use crate::subscription::{self, Refusal, Subscription};
+use crate::subscription::{self, Refusal};
 
 /// Subscription routes.
 pub fn routes() -> Router<Api> {
@@ -114,10 +114,14 @@ async fn customer_of(api: &Api, id: Option<&str>, key: Option<&str>) -> Result<C
             "customerId or customerKey is required",
         )
     })?;
-    let all = api.store.list_entities::<Customer>("customer").await?;
+    // Through the primary key or the key's index, not a scan of every customer.
     let found = match id {
-        Some(id) => all.into_iter().find(|c| c.id == id),
-        None => all.into_iter().find(|c| c.key.as_deref() == Some(wanted)),
+        Some(id) => api.store.get_entity::<Customer>("customer", id).await?,
+        None => api
+            .store
+            .list_entities_where::<Customer>("customer", "key", wanted)
+            .await?
+            .pop(),
     };
     found.ok_or_else(|| {
         Refusal::invalid(
@@ -285,7 +289,7 @@ pub(crate) async fn create_subscription(
     ))?;
     let others = subscription::subscriptions_of_customer(&api.store, &customer.id, None).await?;
     ops::refuse_overlap(&sub, &others)?;
-    subscription::save(&api.store, &[&sub], &[]).await?;
+    subscription::insert(&api.store, &sub).await?;
     provision_now(api, std::slice::from_ref(&sub), now).await?;
     Ok((sub, now))
 }
@@ -311,7 +315,8 @@ struct EditInput {
 async fn edit(State(api): State<Api>, Path(id): Path<String>, raw: Bytes) -> SR {
     let input: EditInput = body(&raw)?;
     let now = api.now().await?;
-    let sub = subscription_or_404(&api, &id).await?;
+    let read = for_update(&api, &id).await?;
+    let sub = read.sub.clone();
     let has_addons = !subscription::addons_of(&api.store, &sub.id)
         .await?
         .is_empty();
@@ -323,14 +328,15 @@ async fn edit(State(api): State<Api>, Path(id): Path<String>, raw: Bytes) -> SR 
         now,
         &new_id,
     )?;
-    subscription::save(&api.store, &[&edited], &[]).await?;
+    store_update(&api, &read, &edited).await?;
     provision_now(&api, std::slice::from_ref(&edited), now).await?;
     Ok(axum::Json(expanded(&api, &edited, now, now).await?).into_response())
 }
 
 async fn delete(State(api): State<Api>, Path(id): Path<String>) -> SR {
     let now = api.now().await?;
-    let sub = subscription_or_404(&api, &id).await?;
+    let read = for_update(&api, &id).await?;
+    let sub = read.sub.clone();
     let deleted = ops::delete(&sub, now)?;
     // The subscription it was to replace no longer is replaced: its end stays (it is canceled).
     let mut previous = None;
@@ -342,9 +348,10 @@ async fn delete(State(api): State<Api>, Path(id): Path<String>) -> SR {
         prev.updated_at = now;
         previous = Some(prev);
     }
-    let mut subs = vec![&deleted];
-    subs.extend(previous.as_ref());
-    subscription::save(&api.store, &subs, &[]).await?;
+    store_update(&api, &read, &deleted).await?;
+    if let Some(prev) = &previous {
+        subscription::save(&api.store, &[prev], &[]).await?;
+    }
     provision_now(&api, std::slice::from_ref(&deleted), now).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -359,25 +366,28 @@ struct TimingInput {
 async fn cancel(State(api): State<Api>, Path(id): Path<String>, raw: Bytes) -> SR {
     let input: TimingInput = body(&raw)?;
     let now = api.now().await?;
-    let sub = subscription_or_404(&api, &id).await?;
+    let read = for_update(&api, &id).await?;
+    let sub = read.sub.clone();
     let canceled = ops::cancel(&sub, &input.timing.unwrap_or_default(), now)?;
-    subscription::save(&api.store, &[&canceled], &[]).await?;
+    store_update(&api, &read, &canceled).await?;
     provision_now(&api, std::slice::from_ref(&canceled), now).await?;
     Ok(axum::Json(view(&canceled, now)).into_response())
 }
 
 async fn unschedule_cancelation(State(api): State<Api>, Path(id): Path<String>) -> SR {
     let now = api.now().await?;
-    let sub = subscription_or_404(&api, &id).await?;
+    let read = for_update(&api, &id).await?;
+    let sub = read.sub.clone();
     let out = ops::unschedule_cancelation(&sub, now)?;
-    subscription::save(&api.store, &[&out], &[]).await?;
+    store_update(&api, &read, &out).await?;
     provision_now(&api, std::slice::from_ref(&out), now).await?;
     Ok(axum::Json(view(&out, now)).into_response())
 }
 
 async fn restore(State(api): State<Api>, Path(id): Path<String>) -> SR {
     let now = api.now().await?;
-    let sub = subscription_or_404(&api, &id).await?;
+    let read = for_update(&api, &id).await?;
+    let sub = read.sub.clone();
     let (out, successor) = ops::restore(&sub, now)?;
     let mut gone = None;
     if let Some(next_id) = successor
@@ -391,9 +401,10 @@ async fn restore(State(api): State<Api>, Path(id): Path<String>) -> SR {
             )
         })?);
     }
-    let mut subs = vec![&out];
-    subs.extend(gone.as_ref());
-    subscription::save(&api.store, &subs, &[]).await?;
+    store_update(&api, &read, &out).await?;
+    if let Some(g) = &gone {
+        subscription::save(&api.store, &[g], &[]).await?;
+    }
     let mut all = vec![out.clone()];
     all.extend(gone);
     provision_now(&api, &all, now).await?;
@@ -403,15 +414,16 @@ async fn restore(State(api): State<Api>, Path(id): Path<String>) -> SR {
 /// Ends `sub` at `timing` and starts `next_input`'s plan exactly then.
 async fn replace(
     api: &Api,
-    sub: Subscription,
+    read: subscription::ForUpdate,
     input: CreateInput,
     plan: Plan,
     custom: bool,
     timing: Timing,
     now: DateTime<Utc>,
 ) -> SR {
-    ops::refuse_change(&sub, now)?;
-    let at = ops::end_of(&sub, &timing, now)?;
+    let sub = &read.sub;
+    ops::refuse_change(sub, now)?;
+    let at = ops::end_of(sub, &timing, now)?;
     let customer = api
         .store
         .get_entity::<Customer>("customer", &sub.customer_id)
@@ -430,8 +442,14 @@ async fn replace(
     if input.name.is_none() && custom {
         next.name = plan.name.clone();
     }
-    let (current, next) = ops::supersede(&sub, next, at, now);
-    subscription::save(&api.store, &[&current, &next], &[]).await?;
+    let (current, next) = ops::supersede(sub, next, at, now);
+    // The successor first, then the subscription it replaces if nobody changed that meanwhile
+    // (else the successor is taken back).
+    subscription::insert(&api.store, &next).await?;
+    if let Err(e) = store_update(api, &read, &current).await {
+        subscription::remove(&api.store, &next.id).await?;
+        return Err(e);
+    }
     provision_now(api, &[current.clone(), next.clone()], now).await?;
     let next_view = expanded(api, &next, now.max(next.active_from), now).await?;
     Ok(axum::Json(json!({"current": view(&current, now), "next": next_view})).into_response())
@@ -440,7 +458,8 @@ async fn replace(
 async fn change(State(api): State<Api>, Path(id): Path<String>, raw: Bytes) -> SR {
     let input: CreateInput = body(&raw)?;
     let now = api.now().await?;
-    let sub = subscription_or_404(&api, &id).await?;
+    let read = for_update(&api, &id).await?;
+    let sub = read.sub.clone();
     let timing = input.timing.ok_or_else(|| {
         Refusal::invalid(
             "$.timing",
@@ -450,7 +469,7 @@ async fn change(State(api): State<Api>, Path(id): Path<String>, raw: Bytes) -> S
     })?;
     ops::refuse_change(&sub, now)?;
     let (plan, custom) = plan_of(&api, &input, now).await?;
-    replace(&api, sub, input, plan, custom, timing, now).await
+    replace(&api, read, input, plan, custom, timing, now).await
 }
 
 /// `{targetVersion?, timing?, startingPhase?, billingAnchor?}`.
@@ -470,7 +489,8 @@ struct MigrateInput {
 async fn migrate(State(api): State<Api>, Path(id): Path<String>, raw: Bytes) -> SR {
     let input: MigrateInput = body(&raw)?;
     let now = api.now().await?;
-    let sub = subscription_or_404(&api, &id).await?;
+    let read = for_update(&api, &id).await?;
+    let sub = read.sub.clone();
     ops::refuse_change(&sub, now)?;
     let all = versions::all::<Plan>(&api.store, now).await?;
     let plan = ops::migration_target(&sub, &all, input.target_version)?.clone();
@@ -491,7 +511,7 @@ async fn migrate(State(api): State<Api>, Path(id): Path<String>, raw: Bytes) -> 
     };
     replace(
         &api,
-        sub,
+        read,
         as_create,
         plan,
         false,

@@ -1,7 +1,8 @@
 //! Entitlements' time-driven events, as [`DueWork`]s: usage-period boundaries (the automatic
 //! reset: usage back to zero, grants rolled over, `issueAfterReset` issued again) and grants
 //! becoming effective, expiring and refilling at their recurrence. The balance engine derives all
-//! of these from time, so these works write nothing: they report what the advance crossed.
+//! of these from time, so these works only report what the advance crossed — except that a reset
+//! records its `entitlements.reset` notifications ([`crate::notification::reset`]).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -140,6 +141,9 @@ fn ended_period(e: &Entitlement, at: DateTime<Utc>) -> Value {
     Value::Object(detail)
 }
 
+/// The detail key marking a reset some rule is notified of (removed before it is reported).
+const NOTIFY: &str = "_notify";
+
 /// Metered entitlements' usage-period boundaries: `entitlement.reset`, with the period that
 /// ended (`endedPeriod`).
 pub struct UsagePeriods;
@@ -156,6 +160,15 @@ impl DueWork for UsagePeriods {
         until: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Box<dyn DueQueue>, StoreError>> {
         Box::pin(async move {
+            // Whether resets notify anyone: asked once per plan, not at each of (maybe) thousands
+            // of instants.
+            let notify = !crate::notification::outbox::rules_and_channels(
+                store,
+                crate::notification::kinds::RESET,
+            )
+            .await?
+            .0
+            .is_empty();
             let series = store
                 .list_entities::<Entitlement>("entitlement")
                 .await?
@@ -166,7 +179,13 @@ impl DueWork for UsagePeriods {
                     let of = e.clone();
                     Series {
                         next: Box::new(move |t| Some(e.next_period_boundary(t))),
-                        detail: Box::new(move |at| ended_period(&of, at)),
+                        detail: Box::new(move |at| {
+                            let mut d = ended_period(&of, at);
+                            if notify {
+                                d[NOTIFY] = json!(true);
+                            }
+                            d
+                        }),
                     }
                 })
                 .collect();
@@ -176,11 +195,30 @@ impl DueWork for UsagePeriods {
 
     fn run<'a>(
         &'a self,
-        _store: &'a Store,
+        store: &'a Store,
         at: DateTime<Utc>,
         items: Vec<Due>,
     ) -> BoxFuture<'a, Result<Done, StoreError>> {
-        Box::pin(async move { Ok(report(at, items)) })
+        Box::pin(async move {
+            // `entitlements.reset` notifications, recorded once per rule, entitlement and instant.
+            let mut items = items;
+            let mut notify = Vec::new();
+            for d in &mut items {
+                if let Some(o) = d.detail.as_object_mut()
+                    && o.remove(NOTIFY).is_some()
+                {
+                    notify.push(d.detail.clone());
+                }
+            }
+            let recorded = if notify.is_empty() {
+                0
+            } else {
+                crate::notification::reset::record_resets(store, at, &notify).await?
+            };
+            let mut done = report(at, items);
+            done.wrote = recorded > 0;
+            Ok(done)
+        })
     }
 }
 

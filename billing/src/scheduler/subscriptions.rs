@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{Done, Due, DueQueue, DueWork, Happening, ListQueue};
 use crate::store::{Store, StoreError};
-use crate::subscription::{self, Subscription, SubscriptionAddon, model, timeline};
+use crate::subscription::{self, Subscription, SubscriptionAddon, timeline};
 
 /// Entitlements follow subscriptions: `subscription.entitlement.provisioned`, `…updated`,
 /// `…ended`.
@@ -32,10 +32,14 @@ impl DueWork for Provisioning {
         until: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Box<dyn DueQueue>, StoreError>> {
         Box::pin(async move {
-            let subs: Vec<Subscription> = store.list_entities(model::KIND).await?;
+            // Only the subscriptions the due index names for this window.
+            let mut subs: Vec<Subscription> = Vec::new();
             let mut addons: BTreeMap<String, Vec<SubscriptionAddon>> = BTreeMap::new();
-            for a in subscription::addons_of_all(store).await? {
-                addons.entry(a.subscription_id.clone()).or_default().push(a);
+            for id in store.subscriptions_due(after, until).await? {
+                if let Some(s) = subscription::load(store, &id).await? {
+                    addons.insert(id.clone(), subscription::addons_of(store, &id).await?);
+                    subs.push(s);
+                }
             }
             let mut items = Vec::new();
             for sub in subs.iter().filter(|s| s.deleted_at.is_none()) {

@@ -105,6 +105,18 @@ const TABLES: &[DocTable] = &[
         ],
         bigint: &[],
     },
+    DocTable {
+        kind: "notification_channel",
+        table: "notification_channels",
+        columns: &[("deleted_at", "/deletedAt")],
+        bigint: &[],
+    },
+    DocTable {
+        kind: "notification_rule",
+        table: "notification_rules",
+        columns: &[("deleted_at", "/deletedAt")],
+        bigint: &[],
+    },
 ];
 
 /// A statement and its parameters (all text or NULL).
@@ -163,6 +175,7 @@ pub fn put(kind: &str, id: &str, doc: &Value) -> Vec<Stmt> {
         ),
         params,
     }];
+    out.extend(due_stmts(kind, id, doc, None));
     if kind == "customer" {
         // The customer's subjects: its key and usageAttribution.subjectKeys, each owned once.
         out.push(Stmt {
@@ -186,6 +199,152 @@ pub fn put(kind: &str, id: &str, doc: &Value) -> Vec<Stmt> {
         }
     }
     out
+}
+
+/// The instants (Unix ms) a subscription or add-on document says something may change at, and the
+/// subscription they are for: a subscription's start, end, phase starts and item edit bounds; an
+/// add-on's quantity changes. `None` for other kinds (and deleted subscriptions).
+fn due_of(kind: &str, id: &str, doc: &Value) -> Option<(String, Vec<i64>)> {
+    let ms = |v: &Value| {
+        v.as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.timestamp_millis())
+    };
+    let mut out = Vec::new();
+    let subscription = match kind {
+        "subscription" => {
+            if !doc["deletedAt"].is_null() {
+                return Some((id.to_owned(), out));
+            }
+            out.extend(ms(&doc["activeFrom"]));
+            out.extend(ms(&doc["activeTo"]));
+            for phase in doc["phases"].as_array().into_iter().flatten() {
+                out.extend(ms(&phase["activeFrom"]));
+                for item in phase["items"].as_array().into_iter().flatten() {
+                    out.extend(ms(&item["activeFromOverride"]));
+                    out.extend(ms(&item["activeToOverride"]));
+                }
+            }
+            id.to_owned()
+        }
+        "subscription_addon" => {
+            for q in doc["timeline"].as_array().into_iter().flatten() {
+                out.extend(ms(&q["activeFrom"]));
+            }
+            doc["subscriptionId"].as_str()?.to_owned()
+        }
+        _ => return None,
+    };
+    out.sort_unstable();
+    out.dedup();
+    Some((subscription, out))
+}
+
+/// The statements that make `subscription_due` hold `doc`'s instants for owner `id`, each run
+/// only if `guard` (SQL over `$n` parameters that follow) holds — the state a compare-and-set in
+/// the same transaction expects — with its parameters.
+fn due_stmts(
+    kind: &str,
+    id: &str,
+    doc: &Value,
+    guard: Option<(&str, Vec<Option<String>>)>,
+) -> Vec<Stmt> {
+    let Some((subscription, instants)) = due_of(kind, id, doc) else {
+        return Vec::new();
+    };
+    let (cond, cond_params) = match &guard {
+        Some((sql, params)) => (format!(" AND {sql}"), params.clone()),
+        None => (String::new(), Vec::new()),
+    };
+    // Parameters in order of appearance: SQLite numbers `$n` by first appearance.
+    let shift = |sql: &str, by: usize| {
+        let mut out = sql.to_owned();
+        for n in (1..=cond_params.len()).rev() {
+            out = out.replace(&format!("${n}"), &format!("${}", n + by));
+        }
+        out
+    };
+    let mut params = vec![Some(id.to_owned())];
+    params.extend(cond_params.clone());
+    let mut out = vec![Stmt {
+        sql: format!(
+            "DELETE FROM subscription_due WHERE owner_id = $1{}",
+            shift(&cond, 1)
+        ),
+        params,
+    }];
+    for at in instants {
+        let mut params = vec![
+            Some(id.to_owned()),
+            Some(subscription.clone()),
+            Some(at.to_string()),
+        ];
+        params.extend(cond_params.clone());
+        out.push(Stmt {
+            sql: format!(
+                "INSERT INTO subscription_due (owner_id, subscription_id, at_ms) \
+                 SELECT $1, $2, CAST(CAST($3 AS TEXT) AS BIGINT) WHERE TRUE{} \
+                 ON CONFLICT (owner_id, at_ms) DO NOTHING",
+                shift(&cond, 3)
+            ),
+            params,
+        });
+    }
+    out
+}
+
+/// [`swap`] with what must change with the document in the same transaction: a subscription's
+/// or add-on's due instants, written after the swap and only where the document now is the new
+/// text (so a swap that lost to a concurrent one changes nothing), then a statement that touches
+/// the row only if the document is the new text — the transaction's row count, like the swap's,
+/// says whether the value was stored.
+pub fn swap_all(
+    kind: &str,
+    id: &str,
+    expected: Option<&str>,
+    doc: &Value,
+) -> Result<Vec<Stmt>, String> {
+    let first = swap(kind, id, expected, doc)?;
+    let Some(t) = table(kind) else {
+        return Ok(vec![first]);
+    };
+    let text = doc.to_string();
+    let due = due_stmts(
+        kind,
+        id,
+        doc,
+        Some((
+            &format!(
+                "EXISTS (SELECT 1 FROM {} WHERE id = $1 AND doc = $2)",
+                t.table
+            ),
+            vec![Some(id.to_owned()), Some(text.clone())],
+        )),
+    );
+    if due.is_empty() {
+        return Ok(vec![first]);
+    }
+    let mut out = vec![first];
+    out.extend(due);
+    out.push(Stmt {
+        sql: format!(
+            "UPDATE {} SET doc = doc WHERE id = $1 AND doc = $2",
+            t.table
+        ),
+        params: vec![Some(id.to_owned()), Some(text)],
+    });
+    Ok(out)
+}
+
+/// The statement that lists the subscriptions with something due in `(after_ms, until_ms]`.
+pub fn due_between(after_ms: i64, until_ms: i64) -> Stmt {
+    Stmt {
+        sql: "SELECT DISTINCT subscription_id FROM subscription_due \
+              WHERE at_ms > CAST(CAST($1 AS TEXT) AS BIGINT) \
+              AND at_ms <= CAST(CAST($2 AS TEXT) AS BIGINT) ORDER BY subscription_id"
+            .into(),
+        params: vec![Some(after_ms.to_string()), Some(until_ms.to_string())],
+    }
 }
 
 /// The compare-and-set statement: stores `doc` as `kind`/`id` only if the stored document's text
@@ -317,6 +476,12 @@ pub fn delete(kind: &str, id: &str) -> Vec<Stmt> {
                     params: vec![Some(id.into())],
                 });
             }
+            if kind == "subscription" || kind == "subscription_addon" {
+                out.push(Stmt {
+                    sql: "DELETE FROM subscription_due WHERE owner_id = $1".into(),
+                    params: vec![Some(id.into())],
+                });
+            }
             out.push(Stmt {
                 sql: format!("DELETE FROM {} WHERE id = $1", t.table),
                 params: vec![Some(id.into())],
@@ -370,6 +535,57 @@ mod tests {
         assert_eq!(s.params[0].as_deref(), Some("e1"));
         assert_eq!(s.params[2].as_deref(), Some("g1"));
         assert!(swap("customer", "c1", None, &json!({})).is_err());
+    }
+
+    #[test]
+    fn subscriptions_write_their_due_instants_with_them() {
+        let doc = json!({"customerId": "c1", "activeFrom": "2026-01-01T00:00:00Z", "activeTo": null,
+            "phases": [{"activeFrom": "2026-01-01T00:00:00Z", "items": []},
+                       {"activeFrom": "2026-01-15T00:00:00Z",
+                        "items": [{"activeToOverride": "2026-01-20T00:00:00Z"}]}]});
+        let stmts = put("subscription", "s1", &doc);
+        let due: Vec<_> = stmts[2..]
+            .iter()
+            .map(|s| s.params[2].clone().unwrap())
+            .collect();
+        assert_eq!(due, ["1767225600000", "1768435200000", "1768867200000"]);
+        let cas = swap_all("subscription", "s1", Some("old"), &doc).unwrap();
+        assert!(
+            cas[0].sql.starts_with("UPDATE subscriptions SET"),
+            "the swap first"
+        );
+        assert!(
+            cas[1]
+                .sql
+                .ends_with("AND EXISTS (SELECT 1 FROM subscriptions WHERE id = $2 AND doc = $3)"),
+            "{}",
+            cas[1].sql
+        );
+        let text = doc.to_string();
+        assert_eq!(
+            cas[2].params[4].as_deref(),
+            Some(text.as_str()),
+            "only if it won"
+        );
+        assert!(
+            cas[2].sql.contains("WHERE id = $4 AND doc = $5"),
+            "{}",
+            cas[2].sql
+        );
+        assert_eq!(
+            cas.last().unwrap().sql,
+            "UPDATE subscriptions SET doc = doc WHERE id = $1 AND doc = $2",
+            "the row count says whether it won"
+        );
+        let addon =
+            json!({"subscriptionId": "s1", "timeline": [{"activeFrom": "2026-02-01T00:00:00Z"}]});
+        let stmts = put("subscription_addon", "a1", &addon);
+        assert_eq!(
+            stmts[2].params[1].as_deref(),
+            Some("s1"),
+            "an add-on's instants are its subscription's"
+        );
+        assert!(put("grant", "g1", &json!({})).len() == 1);
     }
 
     #[test]

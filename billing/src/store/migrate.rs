@@ -33,6 +33,11 @@ pub const SQLITE: &[Migration] = &[
         name: "subscriptions",
         sql: include_str!("../../migrations/sqlite/0003_subscriptions.sql"),
     },
+    Migration {
+        version: 4,
+        name: "notifications",
+        sql: include_str!("../../migrations/sqlite/0004_notifications.sql"),
+    },
 ];
 
 /// PostgreSQL's migrations.
@@ -51,6 +56,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 3,
         name: "subscriptions",
         sql: include_str!("../../migrations/postgres/0003_subscriptions.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "notifications",
+        sql: include_str!("../../migrations/postgres/0004_notifications.sql"),
     },
 ];
 

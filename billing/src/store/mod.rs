@@ -6,6 +6,8 @@
 //!   that transaction committed: a retried event is never lost and never counted twice.
 //! * `usage_minutes` / `usage_uniques`: per meter, subject, group-by values and minute, the partial
 //!   aggregates every aggregation needs ([`usage`]), so queries never rescan raw events.
+//! * `notification_events` / `notification_deliveries`: the notification outbox
+//!   ([`notifications`]).
 //! * API documents (meters, customers, features, entitlements, grants, plans, add-ons and plan
 //!   add-ons) in their own tables with their unique keys as constraints ([`documents`]).
 //!
@@ -16,6 +18,7 @@
 
 pub mod documents;
 pub mod migrate;
+pub mod notifications;
 mod postgres;
 mod sqlite;
 pub mod usage;
@@ -354,10 +357,10 @@ impl Store {
         value: &T,
     ) -> Result<bool, StoreError> {
         let doc = serde_json::to_value(value).map_err(|e| StoreError::Decode(e.to_string()))?;
-        let stmt = documents::swap(kind, id, expected, &doc).map_err(StoreError::Database)?;
+        let stmts = documents::swap_all(kind, id, expected, &doc).map_err(StoreError::Database)?;
         let n = match &self.db {
-            Db::Sqlite(db) => db.execute(vec![stmt]).await?,
-            Db::Postgres(db) => db.execute(vec![stmt]).await?,
+            Db::Sqlite(db) => db.execute(stmts).await?,
+            Db::Postgres(db) => db.execute(stmts).await?,
         };
         Ok(n == 1)
     }
@@ -391,6 +394,20 @@ impl Store {
             Db::Postgres(db) => db.query_docs(stmt).await?,
         };
         docs.iter().map(|d| decode(d)).collect()
+    }
+
+    /// The ids of the subscriptions with something due in `(after, until]` (a start, an end, a
+    /// phase start, an edit or add-on change), read through the `subscription_due` index.
+    pub async fn subscriptions_due(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let stmt = documents::due_between(after.timestamp_millis(), until.timestamp_millis());
+        match &self.db {
+            Db::Sqlite(db) => db.query_docs(stmt).await,
+            Db::Postgres(db) => db.query_docs(stmt).await,
+        }
     }
 
     /// Deletes a document; whether it existed.

@@ -107,6 +107,44 @@ pub async fn load(store: &Store, id: &str) -> Result<Option<Subscription>, Store
     store.get_entity(model::KIND, id).await
 }
 
+/// A subscription as read for an update, with the stored text the update is checked against.
+pub struct ForUpdate {
+    /// The subscription.
+    pub sub: Subscription,
+    raw: String,
+}
+
+/// One subscription (deleted ones included), for an update with [`update`].
+pub async fn load_for_update(store: &Store, id: &str) -> Result<Option<ForUpdate>, StoreError> {
+    let Some(raw) = store.get_entity_raw(model::KIND, id).await? else {
+        return Ok(None);
+    };
+    let sub = serde_json::from_str(&raw).map_err(|e| StoreError::Decode(e.to_string()))?;
+    Ok(Some(ForUpdate { sub, raw }))
+}
+
+/// Stores `changed` over `read` only if nobody changed the subscription since it was read
+/// (compare-and-set: of two concurrent requests on any replicas, one wins); whether it was stored.
+pub async fn update(
+    store: &Store,
+    read: &ForUpdate,
+    changed: &Subscription,
+) -> Result<bool, StoreError> {
+    store
+        .swap_entity(model::KIND, &changed.id, Some(&read.raw), changed)
+        .await
+}
+
+/// Stores a new subscription only if its id is free; whether it was stored.
+pub async fn insert(store: &Store, sub: &Subscription) -> Result<bool, StoreError> {
+    store.swap_entity(model::KIND, &sub.id, None, sub).await
+}
+
+/// Removes a subscription that was never in force (undoing an [`insert`]).
+pub async fn remove(store: &Store, id: &str) -> Result<bool, StoreError> {
+    store.delete_entity(model::KIND, id).await
+}
+
 /// A customer's subscriptions, oldest first; with `as_of`, only those in force then (started and
 /// not ended). Deleted ones never.
 pub async fn subscriptions_of_customer(

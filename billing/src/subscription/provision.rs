@@ -171,13 +171,25 @@ pub async fn reconcile(
             features.insert(f.key.clone(), f);
         }
     }
-    let customers: BTreeMap<String, Customer> = store
-        .list_entities::<Customer>("customer")
-        .await?
-        .into_iter()
-        .map(|c| (c.id.clone(), c))
-        .collect();
-    let existing: Vec<Entitlement> = store.list_entities::<Entitlement>("entitlement").await?;
+    // Only the customers concerned and their entitlements (read through the customer index).
+    let mut customers: BTreeMap<String, Customer> = BTreeMap::new();
+    let mut existing: Vec<Entitlement> = Vec::new();
+    for sub in subs {
+        if customers.contains_key(&sub.customer_id) {
+            continue;
+        }
+        if let Some(c) = store
+            .get_entity::<Customer>("customer", &sub.customer_id)
+            .await?
+        {
+            existing.extend(
+                store
+                    .list_entities_where::<Entitlement>("entitlement", "customer_id", &c.id)
+                    .await?,
+            );
+            customers.insert(c.id.clone(), c);
+        }
+    }
     let mut wanted: BTreeMap<String, Entitlement> = BTreeMap::new();
     for sub in subs {
         let Some(customer) = customers.get(&sub.customer_id) else {

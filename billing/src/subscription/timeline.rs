@@ -234,3 +234,138 @@ pub fn boundaries(sub: &Subscription, addons: &[SubscriptionAddon]) -> Vec<DateT
     out.dedup();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subscription::model::{AddonRef, Quantity};
+    use serde_json::json;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn card(key: &str, amount: &str) -> RateCard {
+        serde_json::from_value(
+            json!({"type": "flat_fee", "key": key, "name": key, "featureKey": key,
+            "billingCadence": "P1M", "price": {"type": "flat", "amount": amount}}),
+        )
+        .unwrap()
+    }
+
+    fn item(id: &str, key: &str, amount: &str, to: Option<&str>) -> Item {
+        Item {
+            id: id.into(),
+            key: key.into(),
+            rate_card: card(key, amount),
+            active_from_override: None,
+            active_to_override: to.map(t),
+        }
+    }
+
+    fn sub() -> Subscription {
+        serde_json::from_value(json!({
+            "id": "s", "name": "n", "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z",
+            "activeFrom": "2026-01-01T00:00:00Z", "activeTo": "2026-06-01T00:00:00Z", "customerId": "c",
+            "currency": "USD", "billingCadence": "P1M", "billingAnchor": "2026-01-01T00:00:00Z",
+            "settlementMode": "credit_then_invoice", "phases": []}))
+        .unwrap()
+    }
+
+    fn phase(key: &str, from: &str, items: Vec<Item>) -> Phase {
+        Phase {
+            id: key.into(),
+            key: key.into(),
+            name: key.into(),
+            description: None,
+            metadata: None,
+            active_from: t(from),
+            items,
+        }
+    }
+
+    #[test]
+    fn windows_follow_phases_edits_add_ons_and_the_end() {
+        let mut s = sub();
+        s.phases = vec![
+            phase(
+                "trial",
+                "2026-01-01T00:00:00Z",
+                vec![item("i1", "seats", "0", None)],
+            ),
+            phase(
+                "paid",
+                "2026-02-01T00:00:00Z",
+                vec![
+                    item("i2", "seats", "10", None),
+                    item("i3", "support", "5", Some("2026-03-10T00:00:00Z")),
+                ],
+            ),
+        ];
+        let addon = SubscriptionAddon {
+            id: "a".into(),
+            subscription_id: "s".into(),
+            addon: AddonRef {
+                id: "x".into(),
+                key: "more".into(),
+                version: 1,
+                instance_type: "multiple".into(),
+            },
+            rate_cards: vec![card("seats", "2")],
+            name: "more".into(),
+            description: None,
+            metadata: None,
+            created_at: t("2026-01-01T00:00:00Z"),
+            updated_at: t("2026-01-01T00:00:00Z"),
+            timeline: vec![Quantity {
+                active_from: t("2026-04-15T00:00:00Z"),
+                quantity: 3,
+            }],
+        };
+        let windows = item_windows(&s, std::slice::from_ref(&addon));
+        let seen: Vec<(String, String, String, Option<String>, String)> = windows
+            .iter()
+            .map(|w| {
+                let amount = match &w.rate_card.price {
+                    Some(crate::catalog::model::PriceDoc::Flat { amount, .. }) => {
+                        amount.to_string()
+                    }
+                    _ => "-".into(),
+                };
+                (
+                    w.phase_key.clone(),
+                    w.key.clone(),
+                    w.active_from.format("%m-%d").to_string(),
+                    w.active_to.map(|x| x.format("%m-%d").to_string()),
+                    amount,
+                )
+            })
+            .collect();
+        let row = |p: &str, k: &str, f: &str, to: &str, a: &str| {
+            (
+                p.to_owned(),
+                k.to_owned(),
+                f.to_owned(),
+                Some(to.to_owned()),
+                a.to_owned(),
+            )
+        };
+        assert_eq!(
+            seen,
+            vec![
+                row("trial", "seats", "01-01", "02-01", "0"),
+                row("paid", "seats", "02-01", "04-15", "10"),
+                row("paid", "support", "02-01", "03-10", "5"),
+                row("paid", "seats", "04-15", "06-01", "16"),
+            ],
+            "the add-on's 3 × 2 is a new window; the subscription's end closes the last"
+        );
+        assert_eq!(
+            items_at(&s, std::slice::from_ref(&addon), t("2026-03-20T00:00:00Z")).len(),
+            1
+        );
+        assert!(items_at(&s, std::slice::from_ref(&addon), t("2026-06-01T00:00:00Z")).is_empty());
+        let b = boundaries(&s, &[addon]);
+        assert!(b.contains(&t("2026-04-15T00:00:00Z")) && b.contains(&t("2026-03-10T00:00:00Z")));
+    }
+}
