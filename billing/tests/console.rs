@@ -244,6 +244,19 @@ async fn seed(api: &Api) -> (String, String) {
         )
         .await;
     }
+    // A webhook channel nobody listens on, and a rule on the quota: crossing it makes an event.
+    let ch = api
+        .post(
+            "/api/v1/notification/channels",
+            json!({"type": "WEBHOOK", "name": "ops hook", "url": "http://127.0.0.1:9/hook"}),
+        )
+        .await;
+    api.post(
+        "/api/v1/notification/rules",
+        json!({"type": "entitlements.balance.threshold", "name": "quota", "channels": [ch["id"]],
+               "features": ["api_calls"], "thresholds": [{"value": 100, "type": "usage_percentage"}]}),
+    )
+    .await;
     // 40 requests for acme and 60 for evil (over its 50), and tokens, over the last 40 minutes.
     let mut events = Vec::new();
     for i in 0..100 {
@@ -490,6 +503,7 @@ async fn drive(
         ("/plans", "Plans"),
         (&format!("/plans/{plan_id}"), "Plan Pro v1"),
         ("/addons", "Add-ons"),
+        ("/notifications", "Notifications"),
         (&format!("/addons/{addon_id}"), "Add-on Priority support v1"),
     ];
     let shots = screenshots_dir();
@@ -699,6 +713,53 @@ async fn drive(
     );
     let problems = console_problems(c).await;
     assert!(problems.is_empty(), "after subscribing: {problems:?}");
+
+    // Notifications: the channel, the rule, and the event of Evil's quota with its delivery;
+    // resending it goes through the API (its delivery is queued again).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let event_id = loop {
+        let evs = api.get("/api/v1/notification/events").await;
+        if let Some(id) = evs["items"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no notification event: {evs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    c.goto(&format!("{base}/notifications")).await?;
+    assert!(text_of(c, "#channels").await.contains("ops hook"));
+    assert!(text_of(c, "#rules").await.contains("quota"));
+    let row = format!("#events tr[data-event='{event_id}']");
+    assert!(
+        text_of(c, &row)
+            .await
+            .contains("entitlements.balance.threshold"),
+        "the event is listed"
+    );
+    let updated_at = |ev: &Value| -> chrono::DateTime<chrono::Utc> {
+        ev["deliveryStatus"][0]["updatedAt"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // The clock stands still: move it so the resend's time differs from the first attempt's.
+    api.post("/api/tollgate/v1/clock", json!({"advanceBy": "PT1S"}))
+        .await;
+    let before = updated_at(
+        &api.get(&format!("/api/v1/notification/events/{event_id}"))
+            .await,
+    );
+    let form = c.find(Locator::Css(&format!("{row} form.resend"))).await?;
+    click_through(c, form.find(Locator::Css("button[type=submit]")).await?).await?;
+    assert!(text_of(c, "p.notice").await.contains("Queued"));
+    let ev = api
+        .get(&format!("/api/v1/notification/events/{event_id}"))
+        .await;
+    assert!(
+        updated_at(&ev) > before,
+        "the delivery was queued again: {ev}"
+    );
+    browser_log(c).await;
 
     // Create a customer through the form; a second with the same key shows the API's 409.
     c.goto(&format!("{base}/customers")).await?;

@@ -262,7 +262,7 @@ async fn create(State(api): State<Api>, raw: Bytes) -> SR {
 pub(crate) async fn create_subscription(
     api: &Api,
     raw: &Bytes,
-) -> Result<(Subscription, DateTime<Utc>), Failure> {
+) -> Result<(subscription::Subscription, DateTime<Utc>), Failure> {
     let input: CreateInput = body(raw)?;
     let now = api.now().await?;
     let customer = customer_of(

@@ -86,6 +86,8 @@ pub enum Nav {
     Plans,
     /// `/addons`.
     Addons,
+    /// `/notifications`.
+    Notifications,
 }
 
 const NAV: &[(Nav, &str, &str)] = &[
@@ -95,6 +97,7 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Features, "/features", "Features"),
     (Nav::Plans, "/plans", "Plans"),
     (Nav::Addons, "/addons", "Add-ons"),
+    (Nav::Notifications, "/notifications", "Notifications"),
 ];
 
 /// A banner above the page's content.

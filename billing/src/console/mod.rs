@@ -13,8 +13,8 @@
 //! * [`assets`]: the stylesheet, script and icon.
 //! * [`summary`]: the overview's expensive figures (top consumers, entitlements near their
 //!   limit), computed off the request path and kept for a short while.
-//! * [`overview`], [`meters`], [`customers`] (with [`subscriptions`]), [`catalog`]: the page
-//!   groups.
+//! * [`overview`], [`meters`], [`customers`] (with [`subscriptions`]), [`catalog`],
+//!   [`notifications`]: the page groups.
 
 pub mod assets;
 pub mod auth;
@@ -23,6 +23,7 @@ pub mod chart;
 pub mod customers;
 pub mod layout;
 pub mod meters;
+pub mod notifications;
 pub mod overview;
 pub mod subscriptions;
 pub mod summary;
@@ -75,6 +76,11 @@ pub fn router(api: Api) -> Router {
         .route("/plans/{id}", get(catalog::plan))
         .route("/addons", get(catalog::addons))
         .route("/addons/{id}", get(catalog::addon))
+        .route("/notifications", get(notifications::page_route))
+        .route(
+            "/notifications/events/{id}/resend",
+            post(notifications::resend),
+        )
         .route("/logout", post(auth::logout))
         .layer(middleware::from_fn_with_state(
             console.clone(),

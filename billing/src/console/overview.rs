@@ -1,7 +1,8 @@
 //! The overview (`/`): how much is coming in (metered events per minute over the last hour, per
 //! meter, from the minute rollups), how many customers, meters, features and plans there are, the
 //! top consumers of each meter this month and the entitlements near or over their limit (both
-//! from the kept [`super::summary`] snapshot, with its time).
+//! from the kept [`super::summary`] snapshot, with its time), and webhook deliveries that
+//! failed in the last week.
 
 use std::collections::BTreeMap;
 
@@ -62,6 +63,7 @@ pub async fn page_handler(console: &Console) -> Page {
         .filter(|p| p.status == Status::Active)
         .count();
     let snap = summary::get(console).await?;
+    let failed = super::notifications::failed_deliveries(api, now).await?;
     let content = html! {
         div.cards {
             div.card { div.n #customers-count { (quantity(customers.into())) } div.k { a href="/customers" { "customers" } } }
@@ -74,6 +76,11 @@ pub async fn page_handler(console: &Console) -> Page {
             h2 { "Metered events per minute" }
             p.muted { "Each meter's events in the last hour, by event time (one minute rows)." }
             (chart::time_series("Metered events per minute, last hour", &series, from_ms, to_ms - MINUTE))
+        }
+        section.panel #failed-deliveries {
+            h2 { "Failed webhook deliveries" }
+            p.muted { "Events of the last 7 days with a delivery that failed; " a href="/notifications" { "all notifications" } "." }
+            @if failed.is_empty() { (empty("None.")) } @else { (super::notifications::events_table(&failed)) }
         }
         @match &snap {
             Some(snap) => (month_figures(snap)),
