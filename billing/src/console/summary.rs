@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
+use futures::StreamExt;
 use rust_decimal::Decimal;
 
 use super::Console;
@@ -24,6 +25,8 @@ use crate::store::{MinuteAgg, StoreError};
 
 /// The shortest a snapshot is kept on real time.
 pub const MIN_TTL: Duration = Duration::from_secs(15);
+/// Entitlement values computed at once for a snapshot.
+const PARALLEL_VALUES: usize = 8;
 /// Consumers shown per meter.
 pub const TOP_N: usize = 5;
 /// An entitlement is near its limit below this share of what it was granted.
@@ -266,8 +269,9 @@ async fn limits(
     for g in store.list_entities::<Grant>("grant").await? {
         grants.entry(g.entitlement_id.clone()).or_default().push(g);
     }
-    let mut out = Vec::new();
-    let mut metered = 0;
+    // Values are independent reads: a few at a time (a read waits on the database more than it
+    // computes).
+    let mut jobs = Vec::new();
     for e in store.list_entities::<Entitlement>("entitlement").await? {
         if e.kind != "metered" {
             continue;
@@ -286,11 +290,20 @@ async fn limits(
             (None, Some(s)) => (Consumer::Subject(s.clone()), vec![s.clone()]),
             (None, None) => continue,
         };
-        metered += 1;
-        let no_grants = Vec::new();
-        let gs = grants.get(&e.id).unwrap_or(&no_grants);
-        let v = entitlement::value(store, &e, feature, &subjects, gs, now).await?;
-        if let Some(row) = pressure(&e, owner, &v) {
+        let gs = grants.remove(&e.id).unwrap_or_default();
+        jobs.push((e, feature.clone(), owner, subjects, gs));
+    }
+    let metered = jobs.len();
+    let mut out = Vec::new();
+    let mut values = futures::stream::iter(jobs.into_iter().map(
+        |(e, feature, owner, subjects, gs)| async move {
+            let v = entitlement::value(store, &e, &feature, &subjects, &gs, now).await?;
+            Ok::<_, StoreError>(pressure(&e, owner, &v))
+        },
+    ))
+    .buffer_unordered(PARALLEL_VALUES);
+    while let Some(row) = values.next().await {
+        if let Some(row) = row? {
             out.push(row);
         }
     }
