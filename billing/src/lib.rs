@@ -18,8 +18,11 @@
 //! * [`scheduler`]: what falls due when billing's time passes (run by a clock advance, or by
 //!   [`scheduler::runner`] on real time).
 //! * [`duration`]: ISO 8601 durations.
+//! * [`invoice`]: billing profiles, invoices and their lifecycle, from usage to a paid invoice.
+//! * [`app`]: installed apps (sandbox, custom invoicing) and their invoice hooks.
 
 pub mod api;
+pub mod app;
 pub mod catalog;
 pub mod clock;
 pub mod config;
@@ -27,6 +30,7 @@ pub mod console;
 pub mod duration;
 pub mod entitlement;
 pub mod filter;
+pub mod invoice;
 pub mod meter;
 pub mod notification;
 pub mod pricing;

@@ -207,6 +207,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)?;
     }
+    // The sandbox app and the default billing profile, once (also with replicas starting at once).
+    tollgate_billing::invoice::profile::provision(&store, now).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;

@@ -2,7 +2,8 @@
 //! `chromedriver` (both installed by `scripts/install-test-deps`) with a WebDriver client, against
 //! the real `tollgate-billing` binary with API tokens and a simulated clock. Every page loads with
 //! demo data and leaves nothing in the browser's console log (CSP violations included); the
-//! numbers on the pages equal the API's; creating a customer and adding a grant work end to end
+//! numbers on the pages equal the API's; creating a customer, adding a grant, subscribing and
+//! resending a webhook work end to end
 //! and a refusal shows the API's error; a customer name with `<script>` stays text; a page
 //! without the token is refused. `TOLLGATE_SCREENSHOTS=DIR` saves the screenshots there (the
 //! README's are made so: `TOLLGATE_SCREENSHOTS=docs cargo test -p tollgate-billing --test console`).
@@ -503,6 +504,7 @@ async fn drive(
         ("/plans", "Plans"),
         (&format!("/plans/{plan_id}"), "Plan Pro v1"),
         ("/addons", "Add-ons"),
+        ("/invoices", "Invoices"),
         ("/notifications", "Notifications"),
         (&format!("/addons/{addon_id}"), "Add-on Priority support v1"),
     ];
@@ -760,6 +762,56 @@ async fn drive(
         "the delivery was queued again: {ev}"
     );
     browser_log(c).await;
+
+    // An invoice: a flat fee for Acme invoiced now; its page shows the API's total, its
+    // printable page loads, and the list has it.
+    let period_from = now - chrono::Duration::days(1);
+    api.post(
+        "/api/v1/billing/customers/acme/invoices/pending-lines",
+        json!({"currency": "USD", "lines": [
+            {"name": "Platform fee", "period": {"from": period_from, "to": now + chrono::Duration::days(29)},
+             "invoiceAt": period_from,
+             "rateCard": {"price": {"type": "flat", "amount": "49", "paymentTerm": "in_advance"}}}]}),
+    )
+    .await;
+    let made = api
+        .post(
+            "/api/v1/billing/invoices/invoice",
+            json!({"customerId": "acme"}),
+        )
+        .await;
+    let invoice_id = made[0]["id"].as_str().unwrap().to_owned();
+    let inv = api
+        .get(&format!("/api/v1/billing/invoices/{invoice_id}"))
+        .await;
+    c.goto(&format!("{base}/invoices")).await?;
+    assert!(
+        !c.find_all(Locator::Css(&format!("tr[data-invoice='{invoice_id}']")))
+            .await?
+            .is_empty(),
+        "the invoice is listed"
+    );
+    c.goto(&format!("{base}/invoices/{invoice_id}")).await?;
+    assert_eq!(
+        data_values(c, "#invoice-total").await,
+        vec![
+            inv["totals"]["total"]
+                .as_str()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        ]
+    );
+    let problems = console_problems(c).await;
+    assert!(problems.is_empty(), "invoice page: {problems:?}");
+    if let Some(d) = &shots {
+        std::fs::write(d.join("console-invoice.png"), c.screenshot().await?).unwrap();
+    }
+    c.goto(&format!("{base}/invoices/{invoice_id}/print"))
+        .await?;
+    assert!(c.source().await?.contains("Platform fee"));
+    let problems = console_problems(c).await;
+    assert!(problems.is_empty(), "printable page: {problems:?}");
 
     // Create a customer through the form; a second with the same key shows the API's 409.
     c.goto(&format!("{base}/customers")).await?;

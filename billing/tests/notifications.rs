@@ -662,6 +662,71 @@ async fn on_a_simulated_clock_retries_give_up_with_a_reason_and_resets_notify() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_made_and_issued_notifies_created_once_then_updated() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path(), "simulated_clock = true\n");
+    setup(&b, &["acme"]).await;
+    let dead = channel(&b, tollgate_e2e::stack::free_port(), json!({})).await;
+    for kind in ["invoice.created", "invoice.updated"] {
+        created(
+            &b,
+            "/api/v1/notification/rules",
+            json!({"type": kind, "name": kind, "channels": [dead["id"]]}),
+        )
+        .await;
+    }
+    let (_, clock) = get(&b, "/api/tollgate/v1/clock").await;
+    let now = clock["now"].as_str().unwrap().to_owned();
+    let later = (chrono::DateTime::parse_from_rfc3339(&now).unwrap() + chrono::Duration::hours(1))
+        .to_rfc3339();
+    let (s, r) = post(
+        &b,
+        "/api/v1/billing/customers/acme/invoices/pending-lines",
+        json!({"currency": "USD", "lines": [{"name": "Setup", "invoiceAt": now,
+               "period": {"from": now, "to": later},
+               "rateCard": {"price": {"type": "flat", "amount": "100", "paymentTerm": "in_advance"}}}]}),
+    )
+    .await;
+    assert!(s < 300, "{s} {r}");
+    // A gathering invoice notifies nothing.
+    assert!(events(&b).await.is_empty());
+    let (s, made) = post(
+        &b,
+        "/api/v1/billing/invoices/invoice",
+        json!({"customerId": "acme"}),
+    )
+    .await;
+    assert!(s < 300, "{s} {made}");
+    let id = made[0]["id"].as_str().unwrap().to_owned();
+    // The sandbox app takes the draft through to paid: one created, then updates.
+    until(20, "the invoice to be paid", async || {
+        get(&b, &format!("/api/v1/billing/invoices/{id}")).await.1["status"] == "paid"
+    })
+    .await;
+    let all = events(&b).await;
+    let of_invoice: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["payload"]["data"]["id"] == id.as_str())
+        .collect();
+    let created_events: Vec<&&Value> = of_invoice
+        .iter()
+        .filter(|e| e["type"] == "invoice.created")
+        .collect();
+    assert_eq!(created_events.len(), 1, "{all:#?}");
+    assert!(
+        of_invoice
+            .iter()
+            .any(|e| e["type"] == "invoice.updated" && e["payload"]["data"]["status"] == "paid"),
+        "an invoice.updated with the paid invoice: {all:#?}"
+    );
+    assert_eq!(
+        of_invoice.len(),
+        all.len(),
+        "nothing else notified: {all:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_killed_mid_delivery_delivers_after_restart_with_the_same_webhook_id() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Billing::start(dir.path(), "");

@@ -398,6 +398,54 @@ async fn replicas_act_on_one_subscription_without_duplicating_entitlements() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     until_allowance(&a, "acme", Some(6), Duration::from_secs(3)).await;
+
+    // Creates for one customer racing on both replicas: one subscription at most, never two, and
+    // no entitlement left behind by a create that was taken back.
+    catalog(&a, "globex").await;
+    for round in 0..5 {
+        let racing = (0..4).map(|i| {
+            let b = replicas[i % replicas.len()];
+            async move { post(b, "/api/v1/subscriptions", short_phases("globex", &[9], 1)).await }
+        });
+        let answers = futures::future::join_all(racing).await;
+        let created: Vec<&Value> = answers
+            .iter()
+            .filter(|(s, _)| *s == 201)
+            .map(|(_, v)| v)
+            .collect();
+        for (s, v) in &answers {
+            assert!(*s == 201 || *s == 409, "{v}");
+        }
+        assert!(
+            created.len() <= 1,
+            "round {round}: two subscriptions at once: {created:?}"
+        );
+        // Both may see each other and step back (safe; the client retries): never two.
+        let live = get(&a, "/api/v1/customers/globex/subscriptions?status=active").await;
+        assert_eq!(live["totalCount"], created.len(), "round {round}: {live}");
+        if let Some(id) = live["items"][0]["id"].as_str() {
+            let (s, v) = post(&a, &format!("/api/v1/subscriptions/{id}/cancel"), json!({})).await;
+            assert_eq!(s, 200, "{v}");
+        }
+        // A runner on the other replica may have written from a copy read before the
+        // cancelation; it reads the subscription again after writing and ends what it wrote.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let ents = entitlements(&a, "globex").await;
+            if ents.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let sid = ents[0]["annotations"]["subscription.id"].as_str().unwrap();
+                let (_, _, sub) =
+                    call(&a, "GET", &format!("/api/v1/subscriptions/{sid}"), None).await;
+                panic!(
+                    "round {round}: {answers:?}\nleft behind: {ents:?}\nits subscription: {sub}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     seen.dedup();
     assert_eq!(seen.first(), Some(&1), "{seen:?}");
     assert!(

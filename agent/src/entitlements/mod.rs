@@ -100,6 +100,8 @@ pub struct Synced {
 #[derive(Debug, Default, Clone)]
 struct Entry {
     synced: Option<Synced>,
+    /// The [`FetchToken::seq`] of the fetch that gave `synced`.
+    synced_seq: u64,
     ingested: f64,
     delivered: f64,
     delivered_at_fetch: f64,
@@ -134,9 +136,24 @@ pub struct LocalValue {
     pub stale: bool,
 }
 
+/// Taken when a fetch starts ([`Cache::fetch_started`]) and handed back with its answer
+/// ([`Cache::store`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FetchToken {
+    /// Usage delivered when the fetch started: the fetched value contains at least that much.
+    delivered: f64,
+    /// Fetches are numbered as they start. Fetches of one value overlap (the periodic sync, a
+    /// first lookup, a refresh after a watcher connects) and may answer out of order; an answer
+    /// from a fetch that started before the stored one's is older news and is dropped, so a slow
+    /// periodic fetch that began before a subscription was provisioned never overwrites the newer
+    /// value a lookup already stored.
+    seq: u64,
+}
+
 /// The cache.
 pub struct Cache {
     entries: Mutex<HashMap<(String, String), Entry>>,
+    fetches: std::sync::atomic::AtomicU64,
     subjects: Mutex<HashSet<String>>,
     features: Mutex<HashMap<String, Option<FeatureMeter>>>,
     new_subjects: mpsc::UnboundedSender<String>,
@@ -163,6 +180,7 @@ impl Cache {
         let (changes, _) = broadcast::channel(1024);
         let cache = Cache {
             entries: Mutex::new(HashMap::new()),
+            fetches: std::sync::atomic::AtomicU64::new(0),
             subjects: Mutex::new(HashSet::new()),
             features: Mutex::new(features.iter().map(|f| (f.clone(), None)).collect()),
             new_subjects: tx,
@@ -268,20 +286,29 @@ impl Cache {
 
     /// Marks the start of a fetch for `(subject, feature)`: returns the token to pass to
     /// [`Cache::store`].
-    pub fn fetch_started(&self, subject: &str, feature: &str) -> f64 {
-        lock(&self.entries)
+    pub fn fetch_started(&self, subject: &str, feature: &str) -> FetchToken {
+        let seq = self
+            .fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let delivered = lock(&self.entries)
             .get(&(subject.to_owned(), feature.to_owned()))
-            .map_or(0.0, |e| e.delivered)
+            .map_or(0.0, |e| e.delivered);
+        FetchToken { delivered, seq }
     }
 
-    /// Stores a fetched value.
-    pub fn store(&self, subject: &str, feature: &str, synced: Synced, delivered_at_fetch: f64) {
+    /// Stores a fetched value, unless a fetch that started later has already stored one.
+    pub fn store(&self, subject: &str, feature: &str, synced: Synced, token: FetchToken) {
         let key = (subject.to_owned(), feature.to_owned());
         let changed = {
             let mut entries = lock(&self.entries);
             let e = entries.entry(key.clone()).or_default();
+            if token.seq < e.synced_seq {
+                return;
+            }
             let before = e.synced.clone();
-            e.delivered_at_fetch = delivered_at_fetch;
+            e.synced_seq = token.seq;
+            e.delivered_at_fetch = token.delivered;
             let changed = before.as_ref().map(|b| (b.has_access, b.balance, b.usage))
                 != Some((synced.has_access, synced.balance, synced.usage));
             e.synced = Some(synced);
@@ -405,6 +432,31 @@ mod tests {
             value: None,
             filters: vec![(JsonPath::parse("$.request_method").unwrap(), "GET".into())],
         }
+    }
+
+    #[test]
+    fn an_answer_from_a_fetch_that_started_earlier_never_overwrites_a_newer_one() {
+        let (cache, _rx) = Cache::new(&[], 60_000);
+        let value = |has_access, missing| Synced {
+            metered: has_access,
+            has_access,
+            balance: if has_access { 100.0 } else { 0.0 },
+            synced_at_ms: now_ms(),
+            missing,
+            ..Default::default()
+        };
+        // A periodic sync asks before the entitlement exists; a lookup asks after, and answers
+        // first; the slow periodic answer ("no such entitlement") arrives last.
+        let periodic = cache.fetch_started("s", "calls");
+        let lookup = cache.fetch_started("s", "calls");
+        cache.store("s", "calls", value(true, false), lookup);
+        cache.store("s", "calls", value(false, true), periodic);
+        let v = cache.get("s", "calls").unwrap();
+        assert!(v.has_access, "the older answer was dropped: {v:?}");
+        // A fetch that starts later replaces it, whatever it says.
+        let next = cache.fetch_started("s", "calls");
+        cache.store("s", "calls", value(false, true), next);
+        assert!(!cache.get("s", "calls").unwrap().has_access);
     }
 
     #[test]

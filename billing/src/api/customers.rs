@@ -27,12 +27,20 @@ pub fn routes() -> Router<Api> {
 
 /// The customer with this id or key.
 pub(crate) async fn customer_by(api: &Api, id_or_key: &str) -> Result<Option<Customer>, Problem> {
+    // Both are indexed: the id is the primary key, the key a column (no scan of every customer).
+    if let Some(c) = api
+        .store
+        .get_entity::<Customer>("customer", id_or_key)
+        .await?
+    {
+        return Ok(Some(c));
+    }
     Ok(api
         .store
-        .list_entities::<Customer>("customer")
+        .list_entities_where::<Customer>("customer", "key", id_or_key)
         .await?
         .into_iter()
-        .find(|c| c.id == id_or_key || c.key.as_deref() == Some(id_or_key)))
+        .next())
 }
 
 async fn list_customers(State(api): State<Api>) -> R {

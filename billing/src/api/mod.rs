@@ -24,11 +24,18 @@
 //! * [`subscription_addons`]: add-ons bought on a subscription.
 //! * [`notification_channels`], [`notification_rules`], [`notification_events`]: webhook
 //!   notifications (channels, rules, events with their delivery status).
+//! * [`billing_profiles`]: billing profiles (supplier, workflow, apps).
+//! * [`billing_customers`]: customer overrides (which profile a customer's invoices use).
+//! * [`invoices`]: invoices, their actions, pending lines, simulation and the printable page.
+//! * [`apps`]: installed apps, the marketplace and the custom-invoicing callbacks.
 //!
 //! `catalog_http` holds what the catalog's resources share (errors with `validationErrors`,
 //! list queries); `subscription_http` what the subscription resources share.
 
 pub mod addons;
+pub mod apps;
+pub mod billing_customers;
+pub mod billing_profiles;
 pub(crate) mod catalog_http;
 pub mod clock;
 pub mod customer_subscriptions;
@@ -39,6 +46,7 @@ pub mod features;
 pub mod grants;
 pub mod history;
 pub mod ingest;
+pub mod invoices;
 pub mod meter_query;
 pub mod meters;
 pub mod notification_channels;
@@ -179,6 +187,10 @@ pub fn router(api: Api) -> Router {
         .merge(notification_channels::routes())
         .merge(notification_rules::routes())
         .merge(notification_events::routes())
+        .merge(billing_profiles::routes())
+        .merge(billing_customers::routes())
+        .merge(invoices::routes())
+        .merge(apps::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), auth))

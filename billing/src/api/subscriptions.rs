@@ -27,7 +27,7 @@ use crate::entitlement::Customer;
 use crate::subscription::model::{PREVIOUS, SUPERSEDING};
 use crate::subscription::ops::{self, EditOp, NewSubscription};
 use crate::subscription::period::Timing;
-use crate::subscription::{self, Refusal};
+use crate::subscription::{self, Refusal, Subscription};
 
 /// Subscription routes.
 pub fn routes() -> Router<Api> {
@@ -290,8 +290,26 @@ pub(crate) async fn create_subscription(
     let others = subscription::subscriptions_of_customer(&api.store, &customer.id, None).await?;
     ops::refuse_overlap(&sub, &others)?;
     subscription::insert(&api.store, &sub).await?;
+    // Checked again once stored: of two creates racing for one customer (on any replicas), at
+    // least one sees the other here and takes its own back, so two never stay.
+    let others = subscription::subscriptions_of_customer(&api.store, &customer.id, None).await?;
+    if let Err(refused) = ops::refuse_overlap(&sub, &others) {
+        take_back(api, &sub, now).await?;
+        return Err(refused.into());
+    }
     provision_now(api, std::slice::from_ref(&sub), now).await?;
     Ok((sub, now))
+}
+
+/// Removes a subscription that was just stored and must not stay, and ends whatever a runner
+/// provisioned from it meanwhile.
+async fn take_back(api: &Api, sub: &Subscription, now: DateTime<Utc>) -> Result<(), Failure> {
+    subscription::remove(&api.store, &sub.id).await?;
+    let gone = Subscription {
+        deleted_at: Some(now),
+        ..sub.clone()
+    };
+    provision_now(api, &[gone], now).await
 }
 
 async fn get_expanded(State(api): State<Api>, Path(id): Path<String>, RawQuery(q): RawQuery) -> SR {
@@ -447,7 +465,7 @@ async fn replace(
     // (else the successor is taken back).
     subscription::insert(&api.store, &next).await?;
     if let Err(e) = store_update(api, &read, &current).await {
-        subscription::remove(&api.store, &next.id).await?;
+        take_back(api, &next, now).await?;
         return Err(e);
     }
     provision_now(api, &[current.clone(), next.clone()], now).await?;

@@ -43,3 +43,15 @@ pub async fn serve(Path(name): Path<String>) -> Response {
     )
         .into_response()
 }
+
+/// `GET /favicon.ico`: the icon, for pages that name none (the printable invoice).
+pub async fn favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        ICON,
+    )
+        .into_response()
+}

@@ -300,6 +300,7 @@ pub(crate) async fn render_customer(console: &Console, id: &str, banner: Banner)
         }
     }
     let subscriptions = super::subscriptions::section(console, &c, now).await?;
+    let invoices = super::invoices::of_customer(api, &c.id).await?;
     let content = html! {
         dl.facts {
             dt { "id" } dd { code #customer-id { (c.id) } }
@@ -322,6 +323,10 @@ pub(crate) async fn render_customer(console: &Console, id: &str, banner: Banner)
             }
         }
         (subscriptions)
+        section.panel #customer-invoices {
+            h2 { "Invoices" }
+            @if invoices.is_empty() { (empty("No invoices.")) } @else { (super::invoices::table(&invoices)) }
+        }
         section.panel #entitlements {
             h2 { "Entitlements" }
             @if rows.is_empty() { (empty("No entitlements.")) }

@@ -86,6 +86,8 @@ pub enum Nav {
     Plans,
     /// `/addons`.
     Addons,
+    /// `/invoices`.
+    Invoices,
     /// `/notifications`.
     Notifications,
 }
@@ -97,6 +99,7 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Features, "/features", "Features"),
     (Nav::Plans, "/plans", "Plans"),
     (Nav::Addons, "/addons", "Add-ons"),
+    (Nav::Invoices, "/invoices", "Invoices"),
     (Nav::Notifications, "/notifications", "Notifications"),
 ];
 

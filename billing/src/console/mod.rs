@@ -13,7 +13,7 @@
 //! * [`assets`]: the stylesheet, script and icon.
 //! * [`summary`]: the overview's expensive figures (top consumers, entitlements near their
 //!   limit), computed off the request path and kept for a short while.
-//! * [`overview`], [`meters`], [`customers`] (with [`subscriptions`]), [`catalog`],
+//! * [`overview`], [`meters`], [`customers`] (with [`subscriptions`]), [`catalog`], [`invoices`],
 //!   [`notifications`]: the page groups.
 
 pub mod assets;
@@ -21,6 +21,7 @@ pub mod auth;
 pub mod catalog;
 pub mod chart;
 pub mod customers;
+pub mod invoices;
 pub mod layout;
 pub mod meters;
 pub mod notifications;
@@ -76,6 +77,10 @@ pub fn router(api: Api) -> Router {
         .route("/plans/{id}", get(catalog::plan))
         .route("/addons", get(catalog::addons))
         .route("/addons/{id}", get(catalog::addon))
+        .route("/invoices", get(invoices::list))
+        .route("/invoices/{id}", get(invoices::page_route))
+        .route("/invoices/{id}/approve", post(invoices::approve))
+        .route("/invoices/{id}/print", get(invoices::print))
         .route("/notifications", get(notifications::page_route))
         .route(
             "/notifications/events/{id}/resend",
@@ -90,6 +95,7 @@ pub fn router(api: Api) -> Router {
         .merge(pages)
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/console/assets/{name}", get(assets::serve))
+        .route("/favicon.ico", get(assets::favicon))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(middleware::map_response(secure_headers))
         .with_state(console)
@@ -99,13 +105,15 @@ pub fn router(api: Api) -> Router {
 /// markup that slipped through escaping could still not run), no framing, no sniffing.
 async fn secure_headers(mut res: axum::response::Response) -> axum::response::Response {
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
              connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
+            ),
+        );
+    }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

@@ -2,7 +2,7 @@
 //! meter, from the minute rollups), how many customers, meters, features and plans there are, the
 //! top consumers of each meter this month and the entitlements near or over their limit (both
 //! from the kept [`super::summary`] snapshot, with its time), and webhook deliveries that
-//! failed in the last week.
+//! failed in the last week, and invoices awaiting approval.
 
 use std::collections::BTreeMap;
 
@@ -64,6 +64,7 @@ pub async fn page_handler(console: &Console) -> Page {
         .count();
     let snap = summary::get(console).await?;
     let failed = super::notifications::failed_deliveries(api, now).await?;
+    let awaiting = super::invoices::awaiting_approval(api).await?;
     let content = html! {
         div.cards {
             div.card { div.n #customers-count { (quantity(customers.into())) } div.k { a href="/customers" { "customers" } } }
@@ -76,6 +77,10 @@ pub async fn page_handler(console: &Console) -> Page {
             h2 { "Metered events per minute" }
             p.muted { "Each meter's events in the last hour, by event time (one minute rows)." }
             (chart::time_series("Metered events per minute, last hour", &series, from_ms, to_ms - MINUTE))
+        }
+        section.panel #awaiting-approval {
+            h2 { "Invoices awaiting approval" }
+            @if awaiting.is_empty() { (empty("None.")) } @else { (super::invoices::table(&awaiting)) }
         }
         section.panel #failed-deliveries {
             h2 { "Failed webhook deliveries" }

@@ -5,8 +5,9 @@
 //! one instant the works run in [`registry`] order.
 //!
 //! Today's works report what the balance engine derives from time (usage-period resets, grants
-//! starting, expiring and refilling: [`entitlements`]) and make entitlements follow
-//! subscriptions ([`subscriptions`]). On real time, [`runner`] runs them every second. Subscriptions, invoices and notifications
+//! starting, expiring and refilling: [`entitlements`]), make entitlements follow
+//! subscriptions ([`subscriptions`]) and move invoices on ([`invoices`]). On real time, [`runner`]
+//! runs them every second. Subscriptions, invoices and notifications
 //! plug in as further works: a work whose step writes (an invoice issued…) says so in
 //! [`Done::wrote`], and the clock then records that instant as done before going on, so a crash
 //! never loses or repeats finished work — provided each step is idempotent (keyed by what it is
@@ -17,6 +18,7 @@
 //! clock's compare-and-set make harmless but wasteful.
 
 pub mod entitlements;
+pub mod invoices;
 pub mod runner;
 pub mod subscriptions;
 
@@ -96,6 +98,7 @@ pub fn registry() -> Vec<Arc<dyn DueWork>> {
         Arc::new(entitlements::UsagePeriods),
         Arc::new(entitlements::GrantTimes),
         Arc::new(subscriptions::Provisioning),
+        Arc::new(invoices::Invoices),
     ]
 }
 

@@ -117,6 +117,36 @@ const TABLES: &[DocTable] = &[
         columns: &[("deleted_at", "/deletedAt")],
         bigint: &[],
     },
+    DocTable {
+        kind: "billing_profile",
+        table: "billing_profiles",
+        columns: &[("is_default", "/default"), ("deleted_at", "/deletedAt")],
+        bigint: &[],
+    },
+    DocTable {
+        kind: "billing_override",
+        table: "billing_customer_overrides",
+        columns: &[("profile_id", "/billingProfileId")],
+        bigint: &[],
+    },
+    DocTable {
+        kind: "app",
+        table: "apps",
+        columns: &[("type", "/type"), ("deleted_at", "/deletedAt")],
+        bigint: &[],
+    },
+    DocTable {
+        kind: "invoice",
+        table: "invoices",
+        columns: &[
+            ("customer_id", "/customer/id"),
+            ("currency", "/currency"),
+            ("status", "/status"),
+            ("gathering_key", "/gatheringKey"),
+            ("next_action_at", "/nextActionAt"),
+        ],
+        bigint: &[],
+    },
 ];
 
 /// A statement and its parameters (all text or NULL).
@@ -463,6 +493,18 @@ pub fn list_where(kind: &str, column: &str, value: &str) -> Option<Stmt> {
         ),
         params: vec![Some(value.into())],
     })
+}
+
+/// The statement that lists invoices whose next action falls due at or before `until` (RFC 3339
+/// text with milliseconds, the form `nextActionAt` is stored in), earliest first.
+pub fn invoices_due(until: &str, limit: usize) -> Stmt {
+    Stmt {
+        sql: format!(
+            "SELECT doc FROM invoices WHERE next_action_at IS NOT NULL AND next_action_at <= $1 \
+             ORDER BY next_action_at, id LIMIT {limit}"
+        ),
+        params: vec![Some(until.into())],
+    }
 }
 
 /// The statements that delete one document; the last one's row count says whether it existed.

@@ -378,6 +378,30 @@ impl Store {
         docs.iter().map(|d| decode(d)).collect()
     }
 
+    /// Compare-and-set of several documents in one transaction: each `(kind, id, expected, value)`
+    /// as in [`Store::swap_entity`]; all are stored, or none when any one's stored text is not
+    /// its `expected` (or a unique key is taken). Whether they were stored. This is what makes a
+    /// step that moves data between documents (an invoice's lines into a new draft) happen once.
+    pub async fn swap_entities(
+        &self,
+        swaps: &[(&str, &str, Option<&str>, Value)],
+    ) -> Result<bool, StoreError> {
+        let stmts = swaps
+            .iter()
+            .map(|(kind, id, expected, doc)| documents::swap(kind, id, *expected, doc))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::Database)?;
+        let r = match &self.db {
+            Db::Sqlite(db) => db.execute_all_or_none(stmts).await,
+            Db::Postgres(db) => db.execute_all_or_none(stmts).await,
+        };
+        match r {
+            Ok(stored) => Ok(stored),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The documents of a kind whose indexed `column` equals `value`, in id order (read through
     /// the column's index on both backends); a column the kind does not index is an error.
     pub async fn list_entities_where<T: for<'de> Deserialize<'de>>(
@@ -408,6 +432,21 @@ impl Store {
             Db::Sqlite(db) => db.query_docs(stmt).await,
             Db::Postgres(db) => db.query_docs(stmt).await,
         }
+    }
+
+    /// Invoices whose next action falls due at or before `until` (`nextActionAt` text), earliest
+    /// first, at most `limit`.
+    pub async fn invoices_due<T: for<'de> Deserialize<'de>>(
+        &self,
+        until: &str,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let stmt = documents::invoices_due(until, limit);
+        let docs = match &self.db {
+            Db::Sqlite(db) => db.query_docs(stmt).await?,
+            Db::Postgres(db) => db.query_docs(stmt).await?,
+        };
+        docs.iter().map(|d| decode(d)).collect()
     }
 
     /// Deletes a document; whether it existed.

@@ -593,6 +593,21 @@ impl Postgres {
         Ok(last)
     }
 
+    /// Runs `stmts` in one transaction; each must change exactly one row, else all are rolled
+    /// back and the answer is `false`.
+    pub(crate) async fn execute_all_or_none(&self, stmts: Vec<Stmt>) -> Result<bool, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        for s in &stmts {
+            if tx.execute(s.sql.as_str(), &text_params(&s.params)).await? != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     pub(crate) async fn query_docs(&self, stmt: Stmt) -> Result<Vec<String>, StoreError> {
         let client = self.pool.get().await?;
         let rows = client
@@ -642,12 +657,24 @@ impl Postgres {
     pub(crate) async fn usage(&self, q: UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         let client = self.pool.get().await?;
         let all = q.subjects.is_empty();
-        let rows_sql = "SELECT subject, group_key, count, sum, min, max, latest_ms, latest, start_ms \
+        // With subjects, `subject = ANY($6)` alone lets a generic plan use the key's subject
+        // column; `($5 OR …)` would scan every subject of the meter.
+        let subject_cond = if all {
+            "($5 OR subject = ANY($6))"
+        } else {
+            "subject = ANY($6) AND NOT $5"
+        };
+        let rows_sql = format!(
+            "SELECT subject, group_key, count, sum, min, max, latest_ms, latest, start_ms \
              FROM usage_rollups WHERE meter_id = $1 AND grain_ms = $2 \
-             AND start_ms >= $3 AND start_ms < $4 AND ($5 OR subject = ANY($6))";
-        let uniques_sql = "SELECT subject, group_key, value, start_ms FROM usage_uniques \
+             AND start_ms >= $3 AND start_ms < $4 AND {subject_cond}"
+        );
+        let uniques_sql = format!(
+            "SELECT subject, group_key, value, start_ms FROM usage_uniques \
              WHERE meter_id = $1 AND grain_ms = $2 AND start_ms >= $3 AND start_ms < $4 \
-             AND ($5 OR subject = ANY($6))";
+             AND {subject_cond}"
+        );
+        let (rows_sql, uniques_sql) = (rows_sql.as_str(), uniques_sql.as_str());
         let mut out = Vec::new();
         let mut uniques = Vec::new();
         for (grain, lo, hi) in &q.segments {

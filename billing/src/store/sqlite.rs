@@ -527,6 +527,26 @@ impl Sqlite {
         .await
     }
 
+    /// Runs `stmts` in one savepoint; each must change exactly one row, else all are rolled
+    /// back and the answer is `false`.
+    pub(crate) async fn execute_all_or_none(&self, stmts: Vec<Stmt>) -> Result<bool, StoreError> {
+        let r = self
+            .write(move |conn, _| {
+                for s in &stmts {
+                    if run_stmt(conn, s)? != 1 {
+                        return Err(StoreError::Conflict("compare-and-set lost".into()));
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) async fn query_docs(&self, stmt: Stmt) -> Result<Vec<String>, StoreError> {
         self.read(move |conn| {
             let mut s = conn.prepare_cached(&stmt.sql)?;
@@ -587,16 +607,25 @@ impl Sqlite {
             } else {
                 q.subjects.iter().map(|s| Some(s.as_str())).collect()
             };
-            let mut stmt = conn.prepare_cached(
+            // One subject: `subject = $3` (the primary key's third column, so SQLite seeks to
+            // the subject's rows). `$3 IS NULL OR subject = $3` would be planned once for both
+            // cases and scan every subject's rows of the meter — quadratic when each of many
+            // customers is read in turn (invoicing).
+            let subject_cond = if q.subjects.is_empty() {
+                "($3 IS NULL OR subject = $3)"
+            } else {
+                "subject = $3"
+            };
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT subject, group_key, count, sum, min, max, latest_ms, latest, start_ms \
                  FROM usage_rollups WHERE meter_id = $1 AND grain_ms = $2 \
-                 AND ($3 IS NULL OR subject = $3) AND start_ms >= $4 AND start_ms < $5",
-            )?;
-            let mut ustmt = conn.prepare_cached(
+                 AND {subject_cond} AND start_ms >= $4 AND start_ms < $5"
+            ))?;
+            let mut ustmt = conn.prepare_cached(&format!(
                 "SELECT subject, group_key, value, start_ms FROM usage_uniques \
-                 WHERE meter_id = $1 AND grain_ms = $2 AND ($3 IS NULL OR subject = $3) \
-                 AND start_ms >= $4 AND start_ms < $5",
-            )?;
+                 WHERE meter_id = $1 AND grain_ms = $2 AND {subject_cond} \
+                 AND start_ms >= $4 AND start_ms < $5"
+            ))?;
             for s in subjects {
                 for (grain, lo, hi) in &q.segments {
                     let mut r = stmt.query(params![q.meter_id, grain, s, lo, hi])?;

@@ -210,15 +210,55 @@ fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, StoreError> {
     serde_json::to_value(v).map_err(|e| StoreError::Decode(e.to_string()))
 }
 
-/// Makes the entitlements of `subs` what they provide at `at` (see [`provision::reconcile`]).
+/// Makes the entitlements of `subs` what they provide at `at` (see [`provision::reconcile`]),
+/// then reads the subscriptions again: one that changed meanwhile (a cancelation, a deletion, a
+/// create taken back on another replica) is reconciled again as it now is, so an entitlement
+/// written from a stale copy never outlives it. A subscription that no longer exists counts as
+/// deleted. Each is reconciled at `at` or at its own last change, whichever is later.
 pub async fn provision(
     store: &Store,
     subs: &[Subscription],
     at: DateTime<Utc>,
 ) -> Result<Vec<provision::Change>, StoreError> {
-    let mut addons = Vec::new();
-    for s in subs {
-        addons.extend(addons_of(store, &s.id).await?);
+    let mut subs = subs.to_vec();
+    let mut changes = Vec::new();
+    for _ in 0..5 {
+        let mut addons = Vec::new();
+        for s in &subs {
+            addons.extend(addons_of(store, &s.id).await?);
+        }
+        // A subscription changed by a request after `at` (a runner catching up on real time) is
+        // made what it was at that request — which the request itself made it — never what it
+        // was at an earlier instant, which would undo the request.
+        let mut times: Vec<DateTime<Utc>> = subs.iter().map(|s| at.max(s.updated_at)).collect();
+        times.sort();
+        times.dedup();
+        for t in times {
+            let group: Vec<Subscription> = subs
+                .iter()
+                .filter(|s| at.max(s.updated_at) == t)
+                .cloned()
+                .collect();
+            changes.extend(provision::reconcile(store, &group, &addons, t).await?);
+        }
+        let mut fresh = Vec::with_capacity(subs.len());
+        for s in &subs {
+            fresh.push(match load(store, &s.id).await? {
+                Some(f) => f,
+                None => Subscription {
+                    deleted_at: Some(at),
+                    ..s.clone()
+                },
+            });
+        }
+        let same = fresh
+            .iter()
+            .zip(&subs)
+            .all(|(a, b)| to_value(a).ok() == to_value(b).ok());
+        if same {
+            break;
+        }
+        subs = fresh;
     }
-    provision::reconcile(store, subs, &addons, at).await
+    Ok(changes)
 }

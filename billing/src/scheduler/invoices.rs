@@ -1,0 +1,142 @@
+//! Invoices whose time has come ([`crate::invoice::lifecycle`]): a gathering invoice's lines
+//! reaching their `invoiceAt` become a draft; a draft's collection time snapshots its quantities;
+//! the end of its draft period issues it (auto-advance), and the app takes it on. What is due is
+//! read from the database (`invoices.next_action_at`), and every step is a compare-and-set of the
+//! invoice, so repeating a step after a kill -9, or two replicas acting at once, changes an
+//! invoice once.
+//!
+//! On the simulated clock a clock advance runs this work; on real time the scheduler's runner
+//! ([`super::runner`]) does.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+use super::{Done, Due, DueQueue, DueWork, Happening, ListQueue};
+use crate::invoice::model::{Invoice, stamp};
+use crate::invoice::{lifecycle, subscription};
+use crate::store::{Store, StoreError};
+
+/// At most this many invoices are taken per instant (the clock plans again after a writing
+/// instant, so the rest follow a millisecond later).
+pub const BATCH: usize = 500;
+
+/// The invoices work.
+pub struct Invoices;
+
+fn happening(at: DateTime<Utc>, kind: &str, inv: &Invoice) -> Happening {
+    let mut detail = serde_json::Map::new();
+    detail.insert("invoiceId".into(), Value::String(inv.id.clone()));
+    detail.insert("customerId".into(), Value::String(inv.customer.id.clone()));
+    detail.insert("status".into(), Value::String(inv.ext().to_owned()));
+    if let Some(n) = &inv.number {
+        detail.insert("number".into(), Value::String(n.clone()));
+    }
+    detail.insert("total".into(), json!(inv.totals.total));
+    Happening {
+        at,
+        kind: kind.into(),
+        detail,
+    }
+}
+
+/// Runs every invoice step due at `at` for the invoices `ids`.
+pub async fn run_ids(
+    store: &Store,
+    at: DateTime<Utc>,
+    ids: impl IntoIterator<Item = String>,
+) -> Result<Done, StoreError> {
+    let mut done = Done::default();
+    for id in ids {
+        let steps = match lifecycle::settle(store, &id, at).await {
+            Ok(s) => s,
+            Err(lifecycle::InvoiceError::Store(e)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(invoice = %id, error = %e, "invoice step refused");
+                continue;
+            }
+        };
+        for (what, inv) in steps {
+            done.wrote = true;
+            let kind = match what.as_str() {
+                "created" => "invoice.created",
+                s if s.starts_with("draft.") => "invoice.draft",
+                "issued" | "paid" => "invoice.issued",
+                "deleted" => "invoice.deleted",
+                _ => "invoice.updated",
+            };
+            done.happened.push(happening(at, kind, &inv));
+        }
+    }
+    Ok(done)
+}
+
+impl DueWork for Invoices {
+    fn name(&self) -> &'static str {
+        "invoices"
+    }
+
+    fn plan<'a>(
+        &'a self,
+        store: &'a Store,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Box<dyn DueQueue>, StoreError>> {
+        Box::pin(async move {
+            let due: Vec<Invoice> = store.invoices_due(&stamp(until), BATCH).await?;
+            // Anything already overdue (made while the clock stood still) is done first thing.
+            let first = after + TimeDelta::milliseconds(1);
+            let mut items: Vec<Due> = due
+                .into_iter()
+                .filter_map(|inv| {
+                    let at: DateTime<Utc> = inv.next_action_at.as_deref()?.parse().ok()?;
+                    Some(Due {
+                        at: at.max(first),
+                        detail: Value::String(inv.id),
+                    })
+                })
+                .collect();
+            // Subscriptions' lines: at once when new or changed, then at each period's start.
+            for (at, id) in subscription::sync_due(store, after, until).await? {
+                items.push(Due {
+                    at,
+                    detail: json!({ "subscription": id }),
+                });
+            }
+            Ok(Box::new(ListQueue::new(items)) as Box<dyn DueQueue>)
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        store: &'a Store,
+        at: DateTime<Utc>,
+        items: Vec<Due>,
+    ) -> BoxFuture<'a, Result<Done, StoreError>> {
+        Box::pin(async move {
+            // Subscriptions' lines first: a line due now is then invoiced at this instant.
+            let mut synced = false;
+            let mut ids = Vec::new();
+            for d in &items {
+                if let Some(sub_id) = d.detail["subscription"].as_str() {
+                    let Some(sub) = crate::subscription::load(store, sub_id).await? else {
+                        continue;
+                    };
+                    match subscription::sync(store, &sub, at).await {
+                        Ok(changed) => synced |= changed,
+                        Err(lifecycle::InvoiceError::Store(e)) => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(subscription = %sub_id, error = %e, "subscription lines not generated");
+                        }
+                    }
+                } else if let Some(id) = d.detail.as_str() {
+                    ids.push(id.to_owned());
+                }
+            }
+            let mut done = run_ids(store, at, ids).await?;
+            // The sync record always moves on: the clock must look again from here.
+            done.wrote |= synced || items.iter().any(|d| d.detail["subscription"].is_string());
+            Ok(done)
+        })
+    }
+}
