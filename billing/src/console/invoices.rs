@@ -87,7 +87,7 @@ pub async fn of_customer(api: &Api, customer_id: &str) -> Result<Vec<Invoice>, P
         .into_iter()
         .filter(|i| i.deleted_at.is_none())
         .collect();
-    v.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    v.sort_by_key(|b| std::cmp::Reverse(b.created_at));
     Ok(v)
 }
 
