@@ -11,6 +11,7 @@
 //! * [`pricing`]: the rating engine — prices, discounts and commitments into detailed lines.
 //! * [`notification`]: signed webhooks — channels, rules, the outbox and its delivery worker.
 //! * [`api`]: the HTTP API on OpenMeter's paths.
+//! * [`console`]: the web console on the API's listener.
 //! * [`config`]: the TOML config file.
 //! * [`clock`]: billing's "now" — real time, or a simulated clock kept in the database.
 //! * [`subscription`]: customers on plans over time, the entitlements they provision, add-ons.
@@ -25,6 +26,7 @@ pub mod app;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod duration;
 pub mod entitlement;
 pub mod filter;

@@ -52,7 +52,14 @@ async fn list_customers(State(api): State<Api>) -> R {
 }
 
 async fn create_customer(State(api): State<Api>, body: Bytes) -> R {
-    let mut c: Customer = json_body(&body)?;
+    let c = create(&api, &body).await?;
+    Ok((StatusCode::CREATED, axum::Json(c)).into_response())
+}
+
+/// Creates the customer in `body` (a `Customer` JSON document) after the API's checks; the
+/// console's form goes through here too.
+pub(crate) async fn create(api: &Api, body: &Bytes) -> Result<Customer, Problem> {
+    let mut c: Customer = json_body(body)?;
     if c.key.is_none() && c.usage_attribution.subject_keys.is_empty() {
         return Err(bad("key or usageAttribution.subjectKeys is required"));
     }
@@ -74,7 +81,7 @@ async fn create_customer(State(api): State<Api>, body: Bytes) -> R {
     c.created_at = api.now().await?;
     c.updated_at = c.created_at;
     api.store.put_entity("customer", &c.id, &c).await?;
-    Ok((StatusCode::CREATED, axum::Json(c)).into_response())
+    Ok(c)
 }
 
 async fn get_customer(State(api): State<Api>, Path(c): Path<String>) -> R {

@@ -37,6 +37,19 @@ pub fn routes() -> Router<Api> {
 }
 
 async fn create_grant(api: &Api, owner: Owner, e: &str, body: &Bytes) -> R {
+    let g = create(api, owner, e, body).await?;
+    Ok((StatusCode::CREATED, axum::Json(g)).into_response())
+}
+
+/// Creates the grant in `body` (an `EntitlementGrantCreateInput` JSON document) on `owner`'s
+/// entitlement `e` (id or feature key) after the API's checks; the console's form goes through
+/// here too.
+pub(crate) async fn create(
+    api: &Api,
+    owner: Owner,
+    e: &str,
+    body: &Bytes,
+) -> Result<Grant, Problem> {
     let ent = entitlement_of(api, &owner, e).await?;
     if ent.kind != "metered" {
         return Err(bad(format!(
@@ -50,7 +63,7 @@ async fn create_grant(api: &Api, owner: Owner, e: &str, body: &Bytes) -> R {
     g.entitlement_id = ent.id.clone();
     g.created_at = api.now().await?;
     api.store.put_entity("grant", &g.id, &g).await?;
-    Ok((StatusCode::CREATED, axum::Json(g)).into_response())
+    Ok(g)
 }
 
 async fn grants_of(api: &Api, owner: &Owner, e: &str) -> Result<Vec<Grant>, Problem> {

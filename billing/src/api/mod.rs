@@ -194,7 +194,9 @@ pub fn router(api: Api) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), auth))
-        .with_state(api)
+        .with_state(api.clone())
+        // The web console: its own auth (a login cookie), so outside the Bearer layer.
+        .merge(crate::console::router(api))
 }
 
 async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {

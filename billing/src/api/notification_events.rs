@@ -116,11 +116,18 @@ struct ResendRequest {
 }
 
 async fn resend(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> R {
-    let ev = event(&api, &id).await?;
+    resend_event(&api, &id, &body).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({}))).into_response())
+}
+
+/// Puts event `id`'s deliveries (all, or the channels `body` names) back in the queue as
+/// `RESENDING` after the API's checks; the console's resend button goes through here too.
+pub(crate) async fn resend_event(api: &Api, id: &str, body: &Bytes) -> Result<(), Problem> {
+    let ev = event(api, id).await?;
     let req: ResendRequest = if body.is_empty() {
         ResendRequest::default()
     } else {
-        json_body(&body)?
+        json_body(body)?
     };
     let statuses: Vec<Value> = ev["deliveryStatus"].as_array().cloned().unwrap_or_default();
     let known: Vec<&str> = statuses
@@ -148,7 +155,7 @@ async fn resend(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> 
         s["nextAttempt"] = json!(now);
         api.store
             .resend_delivery(
-                &delivery_id(&id, &channel),
+                &delivery_id(id, &channel),
                 now.timestamp_millis(),
                 (now + DELIVERY_WINDOW).timestamp_millis(),
                 &s,
@@ -156,5 +163,5 @@ async fn resend(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> 
             .await?;
     }
     api.notifications.deliver_now();
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({}))).into_response())
+    Ok(())
 }

@@ -253,15 +253,25 @@ fn new_subscription<'a>(
 }
 
 async fn create(State(api): State<Api>, raw: Bytes) -> SR {
-    let input: CreateInput = body(&raw)?;
+    let (sub, now) = create_subscription(&api, &raw).await?;
+    Ok((StatusCode::CREATED, axum::Json(view(&sub, now))).into_response())
+}
+
+/// Creates the subscription in `raw` (`SubscriptionCreate` JSON) after the API's checks, with
+/// billing's time it was created at; the console's form goes through here too.
+pub(crate) async fn create_subscription(
+    api: &Api,
+    raw: &Bytes,
+) -> Result<(subscription::Subscription, DateTime<Utc>), Failure> {
+    let input: CreateInput = body(raw)?;
     let now = api.now().await?;
     let customer = customer_of(
-        &api,
+        api,
         input.customer_id.as_deref(),
         input.customer_key.as_deref(),
     )
     .await?;
-    let (plan, custom) = plan_of(&api, &input, now).await?;
+    let (plan, custom) = plan_of(api, &input, now).await?;
     let start = ops::start_of(
         &input.timing.unwrap_or_default(),
         now,
@@ -284,11 +294,11 @@ async fn create(State(api): State<Api>, raw: Bytes) -> SR {
     // least one sees the other here and takes its own back, so two never stay.
     let others = subscription::subscriptions_of_customer(&api.store, &customer.id, None).await?;
     if let Err(refused) = ops::refuse_overlap(&sub, &others) {
-        take_back(&api, &sub, now).await?;
+        take_back(api, &sub, now).await?;
         return Err(refused.into());
     }
-    provision_now(&api, std::slice::from_ref(&sub), now).await?;
-    Ok((StatusCode::CREATED, axum::Json(view(&sub, now))).into_response())
+    provision_now(api, std::slice::from_ref(&sub), now).await?;
+    Ok((sub, now))
 }
 
 /// Removes a subscription that was just stored and must not stay, and ends whatever a runner
