@@ -1,0 +1,152 @@
+//! The harness the billing suites on the real binary share (`clock.rs`, `subscriptions.rs` and
+//! their PostgreSQL twins): the backend a suite runs on, a `tollgate-billing` process with its
+//! config written on first start, and JSON calls with the API token. A suite's crate root defines
+//! `fn backend() -> Backend` (SQLite in the suite file, PostgreSQL in its `_postgres.rs` twin).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The API token every suite's billing is configured with.
+pub const TOKEN: &str = "billing_test_token";
+
+/// The database a suite runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default.
+    Sqlite,
+    /// A database on the shared test cluster.
+    Postgres,
+}
+
+/// A running `tollgate-billing`, killed (-9) when dropped.
+pub struct Billing {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Billing {
+    /// Billing with its config in `dir` (written on the first start: `extra` lines, and the
+    /// backend's database), reused as it is on a restart; `listen` overrides the address (a
+    /// second replica on the same config).
+    pub fn start(dir: &Path, extra: &str, listen: Option<u16>) -> Billing {
+        let config = dir.join("billing.toml");
+        if !config.exists() {
+            let port = tollgate_e2e::stack::free_port();
+            let database = match crate::backend() {
+                Backend::Sqlite => String::new(),
+                Backend::Postgres => {
+                    let url = tollgate_e2e::postgres::Cluster::shared()
+                        .unwrap()
+                        .database()
+                        .unwrap();
+                    format!("database_url = \"{url}\"\n")
+                }
+            };
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{database}api_tokens = [\"{TOKEN}\"]\n{extra}",
+                    dir.join("data").display()
+                ),
+            )
+            .unwrap();
+        }
+        let text = std::fs::read_to_string(&config).unwrap();
+        let mut addr: SocketAddr = text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = "))
+            .unwrap()
+            .trim_matches('"')
+            .parse()
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"));
+        cmd.args(["--config", config.to_str().unwrap()]);
+        if let Some(port) = listen {
+            addr.set_port(port);
+            cmd.args(["--listen", &addr.to_string()]);
+        }
+        let child = cmd
+            .env("TOLLGATE_LOG", "warn")
+            .env_remove("TOLLGATE_BILLING_SIMULATED_CLOCK")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "billing never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Billing { child, addr }
+    }
+
+    pub fn simulated(dir: &Path) -> Billing {
+        Billing::start(dir, "simulated_clock = true\n", None)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Billing {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
+/// Status, content type and JSON body.
+pub async fn call(
+    b: &Billing,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, String, Value) {
+    let mut req = client().request(method.parse().unwrap(), b.url(path));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let kind = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        kind,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub async fn post(b: &Billing, path: &str, body: Value) -> (u16, Value) {
+    let (s, _, v) = call(b, "POST", path, Some(body)).await;
+    (s, v)
+}
+
+pub async fn get(b: &Billing, path: &str) -> Value {
+    let (s, _, v) = call(b, "GET", path, None).await;
+    assert_eq!(s, 200, "GET {path}: {v}");
+    v
+}
