@@ -6,99 +6,24 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "invoice_test_token";
 const CLOCK: &str = "/api/tollgate/v1/clock";
 
-/// The database a suite runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)]
-pub enum Backend {
-    /// The embedded default.
-    Sqlite,
-    /// A database on the shared test cluster.
-    Postgres,
-}
+mod common;
+
+pub use common::Backend;
+use common::{Billing, TOKEN};
 
 /// This file is the suite on SQLite; `tests/invoices_postgres.rs` runs it on PostgreSQL.
 #[allow(dead_code)]
 fn backend() -> Backend {
     Backend::Sqlite
-}
-
-struct Billing {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Billing {
-    /// Billing on the simulated clock, its config in `dir` (reused on a restart).
-    fn start(dir: &Path) -> Billing {
-        let config = dir.join("billing.toml");
-        if !config.exists() {
-            let port = tollgate_e2e::stack::free_port();
-            let database = match crate::backend() {
-                Backend::Sqlite => String::new(),
-                Backend::Postgres => {
-                    let url = tollgate_e2e::postgres::Cluster::shared()
-                        .unwrap()
-                        .database()
-                        .unwrap();
-                    format!("database_url = \"{url}\"\n")
-                }
-            };
-            std::fs::write(
-                &config,
-                format!(
-                    "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{database}api_tokens = [\"{TOKEN}\"]\nsimulated_clock = true\n",
-                    dir.join("data").display()
-                ),
-            )
-            .unwrap();
-        }
-        let text = std::fs::read_to_string(&config).unwrap();
-        let addr: SocketAddr = text
-            .lines()
-            .find_map(|l| l.strip_prefix("listen = "))
-            .unwrap()
-            .trim_matches('"')
-            .parse()
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
-            .args(["--config", config.to_str().unwrap()])
-            .env("TOLLGATE_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "billing never listened");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Billing { child, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Billing {
-    fn drop(&mut self) {
-        self.kill9();
-    }
 }
 
 fn client() -> reqwest::Client {
@@ -292,7 +217,7 @@ fn python() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openmeter_python_sdk_drives_invoicing() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::simulated(dir.path());
     setup(&b, &["acme", "globex", "initech"]).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/invoices.py");
     let out = Command::new(python())
@@ -312,9 +237,9 @@ async fn openmeter_python_sdk_drives_invoicing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_profile_and_sandbox_are_made_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = Billing::start(dir.path());
+    let mut b = Billing::simulated(dir.path());
     b.kill9();
-    let b = Billing::start(dir.path());
+    let b = Billing::simulated(dir.path());
     let (_, apps) = get(&b, "/api/v1/apps").await;
     assert_eq!(apps["totalCount"], 1, "{apps}");
     assert_eq!(apps["items"][0]["type"], "sandbox");
@@ -362,7 +287,7 @@ type Case = (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_pricing_model_matches_hand_worked_amounts() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::simulated(dir.path());
     setup(&b, &["acme"]).await;
     let t0 = now(&b).await;
     let t1 = t0 + chrono::Duration::days(30);
@@ -537,7 +462,7 @@ async fn every_pricing_model_matches_hand_worked_amounts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_lines_are_refused_by_name_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::simulated(dir.path());
     setup(&b, &["acme"]).await;
     let t0 = now(&b).await;
     let t1 = t0 + chrono::Duration::days(30);
@@ -600,7 +525,7 @@ async fn bad_lines_are_refused_by_name_and_nothing_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_month_of_lines_becomes_issued_paid_invoices_and_a_printable_page() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::simulated(dir.path());
     setup(&b, &["acme"]).await;
     let (s, _) = post(&b, "/api/v1/customers", json!({"name": "<script>alert(1)</script> & Co", "key": "evil", "usageAttribution": {"subjectKeys": ["evil"]}})).await;
     assert_eq!(s, 201);
@@ -709,7 +634,7 @@ async fn a_month_of_lines_becomes_issued_paid_invoices_and_a_printable_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progressive_billing_bills_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::simulated(dir.path());
     setup(&b, &["acme"]).await;
     let t0 = now(&b).await;
     let t1 = t0 + chrono::Duration::days(30);
@@ -781,7 +706,7 @@ async fn progressive_billing_bills_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_invoicing_waits_for_the_integration() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::simulated(dir.path());
     let ids = setup(&b, &["acme"]).await;
     let (s, inst) = post(
         &b,
@@ -881,7 +806,7 @@ async fn custom_invoicing_waits_for_the_integration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_while_advancing_invoices_makes_none_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = Billing::start(dir.path());
+    let mut b = Billing::simulated(dir.path());
     let n = 120;
     let keys: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -925,7 +850,7 @@ async fn kill9_while_advancing_invoices_makes_none_twice() {
     }
     b.kill9();
     let _ = advance.await;
-    let b = Billing::start(dir.path());
+    let b = Billing::simulated(dir.path());
     let (_, c) = get(&b, CLOCK).await;
     assert!(
         c["advancingTo"].is_string(),
@@ -1016,7 +941,7 @@ async fn a_monthly_subscription_is_invoiced_once_per_period_in_big_or_small_step
     let mut runs = Vec::new();
     for small in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let b = Billing::start(dir.path());
+        let b = Billing::simulated(dir.path());
         setup(&b, &["acme"]).await;
         let (s, sub) = post(&b, "/api/v1/subscriptions", monthly_plan("acme")).await;
         assert_eq!(s, 201, "{sub}");
@@ -1086,7 +1011,7 @@ async fn a_monthly_subscription_is_invoiced_once_per_period_in_big_or_small_step
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_mid_period_prorates_the_fee() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::simulated(dir.path());
     setup(&b, &["acme"]).await;
     let mut plan = monthly_plan("acme");
     plan["customPlan"]["phases"][0]["rateCards"][0]["price"] =
@@ -1141,7 +1066,7 @@ async fn cancelling_mid_period_prorates_the_fee() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_while_invoicing_subscriptions_makes_no_duplicate() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = Billing::start(dir.path());
+    let mut b = Billing::simulated(dir.path());
     let n = 60;
     let keys: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -1191,7 +1116,7 @@ async fn kill9_while_invoicing_subscriptions_makes_no_duplicate() {
     }
     b.kill9();
     let _ = advance.await;
-    let b = Billing::start(dir.path());
+    let b = Billing::simulated(dir.path());
     advance_to(&b, target).await;
     for k in &keys {
         let list = invoices(&b, k).await;

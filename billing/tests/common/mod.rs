@@ -1,4 +1,4 @@
-//! The harness the billing suites on the real binary share (`clock.rs`, `subscriptions.rs` and
+//! The harness the billing suites on the real binary share (`clock.rs`, `subscriptions.rs`, `invoices.rs` and
 //! their PostgreSQL twins): the backend a suite runs on, a `tollgate-billing` process with its
 //! config written on first start, and JSON calls with the API token. A suite's crate root defines
 //! `fn backend() -> Backend` (SQLite in the suite file, PostgreSQL in its `_postgres.rs` twin).
