@@ -60,7 +60,17 @@ pub struct Receiver {
 }
 
 async fn ingest(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
-    let delay = r.behaviour.lock().unwrap().delay;
+    // A request that will be failed is answered at once, never delayed: a delayed one could
+    // outlive the agent's abandoning it (a failure aborts its pipeline) and then count as in
+    // flight beside the agent's next requests.
+    let delay = {
+        let b = r.behaviour.lock().unwrap();
+        if b.fail_500 > 0 {
+            Duration::ZERO
+        } else {
+            b.delay
+        }
+    };
     {
         let mut rec = r.received.lock().unwrap();
         rec.in_flight += 1;
