@@ -9,7 +9,8 @@
 //! in one process behind a lock, across replicas because every change of the document is a
 //! compare-and-set ([`Store::swap_entity`]): an advance takes a lease in the document
 //! (`advancing`: target, owner, renewed every few seconds), and an advance on another replica waits
-//! for it, or takes it over once the lease ran out ([`LEASE`]: its holder was killed). The
+//! for it, or takes it over once its holder is gone (killed: it no longer has a session in the
+//! database, [`Store::instance_alive`]) or stopped renewing it ([`LEASE`]). The
 //! document says how far time-driven work is done (`now`) and, while an advance runs or after one
 //! was interrupted, where it is going. The clock is moved to an instant only after that instant's work ran, and that
 //! work is idempotent, so a kill -9 during an advance leaves the clock at an instant whose work is
@@ -54,8 +55,8 @@ struct State {
 }
 
 /// An advance under way: where to, by which process, and when that process last said it is still
-/// at it (real time). Another process takes the lock over once [`LEASE`] passed without that
-/// (its holder was killed).
+/// at it (real time). Another process takes the lock over once [`LEASE`] passed without that, or
+/// at once when the owner no longer uses the database (it was killed).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct Advancing {
@@ -168,10 +169,10 @@ impl Clock {
             );
         }
         Ok(Clock {
+            owner: store.instance().to_owned(),
             store,
             simulated: false,
             doc_id: REALTIME_ID,
-            owner: uuid::Uuid::now_v7().to_string(),
             advancing: tokio::sync::Mutex::new(()),
             works: scheduler::registry(),
             cached: std::sync::Mutex::new(None),
@@ -181,10 +182,10 @@ impl Clock {
     /// The simulated clock kept in `store`, created at the real time now if it does not exist.
     pub async fn simulated(store: Arc<Store>) -> Result<Clock, StoreError> {
         let clock = Clock {
+            owner: store.instance().to_owned(),
             store,
             simulated: true,
             doc_id: ID,
-            owner: uuid::Uuid::now_v7().to_string(),
             advancing: tokio::sync::Mutex::new(()),
             works: scheduler::registry(),
             cached: std::sync::Mutex::new(None),
@@ -334,7 +335,7 @@ impl Clock {
             }
             if let Some(a) = &st.advancing
                 && a.owner != self.owner
-                && !stale(a)
+                && !self.holder_gone(a).await?
             {
                 if !wait {
                     return Ok(None);
@@ -460,11 +461,15 @@ impl Clock {
     }
 }
 
-/// Whether an advance's holder stopped renewing its lease (it was killed).
-fn stale(a: &Advancing) -> bool {
-    (Utc::now() - a.renewed_at)
-        .to_std()
-        .is_ok_and(|age| age > LEASE)
+impl Clock {
+    /// Whether an advance's holder is gone: it no longer uses the database (killed: see
+    /// [`Store::instance_alive`]), or it stopped renewing its lease.
+    async fn holder_gone(&self, a: &Advancing) -> Result<bool, StoreError> {
+        let expired = (Utc::now() - a.renewed_at)
+            .to_std()
+            .is_ok_and(|age| age > LEASE);
+        Ok(expired || !self.store.instance_alive(&a.owner).await?)
+    }
 }
 
 #[derive(Default)]

@@ -3,7 +3,8 @@
 //! `(last done, now]` through [`Clock::catch_up`] — the clock's own lease and compare-and-set on
 //! the `clock/realtime` document, so with several replicas on one PostgreSQL database one acts
 //! at a time and a stretch of time is never run twice by two of them; if the acting replica is
-//! killed, another takes over once its lease ran out ([`crate::clock::LEASE`]). Where it stopped
+//! killed, another takes over at once (the holder no longer has a session in the database) or
+//! once its lease ran out ([`crate::clock::LEASE`]). Where it stopped
 //! is in the database, so after a restart it catches up on what fell due while it was down.
 //! With the simulated clock the runner is not started: advances run the works.
 

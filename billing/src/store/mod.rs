@@ -110,6 +110,8 @@ enum Db {
 pub struct Store {
     db: Db,
     location: Location,
+    /// This process's id as a user of the database ([`Store::instance`]).
+    instance: String,
     meters: Arc<RwLock<Vec<Arc<CompiledMeter>>>>,
 }
 
@@ -132,15 +134,17 @@ impl Store {
     /// Opens (creating if needed) the database at `location` and brings its schema up to date.
     pub async fn open(location: &Location) -> Result<Store, StoreError> {
         let meters = Arc::new(RwLock::new(Vec::new()));
+        let instance = uuid::Uuid::now_v7().simple().to_string();
         let db = match location {
             Location::Sqlite(dir) => Db::Sqlite(sqlite::Sqlite::open(dir, meters.clone()).await?),
             Location::Postgres(url) => {
-                Db::Postgres(postgres::Postgres::open(url, meters.clone()).await?)
+                Db::Postgres(postgres::Postgres::open(url, &instance, meters.clone()).await?)
             }
         };
         Ok(Store {
             db,
             location: location.clone(),
+            instance,
             meters,
         })
     }
@@ -157,6 +161,29 @@ impl Store {
     /// locked by one process), so what it wrote last is what is stored.
     pub fn is_exclusive(&self) -> bool {
         matches!(self.db, Db::Sqlite(_))
+    }
+
+    /// This process's id as a user of the database: what it writes as the holder of a lease
+    /// (e.g. the clock's), so others can tell whether that holder is still alive
+    /// ([`Store::instance_alive`]).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Whether the process with id `instance` ([`Store::instance`]) still uses the database. On
+    /// SQLite only this process can (the data directory is locked), so any other id is a process
+    /// that died. On PostgreSQL, whether it has a session: every connection carries its
+    /// process's id in `application_name`, and a killed process's sessions end when the kernel
+    /// closes its sockets — so a lease held by a process killed with -9 can be taken over at
+    /// once instead of after the lease runs out.
+    pub async fn instance_alive(&self, instance: &str) -> Result<bool, StoreError> {
+        if instance == self.instance {
+            return Ok(true);
+        }
+        match &self.db {
+            Db::Sqlite(_) => Ok(false),
+            Db::Postgres(db) => db.instance_alive(instance).await,
+        }
     }
 
     /// The compiled meters.

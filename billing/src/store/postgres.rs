@@ -368,9 +368,28 @@ async fn writer(shared: Arc<Shared>, rx: Arc<Mutex<mpsc::Receiver<IngestJob>>>) 
     }
 }
 
+/// The `application_name` of a billing process's sessions: `tollgate-billing/<instance>` (49
+/// characters, under PostgreSQL's 63).
+fn application_name(instance: &str) -> String {
+    format!("tollgate-billing/{instance}")
+}
+
 impl Postgres {
+    /// Whether the billing process `instance` has a session in the database.
+    pub(crate) async fn instance_alive(&self, instance: &str) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1)",
+                &[&application_name(instance)],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     pub(crate) async fn open(
         url: &str,
+        instance: &str,
         meters: Arc<RwLock<Meters>>,
     ) -> Result<Postgres, StoreError> {
         let shown = redact_url(url);
@@ -382,7 +401,7 @@ impl Postgres {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        config.application_name("tollgate-billing");
+        config.application_name(&application_name(instance));
         let manager = Manager::from_config(
             config,
             NoTls,
