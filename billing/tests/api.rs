@@ -4,24 +4,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use serde_json::{Value, json};
 
-const TOKEN: &str = "om_test_token";
+pub mod common;
 
-/// The database a suite runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)]
-pub enum Backend {
-    /// The embedded default.
-    Sqlite,
-    /// A database on the shared test cluster.
-    Postgres,
-}
+pub use common::Backend;
+use common::{Billing, TOKEN, client, get_any, ingest, post};
 
 /// This file is the suite on SQLite; `tests/api_postgres.rs` runs the same file as a module with
 /// its own `backend()` saying PostgreSQL.
@@ -30,172 +21,17 @@ fn backend() -> Backend {
     Backend::Sqlite
 }
 
-struct Billing {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Billing {
-    /// Starts billing with its config in `dir` — written on first start, on [`backend`]'s
-    /// database (a fresh PostgreSQL database from the shared test cluster, or SQLite in `dir`) —
-    /// and reused as it is on a restart.
-    fn start(dir: &Path) -> Billing {
-        let config = dir.join("billing.toml");
-        if !config.exists() {
-            // Below the kernel's ephemeral range: a port handed out for `:0` may go to another
-            // process's outgoing connection before billing binds it.
-            let port = tollgate_e2e::stack::free_port();
-            let database = match crate::backend() {
-                Backend::Sqlite => String::new(),
-                Backend::Postgres => {
-                    let url = tollgate_e2e::postgres::Cluster::shared()
-                        .unwrap()
-                        .database()
-                        .unwrap();
-                    format!("database_url = \"{url}\"\n")
-                }
-            };
-            std::fs::write(
-                &config,
-                format!(
-                    "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{database}api_tokens = [\"{TOKEN}\"]\n",
-                    dir.join("data").display()
-                ),
-            )
-            .unwrap();
-        }
-        let text = std::fs::read_to_string(&config).unwrap();
-        let addr: SocketAddr = text
-            .lines()
-            .find_map(|l| l.strip_prefix("listen = "))
-            .unwrap()
-            .trim_matches('"')
-            .parse()
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
-            .args(["--config", config.to_str().unwrap()])
-            .env("TOLLGATE_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let b = Billing {
-            child,
-            addr,
-            dir: dir.to_owned(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "billing never listened");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        b
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Billing {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn client() -> reqwest::Client {
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    reqwest::Client::builder()
-        .default_headers(h)
-        .build()
-        .unwrap()
-}
-
-async fn post(b: &Billing, path: &str, body: Value) -> (u16, Value) {
-    let r = client().post(b.url(path)).json(&body).send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn get(b: &Billing, path: &str) -> (u16, Value) {
-    let r = client().get(b.url(path)).send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn ingest(b: &Billing, events: Value) -> u16 {
-    client()
-        .post(b.url("/api/v1/events"))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(events.to_string())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("TOLLGATE_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv");
-    let py = venv.join("bin/python");
-    let has_sdk = py.exists()
-        && Command::new(&py)
-            .args(["-c", "import openmeter"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-    if !has_sdk {
-        // A fresh clone: make the venv the way scripts/install-test-deps does.
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-test-deps");
-        let status = Command::new("bash").arg(script).status().unwrap();
-        assert!(
-            status.success(),
-            "installing the OpenMeter Python SDK failed"
-        );
-    }
-    py
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openmeter_python_sdk_conformance() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/conformance.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args([b.url(""), TOKEN.to_owned()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK conformance failed\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("conformance: all steps passed"), "{stdout}");
+    let b = Billing::start(dir.path(), "", None);
+    common::run_sdk(&b, "conformance.py", &[], "conformance: all steps passed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     let (s, _) = post(
         &b,
         "/api/v1/meters",
@@ -265,9 +101,9 @@ async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
         body["detail"].as_str().unwrap().contains("valueProperty"),
         "{body}"
     );
-    let (s, _) = get(&b, "/api/v1/meters/nope/query").await;
+    let (s, _) = get_any(&b, "/api/v1/meters/nope/query").await;
     assert_eq!(s, 404);
-    let (s, body) = get(&b, "/api/v1/meters/calls/query?windowSize=WEEK").await;
+    let (s, body) = get_any(&b, "/api/v1/meters/calls/query?windowSize=WEEK").await;
     assert_eq!(s, 400);
     assert!(body["detail"].as_str().unwrap().contains("windowSize"));
 
@@ -278,9 +114,9 @@ async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
         .unwrap();
     assert_eq!(r.status(), 401, "a token is required when configured");
 
-    let (_, q) = get(&b, "/api/v1/meters/calls/query").await;
+    let (_, q) = get_any(&b, "/api/v1/meters/calls/query").await;
     assert_eq!(q["data"], json!([]), "nothing was stored: {q}");
-    let (_, events) = get(&b, "/api/v1/events").await;
+    let (_, events) = get_any(&b, "/api/v1/events").await;
     assert_eq!(events, json!([]));
 }
 
@@ -305,7 +141,7 @@ fn refused(got: (u16, Value), status: u16, field: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meter_query_post_update_and_group_filters_refuse_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     let (s, _) = post(
         &b,
         "/api/v1/meters",
@@ -424,7 +260,7 @@ async fn meter_query_post_update_and_group_filters_refuse_bad_input() {
         );
     }
     refused(
-        get(&b, &format!("{q}?advancedMeterGroupByFilters=model")).await,
+        get_any(&b, &format!("{q}?advancedMeterGroupByFilters=model")).await,
         400,
         "advancedMeterGroupByFilters",
     );
@@ -477,17 +313,17 @@ async fn meter_query_post_update_and_group_filters_refuse_bad_input() {
     refused(put(&b, "/api/v1/meters/nope", json!({})).await, 404, "nope");
     let values = "/api/v1/meters/tokens/group-by";
     refused(
-        get(&b, &format!("{values}/colour/values")).await,
+        get_any(&b, &format!("{values}/colour/values")).await,
         400,
         "groupByKey",
     );
     refused(
-        get(&b, &format!("{values}/model/values?from=x")).await,
+        get_any(&b, &format!("{values}/model/values?from=x")).await,
         400,
         "from",
     );
     refused(
-        get(
+        get_any(
             &b,
             &format!("{values}/model/values?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z"),
         )
@@ -496,22 +332,22 @@ async fn meter_query_post_update_and_group_filters_refuse_bad_input() {
         "from",
     );
     refused(
-        get(&b, &format!("{values}/model/values?colour=red")).await,
+        get_any(&b, &format!("{values}/model/values?colour=red")).await,
         400,
         "colour",
     );
     refused(
-        get(&b, "/api/v1/meters/tokens/subjects?search=a").await,
+        get_any(&b, "/api/v1/meters/tokens/subjects?search=a").await,
         400,
         "search",
     );
     refused(
-        get(&b, "/api/v1/meters/nope/group-by/model/values").await,
+        get_any(&b, "/api/v1/meters/nope/group-by/model/values").await,
         404,
         "nope",
     );
     // Sending the meter back as read is fine: unchanged fixed fields, read-only fields ignored.
-    let (_, mut shown) = get(&b, m).await;
+    let (_, mut shown) = get_any(&b, m).await;
     shown["description"] = json!("LLM tokens");
     let (s, updated) = put(&b, m, shown).await;
     assert_eq!(s, 200, "{updated}");
@@ -552,7 +388,7 @@ async fn meter_query_post_update_and_group_filters_refuse_bad_input() {
         409,
         "groupBy.model",
     );
-    let (_, still) = get(&b, m).await;
+    let (_, still) = get_any(&b, m).await;
     assert_eq!(
         still["groupBy"],
         json!({"model": "$.model"}),
@@ -563,7 +399,7 @@ async fn meter_query_post_update_and_group_filters_refuse_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_grant_listing_pages_and_refuses_bad_paging() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     post(
         &b,
         "/api/v1/meters",
@@ -594,7 +430,7 @@ async fn v2_grant_listing_pages_and_refuses_bad_paging() {
         .await;
         assert_eq!(s, 201, "{g}");
     }
-    let (s, page) = get(&b, &format!("{grants}?page=2&pageSize=2")).await;
+    let (s, page) = get_any(&b, &format!("{grants}?page=2&pageSize=2")).await;
     assert_eq!(s, 200);
     assert_eq!(
         (
@@ -605,7 +441,7 @@ async fn v2_grant_listing_pages_and_refuses_bad_paging() {
         (json!(2), json!(2), json!(3))
     );
     assert_eq!(page["items"][0]["amount"], 30.0, "{page}");
-    let (_, page) = get(&b, &format!("{grants}?page=9")).await;
+    let (_, page) = get_any(&b, &format!("{grants}?page=9")).await;
     assert_eq!(page["items"], json!([]), "past the end: an empty page");
     for (query, field) in [
         ("page=0", "page"),
@@ -617,10 +453,10 @@ async fn v2_grant_listing_pages_and_refuses_bad_paging() {
         ("includeDeleted=maybe", "includeDeleted"),
         ("colour=red", "colour"),
     ] {
-        refused(get(&b, &format!("{grants}?{query}")).await, 400, field);
+        refused(get_any(&b, &format!("{grants}?{query}")).await, 400, field);
     }
     refused(
-        get(&b, "/api/v2/customers/a/entitlements/nope/grants").await,
+        get_any(&b, "/api/v2/customers/a/entitlements/nope/grants").await,
         404,
         "nope",
     );
@@ -630,9 +466,9 @@ async fn v2_grant_listing_pages_and_refuses_bad_paging() {
         ("/api/v1/grants?customer=a", "customer"),
         ("/api/v1/grants?pageSize=0", "pageSize"),
     ] {
-        refused(get(&b, path).await, 400, field);
+        refused(get_any(&b, path).await, 400, field);
     }
-    let (_, all) = get(&b, "/api/v1/grants").await;
+    let (_, all) = get_any(&b, "/api/v1/grants").await;
     let first = all[0]["id"].as_str().unwrap().to_owned();
     let void = |q: &'static str| {
         let url = b.url(&format!("/api/v1/grants/{first}{q}"));
@@ -649,7 +485,7 @@ async fn v2_grant_listing_pages_and_refuses_bad_paging() {
     refused(void("?at=2999-01-01T00:00:00Z").await, 400, "future");
     refused(void("?at=2020-01-01T00:00:00Z").await, 400, "usage period");
     refused(void("?colour=red").await, 400, "colour");
-    let (_, v) = get(&b, "/api/v2/customers/a/entitlements/calls/value").await;
+    let (_, v) = get_any(&b, "/api/v2/customers/a/entitlements/calls/value").await;
     assert_eq!(
         v["grantBalances"].as_object().unwrap().len(),
         3,
@@ -662,14 +498,14 @@ async fn v2_grant_listing_pages_and_refuses_bad_paging() {
             .values()
             .all(|b| b.is_number())
     );
-    let (_, v) = get(&b, "/api/v1/customers/a/entitlements/calls/value").await;
+    let (_, v) = get_any(&b, "/api/v1/customers/a/entitlements/calls/value").await;
     assert!(v.get("grantBalances").is_none(), "v1: {v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subjects_and_event_filters_refuse_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     let subjects = "/api/v1/subjects";
     refused(
         post(&b, subjects, json!({"key": "a"})).await,
@@ -706,13 +542,13 @@ async fn subjects_and_event_filters_refuse_bad_input() {
         400,
         "[1].stripeCustomerId",
     );
-    let (_, listed) = get(&b, subjects).await;
+    let (_, listed) = get_any(&b, subjects).await;
     assert_eq!(
         listed,
         json!([]),
         "a refused upsert stores nothing, not even its good items"
     );
-    refused(get(&b, "/api/v1/subjects/nope").await, 404, "nope");
+    refused(get_any(&b, "/api/v1/subjects/nope").await, 404, "nope");
     let r = client()
         .delete(b.url("/api/v1/subjects/nope"))
         .send()
@@ -741,7 +577,7 @@ async fn subjects_and_event_filters_refuse_bad_input() {
         ),
         ("customer=a", "customer"),
     ] {
-        refused(get(&b, &format!("{events}?{query}")).await, 400, field);
+        refused(get_any(&b, &format!("{events}?{query}")).await, 400, field);
     }
     // Comma-separated customer ids (OpenMeter's `explode: false`) and repeated ones both work.
     post(&b, "/api/v1/customers", json!({"name": "A", "key": "a"})).await;
@@ -754,7 +590,7 @@ async fn subjects_and_event_filters_refuse_bad_input() {
     ]);
     assert_eq!(ingest(&b, batch).await, 204);
     for query in ["customerId=a,b", "customerId=a&customerId=b"] {
-        let (s, listed) = get(&b, &format!("{events}?{query}")).await;
+        let (s, listed) = get_any(&b, &format!("{events}?{query}")).await;
         assert_eq!(s, 200, "{listed}");
         let mut ids: Vec<&str> = listed
             .as_array()
@@ -770,7 +606,7 @@ async fn subjects_and_event_filters_refuse_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_by_added_by_update_counts_past_events_and_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = Billing::start(dir.path());
+    let mut b = Billing::start(dir.path(), "", None);
     let (s, _) = post(
         &b,
         "/api/v1/meters",
@@ -795,8 +631,8 @@ async fn a_group_by_added_by_update_counts_past_events_and_survives_kill_9() {
     .await;
     assert_eq!(s, 200, "{m}");
     b.kill9();
-    let b = Billing::start(dir.path());
-    let (_, m) = get(&b, "/api/v1/meters/tokens").await;
+    let b = Billing::start(dir.path(), "", None);
+    let (_, m) = get_any(&b, "/api/v1/meters/tokens").await;
     assert_eq!(
         m["groupBy"]["provider"], "$.provider",
         "the update is durable: {m}"
@@ -840,7 +676,7 @@ async fn a_group_by_added_by_update_counts_past_events_and_survives_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_and_dedup_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = Billing::start(dir.path());
+    let mut b = Billing::start(dir.path(), "", None);
     let (s, _) = post(
         &b,
         "/api/v1/meters",
@@ -862,8 +698,8 @@ async fn acknowledged_events_and_dedup_survive_kill_9() {
         assert_eq!(ingest(&b, batch.clone()).await, 204);
     }
     b.kill9();
-    let b = Billing::start(&b.dir.clone());
-    let (_, q) = get(&b, "/api/v1/meters/calls/query").await;
+    let b = Billing::start(b.dir(), "", None);
+    let (_, q) = get_any(&b, "/api/v1/meters/calls/query").await;
     assert_eq!(
         q["data"][0]["value"], 1000.0,
         "every acknowledged event survived: {q}"
@@ -872,7 +708,7 @@ async fn acknowledged_events_and_dedup_survive_kill_9() {
     for batch in &batches {
         assert_eq!(ingest(&b, batch.clone()).await, 204);
     }
-    let (_, q) = get(&b, "/api/v1/meters/calls/query").await;
+    let (_, q) = get_any(&b, "/api/v1/meters/calls/query").await;
     assert_eq!(
         q["data"][0]["value"], 1000.0,
         "resent events are not counted twice: {q}"
@@ -933,7 +769,7 @@ async fn scenario(b: &Billing, entitlement: Value) -> chrono::DateTime<chrono::U
 }
 
 async fn grants_of_c(b: &Billing) -> Vec<String> {
-    let (_, page) = get(b, "/api/v2/customers/c/entitlements/calls/grants").await;
+    let (_, page) = get_any(b, "/api/v2/customers/c/entitlements/calls/grants").await;
     page["items"]
         .as_array()
         .unwrap()
@@ -956,7 +792,7 @@ async fn grant(b: &Billing, g: Value) {
 
 async fn value_at(b: &Billing, at: chrono::DateTime<chrono::Utc>) -> Value {
     let t = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let (s, v) = get(
+    let (s, v) = get_any(
         b,
         &format!(
             "/api/v2/customers/c/entitlements/calls/value?time={}",
@@ -972,7 +808,7 @@ async fn value_at(b: &Billing, at: chrono::DateTime<chrono::Utc>) -> Value {
 async fn balance_burns_grants_by_priority_then_expiry_and_overage_denies_hard_limits() {
     use chrono::Duration as D;
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     let t0 = scenario(&b, json!({"isSoftLimit": false})).await;
     // A: 100 at priority 2. B: 50 at priority 1 (burns first). C: 30 at priority 2 expiring
     // after 1 hour (burns before A: same priority, earlier expiry).
@@ -1001,7 +837,7 @@ async fn balance_burns_grants_by_priority_then_expiry_and_overage_denies_hard_li
     let t = (t0 + D::hours(4))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         .replace('+', "%2B");
-    let (s, v1) = get(
+    let (s, v1) = get_any(
         &b,
         &format!("/api/v1/subjects/s/entitlements/calls/value?time={t}"),
     )
@@ -1014,7 +850,7 @@ async fn balance_burns_grants_by_priority_then_expiry_and_overage_denies_hard_li
 async fn rollover_at_reset_is_clamped_and_soft_limits_keep_access() {
     use chrono::Duration as D;
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     let t0 = scenario(&b, json!({"isSoftLimit": true})).await;
     // 100 that rolls over at most 30 and at least 5 each daily reset.
     grant(&b, json!({"amount": 100, "priority": 1, "effectiveAt": t0, "maxRolloverAmount": 30, "minRolloverAmount": 5})).await;
@@ -1055,7 +891,7 @@ async fn rollover_at_reset_is_clamped_and_soft_limits_keep_access() {
 async fn issue_after_reset_and_manual_reset() {
     use chrono::Duration as D;
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     let t0 = scenario(&b, json!({"issueAfterReset": 10})).await;
     use_n(&b, t0 + D::hours(1), 4).await;
     let v = value_at(&b, t0 + D::hours(2)).await;
@@ -1086,7 +922,7 @@ async fn issue_after_reset_and_manual_reset() {
 async fn recurring_grants_refill_and_history_shows_each_window() {
     use chrono::Duration as D;
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     // A monthly usage period, and a grant of 10 that refills every day.
     let t0 = scenario(&b, json!({"usagePeriod": {"interval": "MONTH"}})).await;
     grant(&b, json!({"amount": 10, "priority": 1, "effectiveAt": t0, "recurrence": {"interval": "DAY", "anchor": t0}})).await;
@@ -1105,7 +941,7 @@ async fn recurring_grants_refill_and_history_shows_each_window() {
         t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             .replace('+', "%2B")
     };
-    let (s, h) = get(
+    let (s, h) = get_any(
         &b,
         &format!(
             "/api/v2/customers/c/entitlements/calls/history?windowSize=DAY&from={}&to={}",
@@ -1143,7 +979,7 @@ async fn recurring_grants_refill_and_history_shows_each_window() {
         "{h}"
     );
     assert_eq!(burn["grantBalancesAtEnd"], json!({gid: 7.0}), "{h}");
-    let (s, _) = get(&b, "/api/v2/customers/c/entitlements/calls/history").await;
+    let (s, _) = get_any(&b, "/api/v2/customers/c/entitlements/calls/history").await;
     assert_eq!(s, 400, "windowSize is required");
 }
 
@@ -1154,7 +990,7 @@ async fn recurring_grants_refill_and_history_shows_each_window() {
 async fn windows_in_any_time_zone_match_the_events_exactly() {
     use chrono::{Datelike, TimeZone, Timelike};
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     let (s, body) = post(
         &b,
         "/api/v1/meters",
@@ -1190,7 +1026,7 @@ async fn windows_in_any_time_zone_match_the_events_exactly() {
         ("UTC", "HOUR"),
     ] {
         let zone: chrono_tz::Tz = tz.parse().unwrap();
-        let (s, body) = get(
+        let (s, body) = get_any(
             &b,
             &format!(
                 "/api/v1/meters/w/query?windowSize={size}&windowTimeZone={tz}&from={}&to={}",
@@ -1314,26 +1150,14 @@ fn pro_plan(name: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openmeter_python_sdk_drives_the_catalog() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/catalog.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args([b.url(""), TOKEN.to_owned()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK catalog script failed\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("catalog: all steps passed"), "{stdout}");
+    let b = Billing::start(dir.path(), "", None);
+    common::run_sdk(&b, "catalog.py", &[], "catalog: all steps passed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plans_are_versioned_one_draft_per_key_and_publishing_archives_the_previous() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     catalog_features(&b).await;
 
     let (s, v1) = post(&b, "/api/v1/plans", pro_plan("Pro")).await;
@@ -1360,9 +1184,9 @@ async fn plans_are_versioned_one_draft_per_key_and_publishing_archives_the_previ
     );
 
     // By key: no active version yet; includeLatest finds the draft.
-    assert_eq!(get(&b, "/api/v1/plans/pro").await.0, 404);
+    assert_eq!(get_any(&b, "/api/v1/plans/pro").await.0, 404);
     assert_eq!(
-        get(&b, "/api/v1/plans/pro?includeLatest=true").await.1["id"],
+        get_any(&b, "/api/v1/plans/pro?includeLatest=true").await.1["id"],
         id1.as_str()
     );
 
@@ -1399,28 +1223,28 @@ async fn plans_are_versioned_one_draft_per_key_and_publishing_archives_the_previ
     let (s, v2) = post(&b, "/api/v1/plans", pro_plan("Pro v2")).await;
     assert_eq!((s, v2["version"].as_i64()), (201, Some(2)), "{v2}");
     let id2 = v2["id"].as_str().unwrap().to_owned();
-    assert_eq!(get(&b, "/api/v1/plans/pro").await.1["id"], id1.as_str());
+    assert_eq!(get_any(&b, "/api/v1/plans/pro").await.1["id"], id1.as_str());
     assert_eq!(
-        get(&b, "/api/v1/plans/pro?includeLatest=true").await.1["id"],
+        get_any(&b, "/api/v1/plans/pro?includeLatest=true").await.1["id"],
         id2.as_str()
     );
 
     let (s, p2) = post(&b, &format!("/api/v1/plans/{id2}/publish"), json!({})).await;
     assert_eq!((s, p2["status"].as_str()), (200, Some("active")));
-    let (_, old) = get(&b, &format!("/api/v1/plans/{id1}")).await;
+    let (_, old) = get_any(&b, &format!("/api/v1/plans/{id1}")).await;
     assert_eq!(old["status"], "archived", "{old}");
     assert_eq!(old["effectiveTo"], p2["effectiveFrom"]);
-    assert_eq!(get(&b, "/api/v1/plans/pro").await.1["id"], id2.as_str());
+    assert_eq!(get_any(&b, "/api/v1/plans/pro").await.1["id"], id2.as_str());
 
     // Filters.
-    let (_, list) = get(&b, "/api/v1/plans?status=active").await;
+    let (_, list) = get_any(&b, "/api/v1/plans?status=active").await;
     assert_eq!(list["totalCount"], 1, "{list}");
     assert_eq!(list["items"][0]["version"], 2);
-    let (_, list) = get(&b, "/api/v1/plans?keyVersion[pro]=1").await;
+    let (_, list) = get_any(&b, "/api/v1/plans?keyVersion[pro]=1").await;
     assert_eq!(list["items"][0]["id"], id1.as_str());
-    let (_, list) = get(&b, "/api/v1/plans?currency=EUR").await;
+    let (_, list) = get_any(&b, "/api/v1/plans?currency=EUR").await;
     assert_eq!(list["totalCount"], 0);
-    assert_eq!(get(&b, "/api/v1/plans?status=gone").await.0, 400);
+    assert_eq!(get_any(&b, "/api/v1/plans?status=gone").await.0, 400);
 
     // Active plans are archived, not deleted; archived ones may be deleted (softly).
     assert_eq!(del(&b, &format!("/api/v1/plans/{id2}")).await, 400);
@@ -1430,18 +1254,18 @@ async fn plans_are_versioned_one_draft_per_key_and_publishing_archives_the_previ
             .0,
         200
     );
-    assert_eq!(get(&b, "/api/v1/plans/pro").await.0, 404);
+    assert_eq!(get_any(&b, "/api/v1/plans/pro").await.0, 404);
     assert_eq!(del(&b, &format!("/api/v1/plans/{id1}")).await, 204);
-    assert_eq!(get(&b, "/api/v1/plans").await.1["totalCount"], 1);
+    assert_eq!(get_any(&b, "/api/v1/plans").await.1["totalCount"], 1);
     assert_eq!(
-        get(&b, "/api/v1/plans?includeDeleted=true").await.1["totalCount"],
+        get_any(&b, "/api/v1/plans?includeDeleted=true").await.1["totalCount"],
         2
     );
 
     // Everything survives a restart from the database.
     drop(b);
-    let b = Billing::start(dir.path());
-    let (_, list) = get(
+    let b = Billing::start(dir.path(), "", None);
+    let (_, list) = get_any(
         &b,
         "/api/v1/plans?includeDeleted=true&orderBy=version&order=DESC",
     )
@@ -1464,7 +1288,7 @@ fn validation_error(got: &(u16, Value)) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_plans_get_a_400_naming_the_field_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     catalog_features(&b).await;
     let api = "$.phases[?(@.key=='default')].rateCards[?(@.key=='api_requests')]";
     type Breaks = Box<dyn Fn(&mut Value)>;
@@ -1502,7 +1326,7 @@ async fn bad_plans_get_a_400_naming_the_field_and_store_nothing() {
             got.1
         );
     }
-    let (_, list) = get(&b, "/api/v1/plans?includeDeleted=true").await;
+    let (_, list) = get_any(&b, "/api/v1/plans?includeDeleted=true").await;
     assert_eq!(list["totalCount"], 0, "nothing stored: {list}");
 
     // Warnings are saved on the draft and block publish until fixed.
@@ -1537,7 +1361,7 @@ async fn bad_plans_get_a_400_naming_the_field_and_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn addons_publish_and_attach_to_plans_under_openmeters_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     catalog_features(&b).await;
     let (_, plan) = post(&b, "/api/v1/plans", pro_plan("Pro")).await;
     let plan_id = plan["id"].as_str().unwrap().to_owned();
@@ -1611,9 +1435,9 @@ async fn addons_publish_and_attach_to_plans_under_openmeters_rules() {
             .0,
         409
     );
-    let (_, list) = get(&b, &format!("/api/v1/plans/{plan_id}/addons")).await;
+    let (_, list) = get_any(&b, &format!("/api/v1/plans/{plan_id}/addons")).await;
     assert_eq!(list["totalCount"], 1, "{list}");
-    let (s, one) = get(
+    let (s, one) = get_any(
         &b,
         &format!("/api/v1/plans/{plan_id}/addons/priority_support"),
     )
@@ -1624,7 +1448,9 @@ async fn addons_publish_and_attach_to_plans_under_openmeters_rules() {
         204
     );
     assert_eq!(
-        get(&b, &format!("/api/v1/plans/{plan_id}/addons")).await.1["totalCount"],
+        get_any(&b, &format!("/api/v1/plans/{plan_id}/addons"))
+            .await
+            .1["totalCount"],
         0
     );
 
@@ -1676,7 +1502,7 @@ async fn addons_publish_and_attach_to_plans_under_openmeters_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_drafts_of_one_key_leave_exactly_one() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     catalog_features(&b).await;
     let b = &b;
     let results = futures::future::join_all((0..8).map(|i| async move {
@@ -1695,7 +1521,7 @@ async fn concurrent_drafts_of_one_key_leave_exactly_one() {
         "{results:?}"
     );
     assert_eq!(
-        get(b, "/api/v1/plans?includeDeleted=true").await.1["totalCount"],
+        get_any(b, "/api/v1/plans?includeDeleted=true").await.1["totalCount"],
         1
     );
 }
@@ -1723,7 +1549,7 @@ fn lines(text: &str) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_as_code_applies_idempotently_publishes_and_dumps() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path());
+    let b = Billing::start(dir.path(), "", None);
     for m in [
         json!({"slug": "api_requests", "eventType": "kong.api_request", "aggregation": "COUNT"}),
         json!({"slug": "llm_tokens", "eventType": "kong.llm_request", "aggregation": "SUM", "valueProperty": "$.tokens"}),
@@ -1812,7 +1638,7 @@ async fn catalog_as_code_applies_idempotently_publishes_and_dumps() {
         "{out}"
     );
     assert!(out.contains("plan starter: unchanged (v1 active)"), "{out}");
-    let (_, pro) = get(&b, "/api/v1/plans/pro?includeLatest=true").await;
+    let (_, pro) = get_any(&b, "/api/v1/plans/pro?includeLatest=true").await;
     assert_eq!(pro["phases"][1]["rateCards"][0]["price"]["amount"], "59");
 
     // Bad files are refused with the reason, naming the place.

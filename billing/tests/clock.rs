@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -18,7 +16,7 @@ const CLOCK: &str = "/api/tollgate/v1/clock";
 mod common;
 
 pub use common::Backend;
-use common::{Billing, TOKEN, call, client, get, post};
+use common::{Billing, call, client, get, post};
 
 /// This file is the suite on SQLite; `tests/clock_postgres.rs` runs it with PostgreSQL.
 #[allow(dead_code)]
@@ -30,42 +28,11 @@ fn time(v: &Value) -> DateTime<Utc> {
     v.as_str().unwrap().parse().unwrap()
 }
 
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("TOLLGATE_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv/bin/python");
-    let has_sdk = py.exists()
-        && Command::new(&py)
-            .args(["-c", "import openmeter"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !has_sdk {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-test-deps");
-        assert!(
-            Command::new("bash").arg(script).status().unwrap().success(),
-            "installing the OpenMeter Python SDK failed"
-        );
-    }
-    py
-}
-
 /// Runs `tests/sdk/clock.py` in `mode` against a fresh simulated billing; its RESULT line.
 fn sdk_month(mode: &str) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let b = Billing::simulated(dir.path());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/clock.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args([b.url(""), TOKEN.to_owned(), mode.to_owned()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("clock: all steps passed"),
-        "clock.py {mode} failed\n{stdout}\n{stderr}"
-    );
+    let stdout = common::run_sdk(&b, "clock.py", &[mode], "clock: all steps passed");
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))

@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -15,25 +13,15 @@ use serde_json::{Value, json};
 
 const CLOCK: &str = "/api/tollgate/v1/clock";
 
-mod common;
+pub mod common;
 
 pub use common::Backend;
-use common::{Billing, TOKEN};
+use common::{Billing, client};
 
 /// This file is the suite on SQLite; `tests/invoices_postgres.rs` runs it on PostgreSQL.
 #[allow(dead_code)]
 fn backend() -> Backend {
     Backend::Sqlite
-}
-
-fn client() -> reqwest::Client {
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    reqwest::Client::builder()
-        .default_headers(h)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
 }
 
 async fn call(b: &Billing, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -59,15 +47,7 @@ async fn get(b: &Billing, path: &str) -> (u16, Value) {
 }
 
 async fn ingest(b: &Billing, events: Value) {
-    let s = client()
-        .post(b.url("/api/v1/events"))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(events.to_string())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
+    let s = common::ingest(b, events).await;
     assert!(s < 300, "ingest: {s}");
 }
 
@@ -191,47 +171,12 @@ fn assert_totals_add_up(inv: &Value) {
     assert_eq!(lines, d("total"), "lines sum to the invoice total");
 }
 
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("TOLLGATE_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv");
-    let py = venv.join("bin/python");
-    let has_sdk = py.exists()
-        && Command::new(&py)
-            .args(["-c", "import openmeter"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-    if !has_sdk {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-test-deps");
-        let status = Command::new("bash").arg(script).status().unwrap();
-        assert!(
-            status.success(),
-            "installing the OpenMeter Python SDK failed"
-        );
-    }
-    py
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openmeter_python_sdk_drives_invoicing() {
     let dir = tempfile::tempdir().unwrap();
     let b = Billing::simulated(dir.path());
     setup(&b, &["acme", "globex", "initech"]).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/invoices.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args([b.url(""), TOKEN.to_owned()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK invoices script failed\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("invoices: all steps passed"), "{stdout}");
+    common::run_sdk(&b, "invoices.py", &[], "invoices: all steps passed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,49 +12,10 @@ fn backend() -> suite::Backend {
     suite::Backend::Postgres
 }
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-/// A billing process on real time on `url`, its base URL.
-struct Replica {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Replica {
-    fn start(url: &str) -> Replica {
-        let port = tollgate_e2e::stack::free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--database-url",
-                url,
-            ])
-            .env("TOLLGATE_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "billing never listened");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Replica {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use suite::common::Replica;
 
 async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()

@@ -7,96 +7,21 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const TOKEN: &str = "om_test_token";
+pub mod common;
 
-/// The database a suite runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)]
-pub enum Backend {
-    /// The embedded default.
-    Sqlite,
-    /// A database on the shared test cluster.
-    Postgres,
-}
+pub use common::Backend;
+use common::{Billing, client, get_any, post, python};
 
+/// This file is the suite on SQLite; `tests/notifications_postgres.rs` runs it on PostgreSQL.
 #[allow(dead_code)]
 fn backend() -> Backend {
     Backend::Sqlite
-}
-
-struct Billing {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Billing {
-    /// Billing with its config in `dir` (written on first start, reused on a restart).
-    fn start(dir: &Path, extra: &str) -> Billing {
-        let config = dir.join("billing.toml");
-        if !config.exists() {
-            let port = tollgate_e2e::stack::free_port();
-            let database = match crate::backend() {
-                Backend::Sqlite => String::new(),
-                Backend::Postgres => {
-                    let url = tollgate_e2e::postgres::Cluster::shared()
-                        .unwrap()
-                        .database()
-                        .unwrap();
-                    format!("database_url = \"{url}\"\n")
-                }
-            };
-            std::fs::write(
-                &config,
-                format!(
-                    "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{database}api_tokens = [\"{TOKEN}\"]\n{extra}",
-                    dir.join("data").display()
-                ),
-            )
-            .unwrap();
-        }
-        let text = std::fs::read_to_string(&config).unwrap();
-        let addr: SocketAddr = text
-            .lines()
-            .find_map(|l| l.strip_prefix("listen = "))
-            .unwrap()
-            .trim_matches('"')
-            .parse()
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
-            .args(["--config", config.to_str().unwrap()])
-            .env("TOLLGATE_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "billing never listened");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Billing { child, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Billing {
-    fn drop(&mut self) {
-        self.kill9();
-    }
 }
 
 /// The webhook receiver (Python, `standardwebhooks`), killed when dropped.
@@ -148,50 +73,6 @@ impl Drop for Receiver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv");
-    let py = venv.join("bin/python");
-    let ready = Command::new(&py)
-        .args(["-c", "import openmeter, standardwebhooks"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ready {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-test-deps");
-        assert!(Command::new("bash").arg(script).status().unwrap().success());
-    }
-    py
-}
-
-fn client() -> reqwest::Client {
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    reqwest::Client::builder()
-        .default_headers(h)
-        .build()
-        .unwrap()
-}
-
-async fn post(b: &Billing, path: &str, body: Value) -> (u16, Value) {
-    let r = client().post(b.url(path)).json(&body).send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn get(b: &Billing, path: &str) -> (u16, Value) {
-    let r = client().get(b.url(path)).send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 async fn created(b: &Billing, path: &str, body: Value) -> Value {
@@ -263,7 +144,7 @@ async fn channel(b: &Billing, port: u16, extra: Value) -> Value {
 
 /// The events, oldest first.
 async fn events(b: &Billing) -> Vec<Value> {
-    let (s, page) = get(b, "/api/v1/notification/events?orderBy=createdAt&order=ASC").await;
+    let (s, page) = get_any(b, "/api/v1/notification/events?orderBy=createdAt&order=ASC").await;
     assert_eq!(s, 200, "{page}");
     page["items"].as_array().unwrap().clone()
 }
@@ -316,7 +197,7 @@ fn states(event: &Value) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thresholds_at_50_80_100_percent_fire_once_each_signed_and_verified() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path(), "");
+    let b = Billing::start(dir.path(), "", None);
     setup(&b, &["acme", "burst"]).await;
     let port = tollgate_e2e::stack::free_port();
     let ch = channel(&b, port, json!({})).await;
@@ -425,9 +306,9 @@ async fn thresholds_at_50_80_100_percent_fire_once_each_signed_and_verified() {
     assert_eq!(kong_plan(&got[1]["payload"]).trim(), "");
 
     // Filters: by subject and by rule.
-    let (_, page) = get(&b, "/api/v1/notification/events?subject=burst").await;
+    let (_, page) = get_any(&b, "/api/v1/notification/events?subject=burst").await;
     assert_eq!(page["totalCount"], 1, "{page}");
-    let (_, page) = get(
+    let (_, page) = get_any(
         &b,
         &format!(
             "/api/v1/notification/events?rule={}",
@@ -441,7 +322,7 @@ async fn thresholds_at_50_80_100_percent_fire_once_each_signed_and_verified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_then_up_gets_it_after_and_a_disabled_channel_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path(), "");
+    let b = Billing::start(dir.path(), "", None);
     let port = tollgate_e2e::stack::free_port();
     let up = channel(&b, port, json!({})).await;
     let off = channel(
@@ -499,13 +380,13 @@ async fn a_receiver_down_then_up_gets_it_after_and_a_disabled_channel_says_so() 
     let path = format!("/api/v1/notification/events/{id}");
     // Nothing listens: the first attempt fails and is retried later; the disabled channel fails.
     until(20, "the first failed attempt", async || {
-        let (_, e) = get(&b, &path).await;
+        let (_, e) = get_any(&b, &path).await;
         e["deliveryStatus"][0]["attempts"]
             .as_array()
             .is_some_and(|a| !a.is_empty())
     })
     .await;
-    let (_, e) = get(&b, &path).await;
+    let (_, e) = get_any(&b, &path).await;
     let by_channel = |e: &Value, c: &Value| {
         e["deliveryStatus"]
             .as_array()
@@ -534,7 +415,7 @@ async fn a_receiver_down_then_up_gets_it_after_and_a_disabled_channel_says_so() 
         None,
     );
     until(30, "delivery after the receiver came up", async || {
-        let (_, e) = get(&b, &path).await;
+        let (_, e) = get_any(&b, &path).await;
         by_channel(&e, &up["id"])["state"] == "SUCCESS"
     })
     .await;
@@ -542,7 +423,7 @@ async fn a_receiver_down_then_up_gets_it_after_and_a_disabled_channel_says_so() 
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!(got[0]["verified"], true);
     assert_eq!(got[0]["id"], id.as_str());
-    let (_, e) = get(&b, &path).await;
+    let (_, e) = get_any(&b, &path).await;
     let d = by_channel(&e, &up["id"]);
     assert_eq!(d["attempts"].as_array().unwrap().len(), 2, "{d}");
 
@@ -561,7 +442,7 @@ async fn a_receiver_down_then_up_gets_it_after_and_a_disabled_channel_says_so() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_simulated_clock_retries_give_up_with_a_reason_and_resets_notify() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path(), "simulated_clock = true\n");
+    let b = Billing::start(dir.path(), "simulated_clock = true\n", None);
     setup(&b, &["acme"]).await;
     let dead = channel(&b, tollgate_e2e::stack::free_port(), json!({})).await;
     created(
@@ -582,17 +463,17 @@ async fn on_a_simulated_clock_retries_give_up_with_a_reason_and_resets_notify() 
     assert_eq!(e["payload"]["data"]["value"]["usage"], 0.0, "{e}");
     let path = format!("/api/v1/notification/events/{}", e["id"].as_str().unwrap());
     until(20, "the first failed attempt", async || {
-        let (_, e) = get(&b, &path).await;
+        let (_, e) = get_any(&b, &path).await;
         e["deliveryStatus"][0]["attempts"]
             .as_array()
             .is_some_and(|a| !a.is_empty())
     })
     .await;
-    let (_, e) = get(&b, &path).await;
+    let (_, e) = get_any(&b, &path).await;
     assert_eq!(e["deliveryStatus"][0]["state"], "PENDING", "{e}");
     // Frozen time: no retry however long we wait in real time.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, e) = get(&b, &path).await;
+    let (_, e) = get_any(&b, &path).await;
     assert_eq!(
         e["deliveryStatus"][0]["attempts"].as_array().unwrap().len(),
         1,
@@ -602,11 +483,11 @@ async fn on_a_simulated_clock_retries_give_up_with_a_reason_and_resets_notify() 
     let (s, _) = post(&b, "/api/tollgate/v1/clock", json!({"advanceBy": "PT4H"})).await;
     assert_eq!(s, 200);
     until(20, "giving up", async || {
-        let (_, e) = get(&b, &path).await;
+        let (_, e) = get_any(&b, &path).await;
         e["deliveryStatus"][0]["state"] == "FAILED"
     })
     .await;
-    let (_, e) = get(&b, &path).await;
+    let (_, e) = get_any(&b, &path).await;
     let d = &e["deliveryStatus"][0];
     let reason = d["reason"].as_str().unwrap();
     assert!(
@@ -664,7 +545,7 @@ async fn on_a_simulated_clock_retries_give_up_with_a_reason_and_resets_notify() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invoice_made_and_issued_notifies_created_once_then_updated() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path(), "simulated_clock = true\n");
+    let b = Billing::start(dir.path(), "simulated_clock = true\n", None);
     setup(&b, &["acme"]).await;
     let dead = channel(&b, tollgate_e2e::stack::free_port(), json!({})).await;
     for kind in ["invoice.created", "invoice.updated"] {
@@ -675,7 +556,7 @@ async fn an_invoice_made_and_issued_notifies_created_once_then_updated() {
         )
         .await;
     }
-    let (_, clock) = get(&b, "/api/tollgate/v1/clock").await;
+    let (_, clock) = get_any(&b, "/api/tollgate/v1/clock").await;
     let now = clock["now"].as_str().unwrap().to_owned();
     let later = (chrono::DateTime::parse_from_rfc3339(&now).unwrap() + chrono::Duration::hours(1))
         .to_rfc3339();
@@ -700,7 +581,10 @@ async fn an_invoice_made_and_issued_notifies_created_once_then_updated() {
     let id = made[0]["id"].as_str().unwrap().to_owned();
     // The sandbox app takes the draft through to paid: one created, then updates.
     until(20, "the invoice to be paid", async || {
-        get(&b, &format!("/api/v1/billing/invoices/{id}")).await.1["status"] == "paid"
+        get_any(&b, &format!("/api/v1/billing/invoices/{id}"))
+            .await
+            .1["status"]
+            == "paid"
     })
     .await;
     let all = events(&b).await;
@@ -729,7 +613,7 @@ async fn an_invoice_made_and_issued_notifies_created_once_then_updated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_killed_mid_delivery_delivers_after_restart_with_the_same_webhook_id() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = Billing::start(dir.path(), "");
+    let mut b = Billing::start(dir.path(), "", None);
     let port = tollgate_e2e::stack::free_port();
     let ch = channel(&b, port, json!({})).await;
     // The first request is held 120 s: billing is mid-delivery when it is killed.
@@ -759,18 +643,18 @@ async fn billing_killed_mid_delivery_delivers_after_restart_with_the_same_webhoo
         rx.received().len() == 1
     })
     .await;
-    let (_, e) = get(&b, &format!("/api/v1/notification/events/{id}")).await;
+    let (_, e) = get_any(&b, &format!("/api/v1/notification/events/{id}")).await;
     assert_eq!(e["deliveryStatus"][0]["state"], "SENDING", "{e}");
     // While a receiver hangs, ingest and balances go on (delivery is off the ingest path).
     setup(&b, &["acme"]).await;
     use_n(&b, "acme", 10).await;
-    let (s, v) = get(&b, "/api/v2/customers/acme/entitlements/calls/value").await;
+    let (s, v) = get_any(&b, "/api/v2/customers/acme/entitlements/calls/value").await;
     assert_eq!((s, v["usage"].as_f64()), (200, Some(10.0)), "{v}");
     b.kill9();
-    let b = Billing::start(dir.path(), "");
+    let b = Billing::start(dir.path(), "", None);
     // On SQLite the restarted process sends at once; on PostgreSQL once the lease (30 s) ends.
     until(60, "the delivery after the restart", async || {
-        let (_, e) = get(&b, &format!("/api/v1/notification/events/{id}")).await;
+        let (_, e) = get_any(&b, &format!("/api/v1/notification/events/{id}")).await;
         e["deliveryStatus"][0]["state"] == "SUCCESS"
     })
     .await;
@@ -787,29 +671,19 @@ async fn billing_killed_mid_delivery_delivers_after_restart_with_the_same_webhoo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openmeter_python_sdk_drives_notifications_unchanged() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path(), "");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/notifications.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args([b.url(""), TOKEN.to_owned()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK notifications failed\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("notifications: all steps passed"),
-        "{stdout}"
+    let b = Billing::start(dir.path(), "", None);
+    common::run_sdk(
+        &b,
+        "notifications.py",
+        &[],
+        "notifications: all steps passed",
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_real_time_a_usage_period_reset_notifies_once() {
     let dir = tempfile::tempdir().unwrap();
-    let b = Billing::start(dir.path(), "");
+    let b = Billing::start(dir.path(), "", None);
     setup(&b, &[]).await;
     created(
         &b,

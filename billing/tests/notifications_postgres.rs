@@ -12,50 +12,11 @@ fn backend() -> suite::Backend {
 }
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use suite::common::Replica;
 use tollgate_e2e::postgres::Cluster;
-
-/// A billing process on `url` (no auth), its base URL.
-struct Replica {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Replica {
-    fn start(url: &str) -> Replica {
-        let port = tollgate_e2e::stack::free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--database-url",
-                url,
-            ])
-            .env("TOLLGATE_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "billing never listened");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Replica {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Two replicas on one database share the outbox: 40 events recorded through both are each sent
 /// exactly once (the claim is a row update under `FOR UPDATE SKIP LOCKED`), all verified.

@@ -7,8 +7,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -17,7 +15,7 @@ use serde_json::{Value, json};
 mod common;
 
 pub use common::Backend;
-use common::{Billing, TOKEN, call, get, post};
+use common::{Billing, call, get, post};
 
 /// This file is the suite on SQLite; `tests/subscriptions_postgres.rs` runs it with PostgreSQL.
 #[allow(dead_code)]
@@ -25,41 +23,15 @@ fn backend() -> Backend {
     Backend::Sqlite
 }
 
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("TOLLGATE_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv/bin/python");
-    let has_sdk = py.exists()
-        && Command::new(&py)
-            .args(["-c", "import openmeter"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !has_sdk {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-test-deps");
-        assert!(
-            Command::new("bash").arg(script).status().unwrap().success(),
-            "installing the OpenMeter Python SDK failed"
-        );
-    }
-    py
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openmeter_python_sdk_drives_every_subscription_operation_and_timing() {
     let dir = tempfile::tempdir().unwrap();
     let b = Billing::simulated(dir.path());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/subscriptions.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args([b.url(""), TOKEN.to_owned()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("subscriptions: all steps passed"),
-        "subscriptions.py failed\n{stdout}\n{stderr}"
+    common::run_sdk(
+        &b,
+        "subscriptions.py",
+        &[],
+        "subscriptions: all steps passed",
     );
 }
 

@@ -1,12 +1,15 @@
-//! The harness the billing suites on the real binary share (`clock.rs`, `subscriptions.rs`, `invoices.rs` and
-//! their PostgreSQL twins): the backend a suite runs on, a `tollgate-billing` process with its
-//! config written on first start, and JSON calls with the API token. A suite's crate root defines
-//! `fn backend() -> Backend` (SQLite in the suite file, PostgreSQL in its `_postgres.rs` twin).
+//! The harness the billing suites on the real binary share (`api.rs`, `clock.rs`,
+//! `subscriptions.rs`, `invoices.rs`, `notifications.rs` and their PostgreSQL twins): the backend
+//! a suite runs on, a `tollgate-billing` process with its config written on first start (or a
+//! bare [`Replica`] on a database URL), JSON calls with the API token, event ingest, and the
+//! Python interpreter that has OpenMeter's SDK and `standardwebhooks`. A suite's crate root
+//! defines `fn backend() -> Backend` (SQLite in the suite file, PostgreSQL in its `_postgres.rs`
+//! twin).
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,7 @@ pub enum Backend {
 pub struct Billing {
     child: Child,
     addr: SocketAddr,
+    dir: PathBuf,
 }
 
 impl Billing {
@@ -82,17 +86,29 @@ impl Billing {
             assert!(Instant::now() < deadline, "billing never listened");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Billing { child, addr }
+        Billing {
+            child,
+            addr,
+            dir: dir.to_owned(),
+        }
     }
 
+    /// Billing on its simulated clock, config in `dir`.
     pub fn simulated(dir: &Path) -> Billing {
         Billing::start(dir, "simulated_clock = true\n", None)
     }
 
+    /// The directory holding its config (and its SQLite data).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The URL of `path` on it.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Kills it with SIGKILL and reaps it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -105,11 +121,98 @@ impl Drop for Billing {
     }
 }
 
+/// A `tollgate-billing` on a database URL with no config file and no API token (another
+/// replica of a PostgreSQL-backed billing), killed (-9) when dropped.
+pub struct Replica {
+    child: Child,
+    /// Its base URL.
+    pub base: String,
+}
+
+impl Replica {
+    /// Starts one on the database at `url`, on a free port, and waits until it listens.
+    pub fn start(url: &str) -> Replica {
+        let port = tollgate_e2e::stack::free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                url,
+            ])
+            .env("TOLLGATE_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "billing never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Replica {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python with OpenMeter's SDK and `standardwebhooks` (`TOLLGATE_PYTHON`, else the venv
+/// `scripts/install-test-deps` makes — made here on a fresh clone).
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("TOLLGATE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv/bin/python");
+    let ready = py.exists()
+        && Command::new(&py)
+            .args(["-c", "import openmeter, standardwebhooks"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ready {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-test-deps");
+        assert!(
+            Command::new("bash").arg(script).status().unwrap().success(),
+            "installing the test dependencies (OpenMeter's Python SDK) failed"
+        );
+    }
+    py
+}
+
+/// Runs the SDK script `tests/sdk/<script>` against `b` (its base URL and the token, then
+/// `args`) and asserts it succeeded and printed `<done>`; its stdout.
+pub fn run_sdk(b: &Billing, script: &str, args: &[&str], done: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let out = Command::new(python())
+        .arg(path)
+        .args([b.url(""), TOKEN.to_owned()])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(done),
+        "{script} failed\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+/// An HTTP client sending the API token.
 pub fn client() -> reqwest::Client {
     let mut h = reqwest::header::HeaderMap::new();
     h.insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     reqwest::Client::builder()
         .default_headers(h)
+        .timeout(Duration::from_secs(120))
         .build()
         .unwrap()
 }
@@ -140,13 +243,34 @@ pub async fn call(
     )
 }
 
+/// POSTs `body`; status and JSON body.
 pub async fn post(b: &Billing, path: &str, body: Value) -> (u16, Value) {
     let (s, _, v) = call(b, "POST", path, Some(body)).await;
     (s, v)
 }
 
+/// GETs `path`, asserting 200; the JSON body.
 pub async fn get(b: &Billing, path: &str) -> Value {
     let (s, _, v) = call(b, "GET", path, None).await;
     assert_eq!(s, 200, "GET {path}: {v}");
     v
+}
+
+/// Status and JSON body of a GET, whatever the status.
+pub async fn get_any(b: &Billing, path: &str) -> (u16, Value) {
+    let (s, _, v) = call(b, "GET", path, None).await;
+    (s, v)
+}
+
+/// Ingests a CloudEvents batch; the status.
+pub async fn ingest(b: &Billing, events: Value) -> u16 {
+    client()
+        .post(b.url("/api/v1/events"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(events.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
