@@ -11,8 +11,8 @@
 //! * **Delivery.** A third process whose channel points at a fast receiver (answers 204 at once)
 //!   that holds every request until the outbox has all its events (a backlog), then opens:
 //!   deliveries per second from then until the receiver holds every event, beside the bench
-//!   POSTing the same number of signed payloads to the same receiver itself, 16 at a time
-//!   (billing's delivery worker sends 16 at once) — the raw limit of a signed POST here.
+//!   POSTing the same number of signed payloads to the same receiver itself, as many at a time as
+//!   billing sends to one channel (`delivery::PER_CHANNEL`) — the raw limit of a signed POST here.
 //!
 //! Run: `cargo bench -p tollgate-billing --bench notifications [-- CUSTOMERS EVENTS]` (default
 //! 1000 customers, 200000 events: each customer's 100-call allowance is crossed twice over).
@@ -28,9 +28,8 @@ use serde_json::{Value, json};
 
 /// Each customer's allowance.
 const LIMIT: u32 = 100;
-/// Billing's delivery worker sends this many at once (`notification::delivery`), and so does the
-/// raw peer.
-const CONCURRENCY: usize = 16;
+/// Billing's delivery worker sends this many at once to one channel, and so does the raw peer.
+const CONCURRENCY: usize = tollgate_billing::notification::delivery::PER_CHANNEL;
 
 struct Billing {
     child: Child,

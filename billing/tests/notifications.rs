@@ -319,6 +319,67 @@ async fn thresholds_at_50_80_100_percent_fire_once_each_signed_and_verified() {
     assert_eq!(page["totalCount"], 4);
 }
 
+/// A listener that accepts connections and never answers; how many it accepted.
+fn hanging_listener() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for socket in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_hangs_holds_up_only_its_own_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::start(dir.path(), "", None);
+    let subjects: Vec<String> = (0..24).map(|i| format!("c{i}")).collect();
+    setup(&b, &subjects.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let (hang_port, accepted) = hanging_listener();
+    let hanging = channel(&b, hang_port, json!({"name": "hangs"})).await;
+    let port = tollgate_e2e::stack::free_port();
+    let good = channel(&b, port, json!({})).await;
+    let rx = Receiver::start(
+        port,
+        good["signingSecret"].as_str().unwrap(),
+        &dir.path().join("hooks.jsonl"),
+        None,
+    );
+    created(
+        &b,
+        "/api/v1/notification/rules",
+        json!({"type": "entitlements.balance.threshold", "name": "limit",
+               "channels": [hanging["id"], good["id"]],
+               "thresholds": [{"value": 100, "type": "PERCENT"}]}),
+    )
+    .await;
+    let started = Instant::now();
+    for s in &subjects {
+        use_n(&b, s, 101).await;
+    }
+    // Every event reaches the good receiver well before the hanging one's first requests time
+    // out (10 s): the worker never waits on them to send the others.
+    until(8, "every event at the good receiver", async || {
+        rx.received().len() == subjects.len()
+    })
+    .await;
+    let took = started.elapsed();
+    let held = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let cap = tollgate_billing::notification::delivery::PER_CHANNEL;
+    assert!(
+        (1..=cap).contains(&held),
+        "the hanging receiver holds at most {cap} deliveries at once, got {held} connections"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(rx.received().iter().all(|r| r["verified"] == true));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_then_up_gets_it_after_and_a_disabled_channel_says_so() {
     let dir = tempfile::tempdir().unwrap();

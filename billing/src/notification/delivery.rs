@@ -15,6 +15,9 @@
 //!   its rows `SENDING` until the lease ends (on SQLite, the only process, at once on start) and
 //!   they are sent again — with the same `webhook-id`, as Standard Webhooks allows.
 //! * **Ingest is never slowed:** this runs on its own task, each request bounded by [`TIMEOUT`].
+//! * **Nor is one channel by another:** up to [`IN_FLIGHT`] deliveries are sent at once, a freed
+//!   slot is refilled at once, and at most [`PER_CHANNEL`] of them go to one channel, so a
+//!   receiver that hangs (each request waits out [`TIMEOUT`]) slows only its own deliveries.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -45,8 +48,12 @@ pub const BACKOFF: [Duration; 7] = [
 ];
 /// Bytes of a response body kept in an attempt.
 pub const BODY_KEPT: usize = 1024;
-/// Deliveries claimed at once (sent concurrently).
-const BATCH: usize = 16;
+/// Deliveries in flight at once (sent concurrently): a slot freed by one that ended is filled at
+/// once, not when a whole batch has ended.
+pub const IN_FLIGHT: usize = 32;
+/// Deliveries in flight at once to one channel (across replicas): a receiver that hangs holds
+/// this many slots until its requests time out; the others keep delivering to other channels.
+pub const PER_CHANNEL: usize = 8;
 /// How often the worker looks for due deliveries without being woken.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -95,7 +102,8 @@ impl Worker {
         })
     }
 
-    /// Runs until the process ends.
+    /// Runs until the process ends: keeps up to [`IN_FLIGHT`] deliveries in flight, claiming
+    /// more as slots free, and waits for a wake-up (or [`POLL`]) when nothing is due.
     pub async fn run(self) {
         match self.store.release_orphaned_deliveries().await {
             Ok(0) => {}
@@ -105,31 +113,44 @@ impl Worker {
             ),
             Err(e) => tracing::warn!(error = %e, "releasing orphaned deliveries"),
         }
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
-            match self.once().await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "notification delivery: claiming failed"),
+            let free = IN_FLIGHT - in_flight.len();
+            let mut claimed = 0;
+            if free > 0 {
+                match self.claim(free).await {
+                    Ok(list) => {
+                        claimed = list.len();
+                        in_flight.extend(list.into_iter().map(|c| self.deliver(c)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "notification delivery: claiming failed")
+                    }
+                }
             }
-            let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
+            if claimed > 0 && in_flight.len() < IN_FLIGHT {
+                continue; // more may be due
+            }
+            tokio::select! {
+                Some(()) = futures::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
         }
     }
 
-    /// Claims and sends one batch; how many were claimed.
-    pub async fn once(&self) -> Result<usize, StoreError> {
+    /// Claims up to `n` due deliveries.
+    async fn claim(&self, n: usize) -> Result<Vec<Claimed>, StoreError> {
         let now = self.clock.now().await?;
-        let claimed = self
-            .store
+        self.store
             .claim_deliveries(
                 now.timestamp_millis(),
                 wall_ms(),
                 LEASE.as_millis() as i64,
-                BATCH,
+                n,
+                PER_CHANNEL,
             )
-            .await?;
-        let n = claimed.len();
-        futures::future::join_all(claimed.into_iter().map(|c| self.deliver(c))).await;
-        Ok(n)
+            .await
     }
 
     async fn deliver(&self, c: Claimed) {

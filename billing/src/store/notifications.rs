@@ -159,13 +159,16 @@ impl Store {
 
     /// Claims up to `limit` deliveries due at `now_ms` (billing's clock) — pending, resending, or
     /// sending under a lease that ended before `wall_ms` (its worker died) — for `lease_ms` of
-    /// wall-clock time.
+    /// wall-clock time, at most `per_channel` in flight per channel (counting those already
+    /// sending under a live lease, on any replica): a receiver that hangs holds that many
+    /// deliveries, never every worker slot, so other channels' deliveries go on.
     pub async fn claim_deliveries(
         &self,
         now_ms: i64,
         wall_ms: i64,
         lease_ms: i64,
         limit: usize,
+        per_channel: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
         // A read first: an idle outbox costs no write transaction (nor the writer's time).
         let due = self
@@ -184,22 +187,35 @@ impl Store {
             return Ok(Vec::new());
         }
         let lease = uuid::Uuid::new_v4().simple().to_string();
-        let skip_locked = if self.is_exclusive() {
-            ""
-        } else {
-            " FOR UPDATE SKIP LOCKED"
+        // Candidates: every open delivery with, per channel, how many are in flight (`busy`) and
+        // its rank among the channel's due ones; those that fit under the cap, oldest first.
+        // The outer condition is checked again on each row as it is updated, so two replicas
+        // claiming at once never both take one (PostgreSQL re-reads a row changed meanwhile).
+        let is_due = |now: &str, wall: &str| {
+            format!(
+                "((state IN ('PENDING', 'RESENDING') AND next_attempt_ms <= {now}) \
+                  OR (state = 'SENDING' AND lease_until_ms < {wall}))"
+            )
         };
         let claimed = self
             .execute_statements(vec![Stmt {
                 sql: format!(
                     "UPDATE notification_deliveries SET state = 'SENDING', lease_token = $1, \
-                     lease_until_ms = {} WHERE id IN (SELECT id FROM notification_deliveries \
-                     WHERE (state IN ('PENDING', 'RESENDING') AND next_attempt_ms <= {}) \
-                        OR (state = 'SENDING' AND lease_until_ms < {}) \
-                     ORDER BY next_attempt_ms LIMIT {limit}{skip_locked})",
-                    big(2),
-                    big(3),
-                    big(4)
+                     lease_until_ms = {lease_until} WHERE id IN (\
+                       SELECT id FROM (\
+                         SELECT id, next_attempt_ms, {due_now} AS due, \
+                           SUM(CASE WHEN state = 'SENDING' AND lease_until_ms >= {wall} \
+                                    THEN 1 ELSE 0 END) OVER (PARTITION BY channel_id) AS busy, \
+                           ROW_NUMBER() OVER (PARTITION BY channel_id, {due_now} \
+                                              ORDER BY next_attempt_ms, id) AS nth \
+                         FROM notification_deliveries \
+                         WHERE state IN ('PENDING', 'RESENDING', 'SENDING')) candidates \
+                       WHERE due AND busy + nth <= {per_channel} \
+                       ORDER BY next_attempt_ms, id LIMIT {limit}) \
+                     AND {due_now}",
+                    lease_until = big(2),
+                    wall = big(4),
+                    due_now = is_due(&big(3), &big(4)),
                 ),
                 params: vec![
                     Some(lease.clone()),
