@@ -166,16 +166,6 @@ impl Worker {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let started = self.clock.now().await?;
-        status["state"] = json!("SENDING");
-        status["updatedAt"] = json!(started);
-        if !self
-            .store
-            .update_delivery(&c.id, &c.lease, "SENDING", None, &status, true)
-            .await?
-        {
-            return Ok(()); // resent or taken over meanwhile
-        }
         let channel = self
             .store
             .get_entity::<Channel>(CHANNEL, &channel_id)

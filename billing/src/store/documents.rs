@@ -149,7 +149,9 @@ const TABLES: &[DocTable] = &[
     },
 ];
 
-/// A statement and its parameters (all text or NULL).
+/// A statement and its parameters (all text or NULL). Number the `$n` placeholders in the order
+/// they first appear in the text: SQLite takes `$n` as a name and binds names in order of
+/// appearance, PostgreSQL by number — the two agree only then.
 pub struct Stmt {
     /// SQL with `$n` parameters.
     pub sql: String,

@@ -197,11 +197,22 @@ impl Store {
                   OR (state = 'SENDING' AND lease_until_ms < {wall}))"
             )
         };
+        // The status document says SENDING from the claim on (one write per claim, not one more
+        // per delivery).
+        let sending = if self.is_exclusive() {
+            "json_set(doc, '$.state', 'SENDING', '$.updatedAt', $3)"
+        } else {
+            "jsonb_set(jsonb_set(doc::jsonb, '{state}', '\"SENDING\"'), '{updatedAt}', \
+             to_jsonb(CAST($3 AS TEXT)))::text"
+        };
+        let updated_at = chrono::DateTime::from_timestamp_millis(now_ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
         let claimed = self
             .execute_statements(vec![Stmt {
                 sql: format!(
                     "UPDATE notification_deliveries SET state = 'SENDING', lease_token = $1, \
-                     lease_until_ms = {lease_until} WHERE id IN (\
+                     lease_until_ms = {lease_until}, doc = {sending} WHERE id IN (\
                        SELECT id FROM (\
                          SELECT id, next_attempt_ms, {due_now} AS due, \
                            SUM(CASE WHEN state = 'SENDING' AND lease_until_ms >= {wall} \
@@ -214,12 +225,14 @@ impl Store {
                        ORDER BY next_attempt_ms, id LIMIT {limit}) \
                      AND {due_now}",
                     lease_until = big(2),
-                    wall = big(4),
-                    due_now = is_due(&big(3), &big(4)),
+                    wall = big(5),
+                    due_now = is_due(&big(4), &big(5)),
                 ),
+                // Numbered in the order they first appear: SQLite binds `$n` by appearance.
                 params: vec![
                     Some(lease.clone()),
                     Some((wall_ms + lease_ms).to_string()),
+                    Some(updated_at),
                     Some(now_ms.to_string()),
                     Some(wall_ms.to_string()),
                 ],
