@@ -105,14 +105,18 @@ async fn setup(b: &Billing, customers: usize) {
                     json!({"name": key, "key": key, "usageAttribution": {"subjectKeys": [key]}}),
                 )
                 .await;
-                post(&c, format!("{base}/api/v1/subscriptions"), json!({
+                post(
+                    &c,
+                    format!("{base}/api/v1/subscriptions"),
+                    json!({
                     "customerKey": key,
                     "customPlan": {"name": "Calls", "currency": "USD", "billingCadence": "P1M",
                         "phases": [{"key": "only", "name": "Only", "duration": null, "rateCards": [
                             {"type": "flat_fee", "key": "calls", "name": "Calls",
                              "featureKey": "calls", "billingCadence": "P1M", "price": null,
                              "entitlementTemplate": {"type": "metered",
-                                 "issueAfterReset": LIMIT, "usagePeriod": "P1M"}}]}]}}))
+                                 "issueAfterReset": LIMIT, "usagePeriod": "P1M"}}]}]}}),
+                )
                 .await;
             }
         }));
@@ -234,7 +238,9 @@ async fn hanging_receiver() -> String {
 /// A receiver that answers 204 at once once its gate is open (it holds requests until then),
 /// counting distinct `webhook-id`s.
 async fn fast_receiver() -> (String, Arc<AtomicUsize>, tokio::sync::watch::Sender<bool>) {
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<String>::new()));
+    let seen = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
     let count = Arc::new(AtomicUsize::new(0));
     let (gate, open) = tokio::sync::watch::channel(false);
     let (s, n) = (seen.clone(), count.clone());
@@ -291,8 +297,8 @@ async fn raw_signed_posts(url: &str, secret: &str, n: usize) -> f64 {
                 }
                 let id = format!("raw-{i}");
                 let ts = chrono::Utc::now().timestamp();
-                let s = tollgate_billing::notification::signing::sign(&secret, &id, ts, &body)
-                    .unwrap();
+                let s =
+                    tollgate_billing::notification::signing::sign(&secret, &id, ts, &body).unwrap();
                 let r = client
                     .post(&url)
                     .header("content-type", "application/json")

@@ -1,5 +1,5 @@
 //! The notification suite (`notifications.rs`) on PostgreSQL: the outbox, its dedup keys and its
-//! delivery leases (`FOR UPDATE SKIP LOCKED`) on a database of a real PostgreSQL cluster.
+//! delivery leases (claims by conditional update) on a database of a real PostgreSQL cluster.
 
 #![allow(clippy::unwrap_used)]
 
@@ -19,7 +19,7 @@ use suite::common::Replica;
 use tollgate_e2e::postgres::Cluster;
 
 /// Two replicas on one database share the outbox: 40 events recorded through both are each sent
-/// exactly once (the claim is a row update under `FOR UPDATE SKIP LOCKED`), all verified.
+/// exactly once (the claim is a conditional row update), all verified.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_send_each_delivery_once() {
     let url = Cluster::shared().unwrap().database().unwrap();

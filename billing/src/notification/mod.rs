@@ -9,8 +9,8 @@
 //! * [`reset`]: `entitlements.reset` events when a usage period resets.
 //! * [`outbox`]: recording events durably in billing's database (with their delivery rows, in
 //!   one transaction) — what every producer calls, invoices included.
-//! * [`delivery`]: the worker that claims due deliveries (row lease, `SKIP LOCKED` on
-//!   PostgreSQL), sends them and records each attempt, with retries and backoff.
+//! * [`delivery`]: the worker that claims due deliveries (a row lease, at most a few in flight per
+//!   channel), sends them and records each attempt, with retries and backoff.
 //! * [`signing`]: Standard Webhooks signatures (`webhook-id`, `webhook-timestamp`,
 //!   `webhook-signature`).
 

@@ -2,7 +2,8 @@
 //! where a column is BIGINT): events with their delivery rows written in one transaction (an
 //! event's `dedup_key` is unique, so an evaluator that runs twice, or on two replicas, records it
 //! once), and the delivery lease: a worker claims due rows by setting them `SENDING` with its token
-//! and a lease end — on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so replicas claim disjoint rows
+//! and a lease end, by an update whose condition is checked again on each row as it is written (on
+//! PostgreSQL a row another replica changed meanwhile is re-read), so replicas claim disjoint rows
 //! — and only the holder of a row's token can record the outcome.
 
 use serde_json::Value;
