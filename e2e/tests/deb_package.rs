@@ -47,19 +47,19 @@ fn filter_wasm() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let root = workspace_root();
-            run(Command::new(
-                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
-            )
-            .args([
-                "build",
-                "-p",
-                "tollgate-wasm-filter",
-                "--target",
-                "wasm32-wasip1",
-                "--profile",
-                "wasm",
-            ])
-            .current_dir(&root));
+            run(
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .args([
+                        "build",
+                        "-p",
+                        "tollgate-wasm-filter",
+                        "--target",
+                        "wasm32-wasip1",
+                        "--profile",
+                        "wasm",
+                    ])
+                    .current_dir(&root),
+            );
             std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root.join("target"))
@@ -96,7 +96,13 @@ fn no_package_is_built_without_the_wasm_filter() {
     let debs = |dir: &Path| {
         std::fs::read_dir(dir)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "deb"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "deb")
+            })
             .count()
     };
     // Missing.
@@ -105,7 +111,10 @@ fn no_package_is_built_without_the_wasm_filter() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "built without the filter: {err}");
     assert!(
-        err.contains(&format!("the proxy-wasm filter {} is missing", missing.display())),
+        err.contains(&format!(
+            "the proxy-wasm filter {} is missing",
+            missing.display()
+        )),
         "{err}"
     );
     assert_eq!(debs(tmp.path()), 0);
@@ -208,8 +217,14 @@ fn the_deb_installs_tollgate_where_kong_looks_with_hardened_services() {
             "-rw-r--r--",
         ),
         ("/usr/share/tollgate/wasm/tollgate_wasm.wasm", "-rw-r--r--"),
-        ("/usr/share/tollgate/wasm/tollgate_wasm.meta.json", "-rw-r--r--"),
-        ("/usr/share/doc/tollgate/examples/wasm/kong.conf", "-rw-r--r--"),
+        (
+            "/usr/share/tollgate/wasm/tollgate_wasm.meta.json",
+            "-rw-r--r--",
+        ),
+        (
+            "/usr/share/doc/tollgate/examples/wasm/kong.conf",
+            "-rw-r--r--",
+        ),
         (
             "/usr/share/doc/tollgate/examples/wasm/deck-3.4-3.8.yaml",
             "-rw-r--r--",
@@ -218,7 +233,10 @@ fn the_deb_installs_tollgate_where_kong_looks_with_hardened_services() {
             "/usr/share/doc/tollgate/examples/wasm/deck-3.9-3.10.yaml",
             "-rw-r--r--",
         ),
-        ("/usr/share/doc/tollgate/examples/wasm/envoy.yaml", "-rw-r--r--"),
+        (
+            "/usr/share/doc/tollgate/examples/wasm/envoy.yaml",
+            "-rw-r--r--",
+        ),
     ] {
         let Some((m, owner)) = contents.get(path) else {
             panic!("{path} is not in the package:\n{listing}");
@@ -342,10 +360,9 @@ fn the_deb_installs_tollgate_where_kong_looks_with_hardened_services() {
         std::fs::read(filter_wasm()).unwrap(),
         "the packaged filter is not the built one"
     );
-    let meta: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(filters.join("tollgate_wasm.meta.json")).unwrap(),
-    )
-    .unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(filters.join("tollgate_wasm.meta.json")).unwrap())
+            .unwrap();
     assert!(meta["config_schema"].is_object(), "{meta}");
 
     // The units: own user, the installed binary and config, state under /var/lib, hardening.
