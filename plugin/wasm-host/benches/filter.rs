@@ -9,7 +9,8 @@
 //! * `metering`: one `kong.api_request` per request;
 //! * `metering + enforcement`: also the entitlement decision from shared data (a metered value
 //!   with a large balance, refreshed from the receiver playing the agent's local endpoint);
-//! * `LLM SSE`: an OpenAI stream of 3 chunks read for usage, three events per request.
+//! * `LLM SSE`: an OpenAI stream of 3 chunks read for usage, three events per request;
+//! * and, to show what is the host's: the same callbacks with metering switched off.
 //!
 //! CPU is the driving thread's on-CPU time (`/proc/thread-self/schedstat`: every callback, tick
 //! and batch the filter runs; the HTTP I/O of its calls is the host's, on another thread, as it
@@ -354,10 +355,16 @@ fn main() {
     let base = json!({"agent": {"address": addr.to_string()}, "flush_period_ms": 20, "queue_max": 100000, "batch_max": 1000});
     let mut enforce = base.clone();
     enforce["enforcement"] = json!({"feature": {"key": "api_calls"}});
+    // The host driving the callbacks while the filter builds no event: what is the host's and
+    // the ABI's, not the filter's.
+    let mut idle = base.clone();
+    idle["meter_api_requests"] = json!(false);
+    idle["meter_ai_token_usage"] = json!(false);
     let mut llm = base.clone();
     llm["llm"] = json!(true);
 
     let (floor_us, floor_rate) = rt.block_on(floor(n));
+    let idle = run_filter(&engine, &module, idle, n, false);
     let metering = run_filter(&engine, &module, base, n, false);
     let enforcing = run_filter(&engine, &module, enforce, n, false);
     let sse = run_filter(&engine, &module, llm, n, true);
@@ -374,6 +381,7 @@ fn main() {
         "external plugin floor: 1 HandleEvent round trip", floor_rate, floor_avg, "-", "1.00x"
     );
     for (name, r) in [
+        ("wasm host + filter callbacks, nothing metered", &idle),
         ("wasm filter: metering", &metering),
         ("wasm filter: metering + enforcement", &enforcing),
         ("wasm filter: LLM SSE (3 chunks, 3 events)", &sse),
