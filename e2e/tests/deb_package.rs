@@ -3,6 +3,9 @@
 //! `systemd-analyze verify` and `security`, and the package installed with `dpkg --root` into a
 //! scratch root (maintainer scripts included: they honour `DPKG_ROOT`), where `tollgate -dump`
 //! must describe the plugin to Kong, the shipped configs must pass `check-config`, and then purged.
+//! The proxy-wasm filter (`tollgate_wasm.wasm`, built here for wasm32-wasip1 with `--profile
+//! wasm`) and its schema must land where the shipped kong.conf's `wasm_filters_path` points; a
+//! package without the filter is not built at all.
 //!
 //! It packages the debug binaries with `--fast` (debug info stripped from the copies, gzip -1): the
 //! layout, metadata, units and scripts are the same as for the release package `scripts/package`
@@ -38,22 +41,110 @@ fn stdout(cmd: &mut Command) -> String {
     String::from_utf8(run(cmd).stdout).unwrap()
 }
 
-/// Builds the package from this build's binaries into `dir`.
-fn build_package(dir: &Path) -> PathBuf {
+/// The filter as `scripts/package` builds it (once per test process).
+fn filter_wasm() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            run(
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .args([
+                        "build",
+                        "-p",
+                        "tollgate-wasm-filter",
+                        "--target",
+                        "wasm32-wasip1",
+                        "--profile",
+                        "wasm",
+                    ])
+                    .current_dir(&root),
+            );
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"))
+                .join("wasm32-wasip1/wasm/tollgate_wasm.wasm")
+        })
+        .clone()
+}
+
+/// `scripts/build-deb` on this build's binaries and the filter at `wasm`, into `dir`.
+fn build_deb(dir: &Path, wasm: &Path) -> Output {
     let bins = dir.join("bin");
     std::fs::create_dir_all(&bins).unwrap();
     for name in ["tollgate", "tollgate-agent", "tollgate-billing"] {
-        std::os::unix::fs::symlink(binary(name), bins.join(name)).unwrap();
+        let link = bins.join(name);
+        if !link.exists() {
+            std::os::unix::fs::symlink(binary(name), link).unwrap();
+        }
     }
-    let out = stdout(
-        Command::new(workspace_root().join("scripts/build-deb"))
-            .arg("--bin-dir")
-            .arg(&bins)
-            .arg("--out")
-            .arg(dir)
-            .arg("--fast"),
+    Command::new(workspace_root().join("scripts/build-deb"))
+        .arg("--bin-dir")
+        .arg(&bins)
+        .arg("--wasm")
+        .arg(wasm)
+        .arg("--out")
+        .arg(dir)
+        .arg("--fast")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn no_package_is_built_without_the_wasm_filter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let debs = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "deb")
+            })
+            .count()
+    };
+    // Missing.
+    let missing = tmp.path().join("nowhere/tollgate_wasm.wasm");
+    let out = build_deb(tmp.path(), &missing);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "built without the filter: {err}");
+    assert!(
+        err.contains(&format!(
+            "the proxy-wasm filter {} is missing",
+            missing.display()
+        )),
+        "{err}"
     );
-    PathBuf::from(out.lines().last().unwrap().trim())
+    assert_eq!(debs(tmp.path()), 0);
+    // Present but not a WebAssembly module (an empty or truncated build).
+    let fake = tmp.path().join("fake/tollgate_wasm.wasm");
+    std::fs::create_dir_all(fake.parent().unwrap()).unwrap();
+    std::fs::write(&fake, b"not wasm").unwrap();
+    let out = build_deb(tmp.path(), &fake);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "built with a non-module: {err}");
+    assert!(err.contains("is not a WebAssembly module"), "{err}");
+    assert_eq!(debs(tmp.path()), 0);
+}
+
+/// Builds the package from this build's binaries and filter into `dir`.
+fn build_package(dir: &Path) -> PathBuf {
+    let out = build_deb(dir, &filter_wasm());
+    assert!(
+        out.status.success(),
+        "scripts/build-deb failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    )
 }
 
 /// `Key=Value` lines of a unit file, in order (a key may repeat), with their section.
@@ -123,6 +214,27 @@ fn the_deb_installs_tollgate_where_kong_looks_with_hardened_services() {
         ("/usr/share/doc/tollgate/examples/kong.conf", "-rw-r--r--"),
         (
             "/usr/share/doc/tollgate/examples/deck/01-consumers-key-auth.yaml",
+            "-rw-r--r--",
+        ),
+        ("/usr/share/tollgate/wasm/tollgate_wasm.wasm", "-rw-r--r--"),
+        (
+            "/usr/share/tollgate/wasm/tollgate_wasm.meta.json",
+            "-rw-r--r--",
+        ),
+        (
+            "/usr/share/doc/tollgate/examples/wasm/kong.conf",
+            "-rw-r--r--",
+        ),
+        (
+            "/usr/share/doc/tollgate/examples/wasm/deck-3.4-3.8.yaml",
+            "-rw-r--r--",
+        ),
+        (
+            "/usr/share/doc/tollgate/examples/wasm/deck-3.9-3.10.yaml",
+            "-rw-r--r--",
+        ),
+        (
+            "/usr/share/doc/tollgate/examples/wasm/envoy.yaml",
             "-rw-r--r--",
         ),
     ] {
@@ -233,6 +345,26 @@ fn the_deb_installs_tollgate_where_kong_looks_with_hardened_services() {
         .arg("check-config")
         .arg(root.join("etc/tollgate/billing.toml")));
 
+    // The filter, byte for byte the built module, and its schema, in the directory the shipped
+    // wasm kong.conf names: Kong would load it there as `tollgate_wasm`.
+    let kong_conf =
+        std::fs::read_to_string(root.join("usr/share/doc/tollgate/examples/wasm/kong.conf"))
+            .unwrap();
+    let filters_path = kong_conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("wasm_filters_path = "))
+        .unwrap_or_else(|| panic!("no wasm_filters_path in\n{kong_conf}"));
+    let filters = root.join(filters_path.trim().trim_start_matches('/'));
+    assert_eq!(
+        std::fs::read(filters.join("tollgate_wasm.wasm")).unwrap(),
+        std::fs::read(filter_wasm()).unwrap(),
+        "the packaged filter is not the built one"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(filters.join("tollgate_wasm.meta.json")).unwrap())
+            .unwrap();
+    assert!(meta["config_schema"].is_object(), "{meta}");
+
     // The units: own user, the installed binary and config, state under /var/lib, hardening.
     let verify_dir = tmp.path().join("verify");
     std::fs::create_dir_all(&verify_dir).unwrap();
@@ -321,6 +453,7 @@ fn the_deb_installs_tollgate_where_kong_looks_with_hardened_services() {
     dpkg(&["--purge", "tollgate"]);
     for gone in [
         "usr/local/bin/tollgate",
+        "usr/share/tollgate/wasm/tollgate_wasm.wasm",
         "usr/bin/tollgate-agent",
         "usr/lib/systemd/system/tollgate-agent.service",
         "etc/tollgate/agent.toml",

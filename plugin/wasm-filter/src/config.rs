@@ -74,6 +74,10 @@ pub struct FilterConfig {
     pub queue_max: u64,
     /// Records per delivery call at most.
     pub batch_max: usize,
+    /// Bytes of one delivery call's body at most (a single larger record still goes alone): under
+    /// the agent's intake limit (`[sources.http] max_body_bytes`, 16 MiB by default), which
+    /// refuses larger bodies with 413.
+    pub batch_max_bytes: usize,
     /// The route serves LLM responses: read usage from its JSON bodies too (SSE streams and
     /// responses carrying Kong's `X-Kong-LLM-Model` are always read), and ask the upstream for
     /// unencoded bodies (`Accept-Encoding` removed).
@@ -132,6 +136,7 @@ struct RawConfig {
     delivery_queue: Option<String>,
     queue_max: Option<u64>,
     batch_max: Option<usize>,
+    batch_max_bytes: Option<usize>,
     llm: Option<bool>,
     max_llm_body_bytes: Option<usize>,
     enforcement: Option<RawEnforcement>,
@@ -221,6 +226,10 @@ impl FilterConfig {
         if batch_max == 0 {
             return Err(invalid("batch_max", "must be above 0"));
         }
+        let batch_max_bytes = raw.batch_max_bytes.unwrap_or(1 << 20);
+        if batch_max_bytes < 1024 {
+            return Err(invalid("batch_max_bytes", "must be at least 1024"));
+        }
         let source = raw.source.unwrap_or_else(|| "kong-gateway".to_owned());
         if source.is_empty() {
             return Err(invalid("source", "must not be empty"));
@@ -255,6 +264,7 @@ impl FilterConfig {
             shared_queue,
             queue_max,
             batch_max,
+            batch_max_bytes,
             llm: raw.llm.unwrap_or(false),
             max_llm_body_bytes: raw.max_llm_body_bytes.unwrap_or(4 << 20),
             enforcement,
@@ -324,6 +334,7 @@ mod tests {
         assert_eq!(c.agent.upstream, "127.0.0.1:7071");
         assert_eq!(c.agent.events_path, "/api/v1/events");
         assert_eq!(c.flush_period_ms, 1_000);
+        assert_eq!((c.batch_max, c.batch_max_bytes), (500, 1 << 20));
         assert!(c.rules.meter_api_requests && c.rules.meter_ai_token_usage);
         assert!(c.enforcement.is_none());
     }
@@ -356,6 +367,10 @@ mod tests {
             (
                 r#"{"agent":{"address":"127.0.0.1:1"},"queue_max":0}"#,
                 "config.queue_max",
+            ),
+            (
+                r#"{"agent":{"address":"127.0.0.1:1"},"batch_max_bytes":100}"#,
+                "config.batch_max_bytes",
             ),
             (
                 r#"{"agent":{"address":"127.0.0.1:1"},"colour":1}"#,

@@ -11,8 +11,10 @@
 //! * Root context: `on_tick` moves shared-queue events into its bounded outbox and sends one
 //!   batch at a time with `dispatch_http_call` to the agent's intake; refreshes entitlement values from
 //!   the agent's local endpoint and asks it about first-seen subjects. Answers arrive in
-//!   `on_http_call_response`; a failed delivery is counted and its batch kept for the next tick
-//!   (within the bound). Nothing here ever blocks a request.
+//!   `on_http_call_response`, which sends the next batch at once while full batches wait (so
+//!   delivery keeps pace with traffic, not with the tick); a failed delivery is counted and its
+//!   batch kept for the next tick (within the bound), a batch too large for the agent's intake
+//!   (413) is sent again in halves. Nothing here ever blocks a request.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -115,7 +117,17 @@ struct Root {
     calls: HashMap<u32, Call>,
     delivering: bool,
     refreshing: bool,
+    /// Records per call now: `batch_max`, halved each time the agent answers 413 (its intake
+    /// takes bodies up to `[sources.http] max_body_bytes`), so a refused batch goes through in
+    /// smaller ones instead of being retried whole forever; doubled again after
+    /// [`GROW_AFTER`] deliveries in a row (one oversized event does not shrink batches forever).
+    batch_limit: Option<usize>,
+    /// Deliveries in a row since the last 413.
+    delivered_in_a_row: u32,
 }
+
+/// Successful deliveries at a reduced batch size before it is doubled.
+const GROW_AFTER: u32 = 8;
 
 impl Root {
     fn log(level: LogLevel, msg: &str) {
@@ -149,9 +161,18 @@ impl Root {
         if self.delivering || s.outbox.borrow().is_empty() {
             return;
         }
+        let limit = self.batch_limit.unwrap_or(s.config.batch_max);
         let batch: Vec<Vec<u8>> = {
             let mut outbox = s.outbox.borrow_mut();
-            let n = outbox.len().min(s.config.batch_max);
+            // `[` + records + `,` between + `]`, within `batch_max_bytes` (one record at least).
+            let (mut n, mut bytes) = (0, 1);
+            for record in outbox.iter().take(limit) {
+                bytes += record.len() + 1;
+                if n > 0 && bytes > s.config.batch_max_bytes {
+                    break;
+                }
+                n += 1;
+            }
             outbox.drain(..n).collect()
         };
         let body = request::batch_body(batch.iter().map(Vec::as_slice));
@@ -302,6 +323,50 @@ impl Context for Root {
                 self.delivering = false;
                 if (200..300).contains(&status) {
                     inc(s.metrics.delivered, batch.len() as u64);
+                    if let Some(limit) = self.batch_limit {
+                        self.delivered_in_a_row += 1;
+                        if self.delivered_in_a_row >= GROW_AFTER {
+                            self.delivered_in_a_row = 0;
+                            self.batch_limit = Some(limit * 2).filter(|l| *l < s.config.batch_max);
+                        }
+                    }
+                    // A full batch waiting goes now, not at the next tick: delivery keeps up
+                    // with traffic at the agent's pace instead of one batch per tick
+                    // (`batch_max` / `flush_period_ms` events/s, past which the outbox filled
+                    // and dropped).
+                    self.drain_queue(&s);
+                    let limit = self.batch_limit.unwrap_or(s.config.batch_max);
+                    if s.outbox.borrow().len() >= limit {
+                        self.deliver(&s);
+                    }
+                } else if status == 413 && batch.len() > 1 {
+                    // Larger than the intake takes: the same events again in halves.
+                    inc(s.metrics.delivery_failures, 1);
+                    let half = batch.len() / 2;
+                    self.batch_limit = Some(half);
+                    self.delivered_in_a_row = 0;
+                    Self::log(
+                        LogLevel::Warn,
+                        &format!(
+                            "tollgate: the agent refused a batch of {} events as too large (413); sending at most {half} per call",
+                            batch.len()
+                        ),
+                    );
+                    self.put_back(&s, batch);
+                    self.deliver(&s);
+                } else if status == 400 || status == 413 {
+                    // A 400 names events the agent will never take, and a single event larger
+                    // than its intake never fits: do not retry them forever.
+                    inc(s.metrics.delivery_failures, 1);
+                    inc(s.metrics.dropped, batch.len() as u64);
+                    Self::log(
+                        LogLevel::Warn,
+                        &format!(
+                            "tollgate: the agent refused {} events ({}); dropped",
+                            batch.len(),
+                            why
+                        ),
+                    );
                 } else {
                     inc(s.metrics.delivery_failures, 1);
                     Self::log(
@@ -312,12 +377,7 @@ impl Context for Root {
                             why
                         ),
                     );
-                    // A 400 names events the agent will never take: do not retry them forever.
-                    if status != 400 {
-                        self.put_back(&s, batch);
-                    } else {
-                        inc(s.metrics.dropped, batch.len() as u64);
-                    }
+                    self.put_back(&s, batch);
                 }
             }
             Call::Refresh | Call::Lookup(_) => {

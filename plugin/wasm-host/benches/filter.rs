@@ -9,7 +9,8 @@
 //! * `metering`: one `kong.api_request` per request;
 //! * `metering + enforcement`: also the entitlement decision from shared data (a metered value
 //!   with a large balance, refreshed from the receiver playing the agent's local endpoint);
-//! * `LLM SSE`: an OpenAI stream of 3 chunks read for usage, three events per request.
+//! * `LLM SSE`: an OpenAI stream of 3 chunks read for usage, three events per request;
+//! * and, to show what is the host's: the same callbacks with metering switched off.
 //!
 //! CPU is the driving thread's on-CPU time (`/proc/thread-self/schedstat`: every callback, tick
 //! and batch the filter runs; the HTTP I/O of its calls is the host's, on another thread, as it
@@ -23,6 +24,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rmpv::Value;
@@ -49,8 +51,12 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// An HTTP receiver: 204 for events, and a metered value with a large balance for every
-/// entitlement question (the agent's local endpoint, answered at once).
+/// Events the receiver took (every event of every batch it answered 204).
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+/// An HTTP receiver: reads each batch, counts its events and answers 204 (as the agent's intake
+/// does once they are durable), and a metered value with a large balance for every entitlement
+/// question (the agent's local endpoint, answered at once).
 async fn receiver() -> SocketAddr {
     use axum::routing::{get, post};
     let value = |subject: &str| {
@@ -61,7 +67,15 @@ async fn receiver() -> SocketAddr {
     let app = axum::Router::new()
         .route(
             "/api/v1/events",
-            post(|| async { axum::http::StatusCode::NO_CONTENT }),
+            post(|body: axum::body::Bytes| async move {
+                match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&body) {
+                    Ok(events) => {
+                        RECEIVED.fetch_add(events.len() as u64, Ordering::Relaxed);
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                    Err(_) => axum::http::StatusCode::BAD_REQUEST,
+                }
+            }),
         )
         .route(
             "/v1/entitlements",
@@ -75,6 +89,8 @@ async fn receiver() -> SocketAddr {
                 },
             ),
         );
+    // The agent's `[sources.http] max_body_bytes` default.
+    let app = app.layer(axum::extract::DefaultBodyLimit::max(16 << 20));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -126,6 +142,49 @@ const SSE: [&str; 3] = [
     "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":8,\"total_tokens\":29}}\n\ndata: [DONE]\n\n",
 ];
 
+use tollgate_wasm::metrics as m;
+
+/// The filter's counters at one tick of a run.
+struct Sample {
+    ms: u128,
+    requests: usize,
+    queued: i64,
+    delivered: i64,
+    dropped: i64,
+    failures: i64,
+    in_flight: usize,
+}
+
+impl Sample {
+    fn of(vm: &Vm, t0: Instant, requests: usize) -> Sample {
+        Sample {
+            ms: t0.elapsed().as_millis(),
+            requests,
+            queued: vm.metric(m::QUEUED),
+            delivered: vm.metric(m::DELIVERED),
+            dropped: vm.metric(m::DROPPED),
+            failures: vm.metric(m::DELIVERY_FAILURES),
+            in_flight: vm.calls_in_flight(),
+        }
+    }
+}
+
+impl std::fmt::Display for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<7} {:<9} {:<8} {:<9} {:<7} {:<8} {}",
+            self.ms,
+            self.requests,
+            self.queued,
+            self.delivered,
+            self.dropped,
+            self.failures,
+            self.in_flight
+        )
+    }
+}
+
 struct Run {
     us_thread: f64,
     us_process: f64,
@@ -167,24 +226,48 @@ fn run_filter(
     vm.tick().unwrap();
     vm.run_until(Duration::from_secs(5), |vm| vm.calls_in_flight() == 0)
         .unwrap();
+    let received0 = RECEIVED.load(Ordering::Relaxed) as i64;
+    let delivered0 = vm.metric(m::DELIVERED);
     let pid = std::process::id();
+    let mut trace = Vec::new();
     let (t0, p0, w0) = (thread_cpu_ns(), cpu_ticks(pid), Instant::now());
     for i in 0..n {
         vm.exchange(&request(1_000 + i), &response).unwrap();
         if i % 64 == 63 {
-            vm.tick_if_due().unwrap();
+            if vm.tick_if_due().unwrap() {
+                trace.push(Sample::of(&vm, w0, i + 1));
+            }
             vm.poll_calls(Duration::ZERO).unwrap();
         }
     }
-    vm.run_until(Duration::from_secs(30), |vm| {
-        vm.metric(tollgate_wasm::metrics::QUEUED) == vm.metric(tollgate_wasm::metrics::DELIVERED)
-    })
-    .unwrap();
+    let drained = vm
+        .run_until(Duration::from_secs(30), |vm| {
+            vm.metric(m::QUEUED) == vm.metric(m::DELIVERED) + vm.metric(m::DROPPED)
+        })
+        .unwrap();
     let thread_ns = thread_cpu_ns() - t0;
     let ticks = cpu_ticks(pid) - p0;
     let secs = w0.elapsed().as_secs_f64();
-    assert_eq!(vm.metric(tollgate_wasm::metrics::DROPPED), 0);
-    assert_eq!(vm.metric(tollgate_wasm::metrics::DENIED), 0);
+    trace.push(Sample::of(&vm, w0, n));
+    let received = RECEIVED.load(Ordering::Relaxed) as i64 - received0;
+    let delivered = vm.metric(m::DELIVERED) - delivered0;
+    if !drained || vm.metric(m::DROPPED) != 0 || received != delivered {
+        eprintln!("ms      requests  queued   delivered dropped failures in-flight");
+        let step = (trace.len() / 40).max(1);
+        for (k, t) in trace.iter().enumerate() {
+            if k % step == 0 || k + 1 == trace.len() {
+                eprintln!("{t}");
+            }
+        }
+        eprintln!(
+            "receiver took {received} events, the filter counts {delivered} delivered; logs: {:?}",
+            vm.logs().iter().rev().take(5).collect::<Vec<_>>()
+        );
+    }
+    assert!(drained, "the outbox did not drain within 30 s");
+    assert_eq!(vm.metric(m::DROPPED), 0, "events dropped");
+    assert_eq!(received, delivered, "receiver's count vs the filter's");
+    assert_eq!(vm.metric(m::DENIED), 0);
     Run {
         us_thread: thread_ns as f64 / 1_000.0 / n as f64,
         us_process: ticks as f64 * 10_000.0 / n as f64,
@@ -272,10 +355,16 @@ fn main() {
     let base = json!({"agent": {"address": addr.to_string()}, "flush_period_ms": 20, "queue_max": 100000, "batch_max": 1000});
     let mut enforce = base.clone();
     enforce["enforcement"] = json!({"feature": {"key": "api_calls"}});
+    // The host driving the callbacks while the filter builds no event: what is the host's and
+    // the ABI's, not the filter's.
+    let mut idle = base.clone();
+    idle["meter_api_requests"] = json!(false);
+    idle["meter_ai_token_usage"] = json!(false);
     let mut llm = base.clone();
     llm["llm"] = json!(true);
 
     let (floor_us, floor_rate) = rt.block_on(floor(n));
+    let idle = run_filter(&engine, &module, idle, n, false);
     let metering = run_filter(&engine, &module, base, n, false);
     let enforcing = run_filter(&engine, &module, enforce, n, false);
     let sse = run_filter(&engine, &module, llm, n, true);
@@ -292,6 +381,7 @@ fn main() {
         "external plugin floor: 1 HandleEvent round trip", floor_rate, floor_avg, "-", "1.00x"
     );
     for (name, r) in [
+        ("wasm host + filter callbacks, nothing metered", &idle),
         ("wasm filter: metering", &metering),
         ("wasm filter: metering + enforcement", &enforcing),
         ("wasm filter: LLM SSE (3 chunks, 3 events)", &sse),

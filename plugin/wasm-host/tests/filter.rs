@@ -431,6 +431,124 @@ async fn with_the_agent_down_traffic_never_waits_the_outbox_is_bounded_and_failu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_keeps_up_with_traffic_faster_than_one_batch_per_tick() {
+    // One batch per tick would cap delivery at batch_max / flush_period_ms: 100 events per
+    // 500 ms = 200 events/s here, while requests come at up to 1,000/s for 2 s: the outbox
+    // (1,000) would fill and drop. A tick's worth of traffic (500) fits in the outbox, and the
+    // agent takes a batch of 100 in far less than 100 ms, so nothing may be dropped: after each
+    // answer the next full batch goes at once.
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(dir.path()).unwrap();
+    let billing = format!("http://{}", stack.billing_addr);
+    let mut config = config(&stack.agent_http.to_string());
+    config["flush_period_ms"] = json!(500);
+    config["batch_max"] = json!(100);
+    config["queue_max"] = json!(1000);
+    let mut vm = vm(&config, Flavor::Kong);
+    let prefix = "f2f2f2f2f2f2f2f2f2f2f2f2f2";
+    let n = 2_000u32;
+    let started = Instant::now();
+    for i in 0..n {
+        vm.exchange(
+            &kong_request(ACME, &format!("{prefix}{i:04}"), "/orders/42"),
+            &ok_json("{}"),
+        )
+        .unwrap();
+        // The proxy's timer and event loop between requests.
+        vm.tick_if_due().unwrap();
+        vm.poll_calls(Duration::ZERO).unwrap();
+        let due = started + Duration::from_millis(u64::from(i));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        vm.run_until(Duration::from_secs(10), |vm| vm.metric(metrics::DELIVERED)
+            + vm.metric(metrics::DROPPED)
+            == i64::from(n))
+            .unwrap(),
+        "{}",
+        common::counters(&vm)
+    );
+    assert_eq!(
+        vm.metric(metrics::DROPPED),
+        0,
+        "{n} requests in {elapsed:?}: {}",
+        common::counters(&vm)
+    );
+    assert_eq!(vm.metric(metrics::DELIVERED), i64::from(n));
+    for last in [format!("{prefix}0000"), format!("{prefix}{:04}", n - 1)] {
+        let events = billing_events(&billing, &last, 1, Duration::from_secs(15)).await;
+        assert_eq!(events.len(), 1, "{last} not in billing");
+    }
+    assert_eq!(vm.refused_calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_agents_intake_takes_goes_through_in_smaller_ones() {
+    // The agent's intake refuses bodies over `[sources.http] max_body_bytes` with 413. A filter
+    // that retried the refused batch whole would never deliver again (and drop everything once
+    // its queue filled): it must split it, and drop only an event that alone is too large.
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start_with_agent_env(
+        dir.path(),
+        &[("TOLLGATE_AGENT__SOURCES__HTTP__MAX_BODY_BYTES", "4096")],
+    )
+    .unwrap();
+    let billing = format!("http://{}", stack.billing_addr);
+    let mut config = config(&stack.agent_http.to_string());
+    config["batch_max"] = json!(500);
+    let mut vm = vm(&config, Flavor::Kong);
+    let prefix = "e1e1e1e1e1e1e1e1e1e1e1e1e1";
+    for i in 0..40 {
+        vm.exchange(
+            &kong_request(ACME, &format!("{prefix}{i:03}"), "/orders/42"),
+            &ok_json("{}"),
+        )
+        .unwrap();
+    }
+    assert!(
+        vm.run_until(Duration::from_secs(20), |vm| vm.metric(metrics::DELIVERED)
+            == 40)
+            .unwrap(),
+        "{} {:?}",
+        common::counters(&vm),
+        vm.logs()
+    );
+    assert_eq!(vm.metric(metrics::DROPPED), 0);
+    assert!(vm.metric(metrics::DELIVERY_FAILURES) >= 1);
+    assert!(
+        vm.logs().iter().any(|l| l.contains("as too large (413)")),
+        "{:?}",
+        vm.logs()
+    );
+    let events = billing_events(&billing, prefix, 40, Duration::from_secs(15)).await;
+    assert_eq!(events.len(), 40);
+
+    // An event that alone exceeds the limit is dropped and counted, and the next ones still go.
+    let mut big = kong_request(ACME, &format!("{prefix}big"), "/orders/42");
+    big.headers.push(("user-agent".into(), "x".repeat(5000)));
+    big.headers
+        .retain(|(k, v)| k != "user-agent" || v.len() > 100);
+    vm.exchange(&big, &ok_json("{}")).unwrap();
+    vm.exchange(
+        &kong_request(ACME, &format!("{prefix}after"), "/orders/42"),
+        &ok_json("{}"),
+    )
+    .unwrap();
+    assert!(
+        vm.run_until(Duration::from_secs(20), |vm| vm.metric(metrics::DELIVERED)
+            == 41)
+            .unwrap(),
+        "{} {:?}",
+        common::counters(&vm),
+        vm.logs()
+    );
+    assert_eq!(vm.metric(metrics::DROPPED), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_envoy_ids_come_from_x_request_id_and_integer_properties_are_read() {
     let dir = tempfile::tempdir().unwrap();
     let stack = Stack::start(dir.path()).unwrap();
