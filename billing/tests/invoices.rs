@@ -1135,3 +1135,137 @@ async fn kill9_while_invoicing_subscriptions_makes_no_duplicate() {
         );
     }
 }
+
+/// An add-on bought mid-period on a subscription, its quantity raised, then removed: billed on
+/// the stretches it was active, prorated by exact time, by OpenMeter's merge rules — a rate card
+/// of its own (seats) is an item of its own, one with the key of the plan's flat fee (platform)
+/// adds its amount on the fee's payment term — each line naming the add-on it comes from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_ons_are_invoiced_on_the_stretches_they_are_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Billing::simulated(dir.path());
+    setup(&b, &["acme"]).await;
+    let mut plan = monthly_plan("acme");
+    plan["customPlan"]["phases"][0]["rateCards"][0]["price"] =
+        json!({"type": "flat", "amount": "30", "paymentTerm": "in_arrears"});
+    let (s, sub) = post(&b, "/api/v1/subscriptions", plan).await;
+    assert_eq!(s, 201, "{sub}");
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    let t0: DateTime<Utc> = sub["activeFrom"].as_str().unwrap().parse().unwrap();
+    let t1 = t0.checked_add_months(chrono::Months::new(1)).unwrap();
+    let quarter = (t1 - t0) / 4;
+    let (s, addon) = post(
+        &b,
+        "/api/v1/addons",
+        json!({"key": "boost", "name": "Boost", "currency": "USD", "instanceType": "multiple",
+        "rateCards": [
+            {"type": "flat_fee", "key": "seats", "name": "Seats", "billingCadence": "P1M",
+             "price": {"type": "flat", "amount": "10", "paymentTerm": "in_arrears"}},
+            {"type": "flat_fee", "key": "platform", "name": "Platform boost", "billingCadence": "P1M",
+             "price": {"type": "flat", "amount": "5", "paymentTerm": "in_arrears"}}
+        ]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{addon}");
+    let addon_id = addon["id"].as_str().unwrap().to_owned();
+    let (s, p) = post(&b, &format!("/api/v1/addons/{addon_id}/publish"), json!({})).await;
+    assert_eq!(s, 200, "{p}");
+    ingest(
+        &b,
+        json!([ev("u1", "acme", t0 + chrono::Duration::days(2), 8000)]),
+    )
+    .await;
+
+    // A quarter in: 2 bought. Half-way: 3. Three quarters in: removed (0).
+    advance_to(&b, t0 + quarter).await;
+    let (s, bought) = post(
+        &b,
+        &format!("/api/v1/subscriptions/{sub_id}/addons"),
+        json!({"addon": {"id": addon_id}, "quantity": 2, "timing": "immediate"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{bought}");
+    let bought_id = bought["id"].as_str().unwrap().to_owned();
+    for (at, q) in [(t0 + quarter * 2, 3), (t0 + quarter * 3, 0)] {
+        advance_to(&b, at).await;
+        let (s, r) = call(
+            &b,
+            "PATCH",
+            &format!("/api/v1/subscriptions/{sub_id}/addons/{bought_id}"),
+            Some(json!({"quantity": q, "timing": "immediate"})),
+        )
+        .await;
+        assert_eq!(s, 200, "{r}");
+    }
+    advance_to(&b, t1 + chrono::Duration::hours(2)).await;
+
+    let list = invoices(&b, "acme").await;
+    let paid: Vec<&Value> = list.iter().filter(|i| i["status"] == "paid").collect();
+    assert_eq!(paid.len(), 1, "one invoice for the period: {list:#?}");
+    let inv = paid[0];
+    assert_totals_add_up(inv);
+    let mut lines: Vec<(String, String, Option<String>, i64, i64)> = inv["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let rel = |v: &Value| {
+                (v.as_str().unwrap().parse::<DateTime<Utc>>().unwrap() - t0).num_milliseconds()
+                    / quarter.num_milliseconds()
+            };
+            (
+                l["name"].as_str().unwrap().to_owned(),
+                l["totals"]["total"].as_str().unwrap().to_owned(),
+                l["metadata"]["addon.key"].as_str().map(str::to_owned),
+                rel(&l["period"]["from"]),
+                rel(&l["period"]["to"]),
+            )
+        })
+        .collect();
+    lines.sort();
+    let line = |name: &str, total: &str, addon: bool, from: i64, to: i64| {
+        (
+            name.to_owned(),
+            total.to_owned(),
+            addon.then(|| "boost".to_owned()),
+            from,
+            to,
+        )
+    };
+    // Worked by hand (periods in quarters of the month, flat prices prorated by exact time):
+    // the plan's fee 30 in arrears; API usage 8,000 → 7,000 × 0.01 = 70 (first 1,000 free);
+    // seats 10 per instance: 2 × 10 × ¼ = 5, then 3 × 10 × ¼ = 7.50;
+    // platform boost 5 per instance added to the fee: 2 × 5 × ¼ = 2.50, then 3 × 5 × ¼ = 3.75.
+    // Total 30 + 70 + 5 + 7.50 + 2.50 + 3.75 = 118.75.
+    assert_eq!(
+        lines,
+        vec![
+            line("API calls", "70", false, 0, 4),
+            line("Platform boost (add-on Boost × 2)", "2.5", true, 1, 2),
+            line("Platform boost (add-on Boost × 3)", "3.75", true, 2, 3),
+            line("Platform fee", "30", false, 0, 4),
+            line("Seats (add-on Boost × 2)", "5", true, 1, 2),
+            line("Seats (add-on Boost × 3)", "7.5", true, 2, 3),
+        ],
+        "{inv:#}"
+    );
+    assert_eq!(total(inv), "118.75");
+    for l in inv["lines"].as_array().unwrap() {
+        if l["metadata"]["addon.key"].is_string() {
+            assert_eq!(l["subscription"]["addon"]["id"], bought_id.as_str(), "{l}");
+            assert_eq!(l["metadata"]["addon.id"], bought_id.as_str(), "{l}");
+        }
+    }
+    // The next period has no add-on: its gathering invoice holds the plan's lines only.
+    let gathering: Vec<&Value> = list.iter().filter(|i| i["status"] == "gathering").collect();
+    assert_eq!(gathering.len(), 1);
+    assert!(
+        gathering[0]["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["metadata"]["addon.key"].is_null()),
+        "{:#}",
+        gathering[0]
+    );
+}
