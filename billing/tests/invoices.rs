@@ -802,7 +802,9 @@ async fn custom_invoicing_waits_for_the_integration() {
 
 /// kill -9 while the clock's advance has the scheduler turning many gathering invoices into
 /// issued ones; after a restart the advance is repeated and every customer ends with exactly
-/// one invoice for its usage — none made twice, none lost.
+/// one invoice for its usage — none made twice, none lost — and, with a rule on
+/// `invoice.created`, every invoice has exactly one `invoice.created` event: the event is
+/// recorded in the invoice's own transaction, so the kill cannot fall between the two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_while_advancing_invoices_makes_none_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -811,6 +813,21 @@ async fn kill9_while_advancing_invoices_makes_none_twice() {
     let keys: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     setup(&b, &key_refs).await;
+    // A disabled channel: events are recorded (their delivery FAILED, saying so), none sent.
+    let (s, channel) = post(
+        &b,
+        "/api/v1/notification/channels",
+        json!({"type": "WEBHOOK", "name": "finance", "url": "http://127.0.0.1:9/", "disabled": true}),
+    )
+    .await;
+    assert_eq!(s, 201, "{channel}");
+    let (s, rule) = post(
+        &b,
+        "/api/v1/notification/rules",
+        json!({"type": "invoice.created", "name": "new invoices", "channels": [channel["id"]]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{rule}");
     let t0 = now(&b).await;
     let t1 = t0 + chrono::Duration::days(30);
     let mut events = Vec::new();
@@ -894,6 +911,27 @@ async fn kill9_while_advancing_invoices_makes_none_twice() {
             "{k}"
         );
     }
+    // Exactly one invoice.created per invoice made, none for another id.
+    let (s, events) = get(&b, "/api/v1/notification/events?pageSize=1000").await;
+    assert_eq!(s, 200, "{events}");
+    let mut created: std::collections::BTreeMap<String, usize> = all
+        .iter()
+        .filter(|inv| inv["status"] != "gathering" && inv["status"] != "deleted")
+        .map(|inv| (inv["id"].as_str().unwrap().to_owned(), 0))
+        .collect();
+    assert_eq!(created.len(), 2 * n, "a fee and a usage invoice each");
+    for e in events["items"].as_array().unwrap() {
+        assert_eq!(e["type"], "invoice.created", "{e}");
+        let id = e["payload"]["data"]["id"].as_str().unwrap();
+        *created
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("an event for no invoice made: {e}")) += 1;
+    }
+    let wrong: Vec<_> = created.iter().filter(|(_, c)| **c != 1).collect();
+    assert!(
+        wrong.is_empty(),
+        "invoice.created count per invoice: {wrong:?}"
+    );
 }
 
 /// The plan of issue #22's test: monthly, a 49.00 fee in advance and graduated API usage.

@@ -556,7 +556,7 @@ pub async fn sync(
     sub: &Subscription,
     at: DateTime<Utc>,
 ) -> Result<bool, super::InvoiceError> {
-    use super::lifecycle::{self, KIND};
+    use super::lifecycle;
     let addons = crate::subscription::addons_of(store, &sub.id).await?;
     let view = view_of(sub, &addons);
     let version = changed_at(sub, &addons);
@@ -677,7 +677,6 @@ pub async fn sync(
         if !changed && !state_changed {
             return Ok(false);
         }
-        let mut swaps: Vec<(&str, &str, Option<&str>, serde_json::Value)> = Vec::new();
         let before = inv.clone();
         if changed {
             inv.updated_at = at;
@@ -687,28 +686,16 @@ pub async fn sync(
                 .min()
                 .map(super::model::stamp);
             inv.recompute();
-            swaps.push((
-                KIND,
-                &inv.id,
-                g_raw.as_deref(),
-                serde_json::to_value(&inv).map_err(|e| StoreError::Decode(e.to_string()))?,
-            ));
         }
-        swaps.push((
-            SYNC_KIND,
-            &sub.id,
-            sync_raw.as_deref(),
-            serde_json::to_value(&new_state).map_err(|e| StoreError::Decode(e.to_string()))?,
-        ));
-        if store.swap_entities(&swaps).await? {
-            if changed {
-                lifecycle::invoice_status_changed(
-                    store,
-                    if is_new { None } else { Some(&before) },
-                    &inv,
-                )
-                .await;
-            }
+        let record =
+            serde_json::to_value(&new_state).map_err(|e| StoreError::Decode(e.to_string()))?;
+        let extra = vec![(SYNC_KIND, sub.id.as_str(), sync_raw.as_deref(), record)];
+        let before = (!is_new).then_some(&before);
+        let mut changes: Vec<lifecycle::Change<'_>> = Vec::new();
+        if changed {
+            changes.push((g_raw.as_deref(), before, &inv));
+        }
+        if lifecycle::commit(store, &changes, extra).await? {
             return Ok(changed);
         }
     }
