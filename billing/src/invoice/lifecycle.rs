@@ -28,7 +28,7 @@ use super::model::{
 };
 use super::profile::{self, BillingProfile};
 use super::rating::{self, Quantities};
-use super::usage::UsageReader;
+use super::usage::{Prefetched, UsageReader};
 use crate::app::{self, App, DraftSync, IssueSync};
 use crate::catalog::model::PriceDoc;
 use crate::entitlement::Customer;
@@ -576,8 +576,18 @@ pub async fn rate_all(
     inv: &mut Invoice,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    rate_all_with(store, inv, now, None).await
+}
+
+/// [`rate_all`], taking usage read ahead for many invoices from `pre` where it has it.
+pub async fn rate_all_with(
+    store: &Store,
+    inv: &mut Invoice,
+    now: DateTime<Utc>,
+    pre: Option<&Prefetched>,
+) -> Result<(), StoreError> {
     let subjects = subjects_of(&inv.customer);
-    let mut reader = UsageReader::new(store);
+    let mut reader = UsageReader::with(store, pre);
     let before = billed_before(store, inv).await?;
     let cur = currency(inv);
     let mut issues = Vec::new();
@@ -708,6 +718,16 @@ pub async fn settle(
     id: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<(String, Invoice)>, InvoiceError> {
+    settle_with(store, id, now, None).await
+}
+
+/// [`settle`], rating with usage read ahead in `pre` where it has it.
+pub async fn settle_with(
+    store: &Store,
+    id: &str,
+    now: DateTime<Utc>,
+    pre: Option<&Prefetched>,
+) -> Result<Vec<(String, Invoice)>, InvoiceError> {
     let mut out = Vec::new();
     for _ in 0..64 {
         let Some((raw, inv)) = load(store, id).await? else {
@@ -735,7 +755,7 @@ pub async fn settle(
             match made {
                 Some(draft) => {
                     out.push(("created".to_owned(), draft.clone()));
-                    out.extend(Box::pin(settle(store, &draft.id, now)).await?);
+                    out.extend(Box::pin(settle_with(store, &draft.id, now, pre)).await?);
                 }
                 None => {
                     // Nothing billable after all (lines changed): move the next action on.
@@ -758,7 +778,7 @@ pub async fn settle(
         let mut after = inv.clone();
         let mut went = Vec::new();
         loop {
-            advance_step(store, &mut after, now).await?;
+            advance_step(store, &mut after, now, pre).await?;
             went.push(after.ext().to_owned());
             let again = after
                 .next_action_at
@@ -780,12 +800,13 @@ async fn advance_step(
     store: &Store,
     inv: &mut Invoice,
     now: DateTime<Utc>,
+    pre: Option<&Prefetched>,
 ) -> Result<(), StoreError> {
     let app = invoicing_app(store, inv).await?;
     inv.updated_at = now;
     match inv.ext() {
         "draft.waiting_for_collection" => {
-            rate_all(store, inv, now).await?;
+            rate_all_with(store, inv, now, pre).await?;
             inv.quantity_snapshoted_at = Some(now);
             after_snapshot(inv, &app, now);
         }
@@ -855,16 +876,16 @@ pub async fn act(
             Action::Advance => match ext.as_str() {
                 "draft.waiting_for_collection" => {
                     after.collection_at = Some(now);
-                    advance_step(store, &mut after, now).await?
+                    advance_step(store, &mut after, now, None).await?
                 }
-                "draft.waiting_auto_approval" => advance_step(store, &mut after, now).await?,
+                "draft.waiting_auto_approval" => advance_step(store, &mut after, now, None).await?,
                 _ => return refuse("advanced"),
             },
             Action::SnapshotQuantities => match ext.as_str() {
                 "draft.waiting_for_collection" => {
                     // Collected now rather than at the collection time.
                     after.collection_at = Some(now);
-                    advance_step(store, &mut after, now).await?
+                    advance_step(store, &mut after, now, None).await?
                 }
                 _ => return refuse("snapshotted"),
             },

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::{Done, Due, DueQueue, DueWork, Happening, ListQueue};
 use crate::invoice::model::{Invoice, stamp};
+use crate::invoice::usage::Prefetched;
 use crate::invoice::{lifecycle, subscription};
 use crate::store::{Store, StoreError};
 
@@ -69,10 +70,13 @@ pub async fn run_ids(
     at: DateTime<Utc>,
     ids: impl IntoIterator<Item = String>,
 ) -> Result<Done, StoreError> {
+    let ids: Vec<String> = ids.into_iter().collect();
     let mut done = Done::default();
+    let pre = read_ahead(store, at, &ids).await?;
+    let pre = &pre;
     let settled: Vec<_> = stream::iter(ids)
         .map(|id| async move {
-            let r = lifecycle::settle(store, &id, at).await;
+            let r = lifecycle::settle_with(store, &id, at, Some(pre)).await;
             (id, r)
         })
         .buffered(concurrency())
@@ -100,6 +104,43 @@ pub async fn run_ids(
         }
     }
     Ok(done)
+}
+
+/// The usage the invoices `ids` will be rated with at `at`, read ahead in one store read per
+/// feature and period for all their customers: the metered lines a gathering invoice hands to
+/// a draft now (whole lines whose period has ended) and those of drafts whose collection time
+/// has come. Lines of a progressive-billing split group are read on their own, as before.
+async fn read_ahead(
+    store: &Store,
+    at: DateTime<Utc>,
+    ids: &[String],
+) -> Result<Prefetched, StoreError> {
+    if ids.len() < 2 {
+        return Ok(Prefetched::default());
+    }
+    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let due: Vec<Invoice> = store.invoices_due(&stamp(at), ids.len().max(BATCH)).await?;
+    let mut asks = Vec::new();
+    for inv in due.iter().filter(|i| wanted.contains(i.id.as_str())) {
+        let collecting = inv.ext() == "draft.waiting_for_collection"
+            && inv.collection_at.is_none_or(|c| c <= at);
+        let gathering = inv.ext() == "gathering";
+        if !collecting && !gathering {
+            continue;
+        }
+        let subjects = lifecycle::subjects_of(&inv.customer);
+        for l in inv.live_lines() {
+            let Some(key) = &l.rate_card.feature_key else {
+                continue;
+            };
+            let whole = !gathering || (l.invoice_at <= at && l.period.to <= at);
+            if l.is_flat() || l.split_line_group.is_some() || !whole {
+                continue;
+            }
+            asks.push((key.clone(), subjects.clone(), l.period.from, l.period.to));
+        }
+    }
+    Prefetched::read(store, asks).await
 }
 
 impl DueWork for Invoices {
