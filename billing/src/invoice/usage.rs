@@ -25,12 +25,15 @@ fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
 /// Rows of one subject: (group-by values, aggregate).
 type SubjectRows = Vec<(BTreeMap<String, String>, MinuteAgg)>;
 
+/// One read ahead: the subjects read, and their rows.
+type Read = (HashSet<String>, HashMap<String, SubjectRows>);
+
 /// Usage read ahead for many customers at once: for each feature and (minute-floored) period,
 /// the subjects read and their rows. A [`UsageReader`] made [`UsageReader::with`] it answers
 /// from here when every subject it asks for was read, and from the store otherwise.
 #[derive(Debug, Default)]
 pub struct Prefetched {
-    reads: HashMap<(String, i64, i64), (HashSet<String>, HashMap<String, SubjectRows>)>,
+    reads: HashMap<(String, i64, i64), Read>,
 }
 
 impl Prefetched {

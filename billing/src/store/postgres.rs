@@ -401,7 +401,7 @@ impl Postgres {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        config.application_name(&application_name(instance));
+        config.application_name(application_name(instance));
         let manager = Manager::from_config(
             config,
             NoTls,
