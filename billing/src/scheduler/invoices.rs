@@ -24,8 +24,8 @@ use crate::store::{Store, StoreError};
 pub const BATCH: usize = 500;
 
 /// Invoices settled at once by [`run_ids`] (and subscriptions synced at once) unless the
-/// environment's `TOLLGATE_INVOICING_CONCURRENCY` says otherwise (`1`: one after the other, as
-/// before; the invoicing benchmark measures both).
+/// environment's `TOLLGATE_INVOICING_CONCURRENCY` says otherwise (`1`: as before — one after the
+/// other, each line's usage read on its own; the invoicing benchmark measures both).
 pub const CONCURRENT: usize = 32;
 
 /// [`CONCURRENT`], or `TOLLGATE_INVOICING_CONCURRENCY` (read once; at least 1).
@@ -72,7 +72,11 @@ pub async fn run_ids(
 ) -> Result<Done, StoreError> {
     let ids: Vec<String> = ids.into_iter().collect();
     let mut done = Done::default();
-    let pre = read_ahead(store, at, &ids).await?;
+    let pre = if concurrency() > 1 {
+        read_ahead(store, at, &ids).await?
+    } else {
+        Prefetched::default()
+    };
     let pre = &pre;
     let settled: Vec<_> = stream::iter(ids)
         .map(|id| async move {
