@@ -809,7 +809,8 @@ async fn custom_invoicing_waits_for_the_integration() {
 async fn kill9_while_advancing_invoices_makes_none_twice() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Billing::simulated(dir.path());
-    let n = 120;
+    // Enough that the usage invoices (settled 32 at a time) are still being made at the kill.
+    let n = 300;
     let keys: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     setup(&b, &key_refs).await;
@@ -863,7 +864,7 @@ async fn kill9_while_advancing_invoices_makes_none_twice() {
             break;
         }
         assert!(Instant::now() < deadline, "no usage invoice was made");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     b.kill9();
     let _ = advance.await;

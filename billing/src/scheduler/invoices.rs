@@ -28,15 +28,24 @@ pub const BATCH: usize = 500;
 /// other, each line's usage read on its own; the invoicing benchmark measures both).
 pub const CONCURRENT: usize = 32;
 
-/// [`CONCURRENT`], or `TOLLGATE_INVOICING_CONCURRENCY` (read once; at least 1).
-pub fn concurrency() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| {
+/// On PostgreSQL (no group commit to gain; each transaction is its own round trips) fewer at
+/// once, leaving most of the connection pool to the API and ingest.
+pub const CONCURRENT_POSTGRES: usize = 4;
+
+/// How many invoices `store` settles at once: `TOLLGATE_INVOICING_CONCURRENCY` (read once; at
+/// least 1) if set, else [`CONCURRENT`] on SQLite and [`CONCURRENT_POSTGRES`] on PostgreSQL.
+pub fn concurrency(store: &Store) -> usize {
+    static N: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let set = *N.get_or_init(|| {
         std::env::var("TOLLGATE_INVOICING_CONCURRENCY")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(CONCURRENT)
-            .max(1)
+            .map(|n| n.max(1))
+    });
+    set.unwrap_or(if store.is_exclusive() {
+        CONCURRENT
+    } else {
+        CONCURRENT_POSTGRES
     })
 }
 
@@ -59,7 +68,7 @@ fn happening(at: DateTime<Utc>, kind: &str, inv: &Invoice) -> Happening {
     }
 }
 
-/// Runs every invoice step due at `at` for the invoices `ids`, [`concurrency()`] invoices at a
+/// Runs every invoice step due at `at` for the invoices `ids`, [`concurrency`] invoices at a
 /// time: their compare-and-set transactions reach the store together, and the SQLite writer
 /// commits all the jobs waiting when it wakes in one transaction (each in its own savepoint):
 /// several customers' steps per commit instead of one commit each. Each step stays its own
@@ -72,7 +81,7 @@ pub async fn run_ids(
 ) -> Result<Done, StoreError> {
     let ids: Vec<String> = ids.into_iter().collect();
     let mut done = Done::default();
-    let pre = if concurrency() > 1 {
+    let pre = if concurrency(store) > 1 {
         read_ahead(store, at, &ids).await?
     } else {
         Prefetched::default()
@@ -83,7 +92,7 @@ pub async fn run_ids(
             let r = lifecycle::settle_with(store, &id, at, Some(pre)).await;
             (id, r)
         })
-        .buffered(concurrency())
+        .buffered(concurrency(store))
         .collect()
         .await;
     for (id, r) in settled {
@@ -211,7 +220,7 @@ impl DueWork for Invoices {
                         }
                     }
                 })
-                .buffer_unordered(concurrency())
+                .buffer_unordered(concurrency(store))
                 .collect()
                 .await;
             let mut synced = false;
