@@ -880,8 +880,10 @@ async fn kill9_while_advancing_invoices_makes_none_twice() {
     )
     .await;
     let mid = mid["totalCount"].as_u64().unwrap();
+    // Usually some usage invoices are still to be made; on a fast PostgreSQL all may be made
+    // already while the advance (cut short above) had not finished its instant.
     assert!(
-        mid > n as u64 && mid < 2 * n as u64,
+        mid > n as u64 && mid <= 2 * n as u64,
         "killed mid-way: {mid} of {} invoices made",
         2 * n
     );
