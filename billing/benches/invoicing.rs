@@ -12,7 +12,9 @@
 //! the meter reads alone (the same usage queries on the same database, in process, after billing
 //! stopped).
 //!
-//! Run: `cargo bench -p tollgate-billing --bench invoicing [-- CUSTOMERS]`.
+//! Run: `cargo bench -p tollgate-billing --bench invoicing [-- CUSTOMERS]`; with
+//! `TOLLGATE_INVOICING_CONCURRENCY=1` in the environment billing settles invoices one at a time
+//! with each line's usage read on its own (the behaviour before settling in groups).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -308,7 +310,10 @@ async fn main() {
         per(engine)
     );
     println!(
-        "peak RSS after setup: {rss_setup:.0} MiB; usage phase / meter reads = {:.1}x; (engine checksum {sum})",
-        usage.as_secs_f64() / reads.as_secs_f64()
+        "peak RSS after setup: {rss_setup:.0} MiB; usage phase / meter reads = {:.1}x; fee phase / meter reads = {:.1}x; \
+         TOLLGATE_INVOICING_CONCURRENCY={}; (engine checksum {sum})",
+        usage.as_secs_f64() / reads.as_secs_f64(),
+        fees.as_secs_f64() / reads.as_secs_f64(),
+        std::env::var("TOLLGATE_INVOICING_CONCURRENCY").unwrap_or_else(|_| "unset (32)".into())
     );
 }

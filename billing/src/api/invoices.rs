@@ -667,12 +667,7 @@ async fn update_invoice(State(api): State<Api>, Path(id): Path<String>, body: By
                 .min()
                 .map(crate::invoice::model::stamp);
         }
-        if api
-            .store
-            .swap_entity(lifecycle::KIND, &id, Some(&raw), &after)
-            .await?
-        {
-            lifecycle::invoice_status_changed(&api.store, Some(&inv), &after).await;
+        if lifecycle::commit(&api.store, &[(Some(&raw), Some(&inv), &after)], Vec::new()).await? {
             return Ok(axum::Json(view(&api, after, true).await?).into_response());
         }
     }

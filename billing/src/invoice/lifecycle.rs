@@ -13,7 +13,8 @@
 //! invoice's lines into a draft is one transaction over both documents
 //! ([`Store::swap_entities`]): whichever process (replica, or the same one after a kill -9) acts
 //! first wins, and the others re-read and find nothing left to do — no invoice is made twice and
-//! none is lost. Each change goes through [`invoice_status_changed`], the hook notifications use.
+//! none is lost. Each change goes through [`commit`], which records the `invoice.created` /
+//! `invoice.updated` notification in the same transaction.
 
 use std::collections::BTreeMap;
 
@@ -27,12 +28,13 @@ use super::model::{
 };
 use super::profile::{self, BillingProfile};
 use super::rating::{self, Quantities};
-use super::usage::UsageReader;
+use super::usage::{Prefetched, UsageReader};
 use crate::app::{self, App, DraftSync, IssueSync};
 use crate::catalog::model::PriceDoc;
 use crate::entitlement::Customer;
 use crate::meter::Aggregation;
 use crate::pricing::Currency;
+use crate::store::documents::Stmt;
 use crate::store::{Store, StoreError};
 
 /// The document kind.
@@ -55,14 +57,48 @@ pub enum InvoiceError {
     Store(#[from] StoreError),
 }
 
-/// The hook every status change goes through, after the change is stored: logs it and records
-/// the `invoice.created` (the first status after gathering) or `invoice.updated` notification
-/// for every live rule of that type ([`crate::notification::outbox::record_invoice_event`]).
-///
-/// The event is recorded right after the invoice's own commit, not in its transaction: a crash
-/// between the two loses that one notification (never the invoice change). `invoice.created` is
-/// keyed per rule and invoice, so a repeated call never records it twice.
-pub async fn invoice_status_changed(store: &Store, before: Option<&Invoice>, after: &Invoice) {
+/// The notification a status change makes, if any: `invoice.created` for the first status after
+/// gathering, `invoice.updated` for a later one; nothing for gathering invoices (OpenMeter).
+fn event_kind(before: Option<&Invoice>, after: &Invoice) -> Option<&'static str> {
+    if before.is_some_and(|b| b.ext() == after.ext()) {
+        return None;
+    }
+    match before {
+        _ if after.status == "gathering" => None,
+        Some(b) if b.status != "gathering" => Some(crate::notification::kinds::INVOICE_UPDATED),
+        // A gathering invoice emptied by collection is gone, not a new invoice.
+        _ if after.status == "deleted" => None,
+        _ => Some(crate::notification::kinds::INVOICE_CREATED),
+    }
+}
+
+/// The statements recording the notification of a status change for every live rule of its
+/// type ([`crate::notification::outbox::invoice_event_statements`]), to run in the transaction
+/// that stores the change.
+async fn change_events(
+    store: &Store,
+    before: Option<&Invoice>,
+    after: &Invoice,
+) -> Result<Vec<Stmt>, StoreError> {
+    let Some(kind) = event_kind(before, after) else {
+        return Ok(Vec::new());
+    };
+    let (rules, channels) = crate::notification::outbox::rules_and_channels(store, kind).await?;
+    if rules.is_empty() {
+        return Ok(Vec::new());
+    }
+    let document = serde_json::to_value(after).map_err(|e| StoreError::Decode(e.to_string()))?;
+    Ok(crate::notification::outbox::invoice_event_statements(
+        &rules,
+        &channels,
+        kind,
+        &document,
+        after.updated_at,
+    ))
+}
+
+/// Logs a stored status change.
+fn log_change(before: Option<&Invoice>, after: &Invoice) {
     let from = before.map(|b| b.ext().to_owned());
     if from.as_deref() == Some(after.ext()) {
         return;
@@ -72,26 +108,39 @@ pub async fn invoice_status_changed(store: &Store, before: Option<&Invoice>, aft
         from = from.as_deref().unwrap_or("-"), to = %after.ext(),
         "invoice status changed"
     );
-    let kind = match before {
-        _ if after.status == "gathering" => return,
-        Some(b) if b.status != "gathering" => crate::notification::kinds::INVOICE_UPDATED,
-        // A gathering invoice emptied by collection is gone, not a new invoice.
-        _ if after.status == "deleted" => return,
-        _ => crate::notification::kinds::INVOICE_CREATED,
-    };
-    let document = match serde_json::to_value(after) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(invoice = %after.id, error = %e, "invoice notification not recorded");
-            return;
-        }
-    };
-    if let Err(e) =
-        crate::notification::outbox::record_invoice_event(store, kind, &document, after.updated_at)
-            .await
-    {
-        tracing::warn!(invoice = %after.id, error = %e, "invoice notification not recorded");
+}
+
+/// One invoice change to store: the stored text it replaces (`None`: a new invoice), the
+/// invoice before (`None`: new) and after.
+pub type Change<'a> = (Option<&'a str>, Option<&'a Invoice>, &'a Invoice);
+
+/// The hook every invoice change goes through: stores `changes` (each a compare-and-set of the
+/// invoice against its stored text) and `extra` documents' compare-and-sets in **one**
+/// transaction, together with the `invoice.created` / `invoice.updated` notifications the status
+/// changes make for every live rule of that type — an event is recorded in the same transaction
+/// as the change that caused it, so a kill -9 can lose neither without the other.
+/// `invoice.created` is keyed per rule and invoice, so it is never recorded twice. Whether it was
+/// stored (`false`: someone changed one of the documents first; nothing was stored).
+pub async fn commit(
+    store: &Store,
+    changes: &[Change<'_>],
+    extra: Vec<(&str, &str, Option<&str>, Value)>,
+) -> Result<bool, StoreError> {
+    let mut swaps = Vec::with_capacity(changes.len() + extra.len());
+    let mut events = Vec::new();
+    for (raw, before, after) in changes {
+        let doc = serde_json::to_value(after).map_err(|e| StoreError::Decode(e.to_string()))?;
+        swaps.push((KIND, after.id.as_str(), *raw, doc));
+        events.extend(change_events(store, *before, after).await?);
     }
+    swaps.extend(extra);
+    let stored = store.swap_entities_then(&swaps, events).await?;
+    if stored {
+        for (_, before, after) in changes {
+            log_change(*before, after);
+        }
+    }
+    Ok(stored)
 }
 
 /// Reads an invoice with its stored text (for compare-and-set).
@@ -104,18 +153,14 @@ pub async fn load(store: &Store, id: &str) -> Result<Option<(String, Invoice)>, 
     Ok(Some((raw, inv)))
 }
 
-/// Stores `after` if the invoice is still `raw`; runs the hook when it was stored.
+/// Stores `after` if the invoice is still `raw` (with its notification, see [`commit`]).
 async fn save(
     store: &Store,
     raw: &str,
     before: &Invoice,
     after: &Invoice,
 ) -> Result<bool, StoreError> {
-    let stored = store.swap_entity(KIND, &after.id, Some(raw), after).await?;
-    if stored {
-        invoice_status_changed(store, Some(before), after).await;
-    }
-    Ok(stored)
+    commit(store, &[(Some(raw), Some(before), after)], Vec::new()).await
 }
 
 /// The invoice's customer's subjects (its key and usage attribution).
@@ -327,16 +372,10 @@ pub async fn add_pending_lines(
         inv.updated_at = now;
         gathering_next(&mut inv);
         inv.recompute();
-        let stored = store
-            .swap_entity(KIND, &inv.id, raw.as_deref(), &inv)
-            .await
-            .or_else(|e| match e {
-                // Another request made this customer's gathering invoice first: add to it.
-                StoreError::Conflict(_) => Ok(false),
-                e => Err(e),
-            })?;
-        if stored {
-            invoice_status_changed(store, if is_new { None } else { Some(&before) }, &inv).await;
+        // A lost compare-and-set: another request made or changed this customer's gathering
+        // invoice first — add to it.
+        let before = (!is_new).then_some(&before);
+        if commit(store, &[(raw.as_deref(), before, &inv)], Vec::new()).await? {
             return Ok((inv, added, is_new));
         }
     }
@@ -491,19 +530,13 @@ pub async fn collect(
             gathering_next(&mut rest);
         }
         rest.recompute();
-        let draft_doc =
-            serde_json::to_value(&draft).map_err(|e| StoreError::Decode(e.to_string()))?;
-        let rest_doc =
-            serde_json::to_value(&rest).map_err(|e| StoreError::Decode(e.to_string()))?;
-        if store
-            .swap_entities(&[
-                (KIND, &rest.id, Some(&raw), rest_doc),
-                (KIND, &draft.id, None, draft_doc),
-            ])
-            .await?
+        if commit(
+            store,
+            &[(Some(&raw), Some(&gathering), &rest), (None, None, &draft)],
+            Vec::new(),
+        )
+        .await?
         {
-            invoice_status_changed(store, Some(&gathering), &rest).await;
-            invoice_status_changed(store, None, &draft).await;
             return Ok(Some(draft));
         }
         // The gathering invoice changed under us (new lines, or another process collected):
@@ -543,8 +576,18 @@ pub async fn rate_all(
     inv: &mut Invoice,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    rate_all_with(store, inv, now, None).await
+}
+
+/// [`rate_all`], taking usage read ahead for many invoices from `pre` where it has it.
+pub async fn rate_all_with(
+    store: &Store,
+    inv: &mut Invoice,
+    now: DateTime<Utc>,
+    pre: Option<&Prefetched>,
+) -> Result<(), StoreError> {
     let subjects = subjects_of(&inv.customer);
-    let mut reader = UsageReader::new(store);
+    let mut reader = UsageReader::with(store, pre);
     let before = billed_before(store, inv).await?;
     let cur = currency(inv);
     let mut issues = Vec::new();
@@ -675,6 +718,16 @@ pub async fn settle(
     id: &str,
     now: DateTime<Utc>,
 ) -> Result<Vec<(String, Invoice)>, InvoiceError> {
+    settle_with(store, id, now, None).await
+}
+
+/// [`settle`], rating with usage read ahead in `pre` where it has it.
+pub async fn settle_with(
+    store: &Store,
+    id: &str,
+    now: DateTime<Utc>,
+    pre: Option<&Prefetched>,
+) -> Result<Vec<(String, Invoice)>, InvoiceError> {
     let mut out = Vec::new();
     for _ in 0..64 {
         let Some((raw, inv)) = load(store, id).await? else {
@@ -702,7 +755,7 @@ pub async fn settle(
             match made {
                 Some(draft) => {
                     out.push(("created".to_owned(), draft.clone()));
-                    out.extend(Box::pin(settle(store, &draft.id, now)).await?);
+                    out.extend(Box::pin(settle_with(store, &draft.id, now, pre)).await?);
                 }
                 None => {
                     // Nothing billable after all (lines changed): move the next action on.
@@ -725,7 +778,7 @@ pub async fn settle(
         let mut after = inv.clone();
         let mut went = Vec::new();
         loop {
-            advance_step(store, &mut after, now).await?;
+            advance_step(store, &mut after, now, pre).await?;
             went.push(after.ext().to_owned());
             let again = after
                 .next_action_at
@@ -747,12 +800,13 @@ async fn advance_step(
     store: &Store,
     inv: &mut Invoice,
     now: DateTime<Utc>,
+    pre: Option<&Prefetched>,
 ) -> Result<(), StoreError> {
     let app = invoicing_app(store, inv).await?;
     inv.updated_at = now;
     match inv.ext() {
         "draft.waiting_for_collection" => {
-            rate_all(store, inv, now).await?;
+            rate_all_with(store, inv, now, pre).await?;
             inv.quantity_snapshoted_at = Some(now);
             after_snapshot(inv, &app, now);
         }
@@ -822,16 +876,16 @@ pub async fn act(
             Action::Advance => match ext.as_str() {
                 "draft.waiting_for_collection" => {
                     after.collection_at = Some(now);
-                    advance_step(store, &mut after, now).await?
+                    advance_step(store, &mut after, now, None).await?
                 }
-                "draft.waiting_auto_approval" => advance_step(store, &mut after, now).await?,
+                "draft.waiting_auto_approval" => advance_step(store, &mut after, now, None).await?,
                 _ => return refuse("advanced"),
             },
             Action::SnapshotQuantities => match ext.as_str() {
                 "draft.waiting_for_collection" => {
                     // Collected now rather than at the collection time.
                     after.collection_at = Some(now);
-                    advance_step(store, &mut after, now).await?
+                    advance_step(store, &mut after, now, None).await?
                 }
                 _ => return refuse("snapshotted"),
             },

@@ -20,7 +20,7 @@ pub mod rating;
 pub mod subscription;
 pub mod usage;
 
-pub use lifecycle::{Action, Collect, InvoiceError, invoice_status_changed};
+pub use lifecycle::{Action, Collect, InvoiceError, commit};
 pub use model::Invoice;
 
 /// A new time-ordered id.

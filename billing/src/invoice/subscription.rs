@@ -4,7 +4,10 @@
 //! turns a subscription into gathering-invoice lines, one per item and billing period
 //! ([`lines_for`]), prorating flat prices on partial periods (reference §3.11). Lines carry a
 //! stable identity (`{subscription}/{phase}/{item}/v[0]/period[n]`), so generating them again
-//! adds nothing.
+//! adds nothing. Add-ons bought on the subscription are billed as items of their own, one per
+//! stretch of constant quantity ([`addon_items`]), by OpenMeter's merge rules (reference §2.5):
+//! their flat prices add to the item's of the same key, a price the item lacks comes from the
+//! add-on; their lines say which add-on they come from.
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -16,6 +19,7 @@ use crate::catalog::model::{PriceDoc, RateCard};
 use crate::entitlement::Interval;
 use crate::pricing::Currency;
 use crate::store::{Store, StoreError};
+use crate::subscription::model::{Subscription, SubscriptionAddon};
 
 /// One item of a subscription: a rate card active over `[active_from, active_to)`.
 #[derive(Debug, Clone)]
@@ -28,6 +32,25 @@ pub struct SubscriptionItem {
     pub active_from: DateTime<Utc>,
     /// Active until (exclusive); `None` while open-ended.
     pub active_to: Option<DateTime<Utc>>,
+    /// The add-on it comes from (`None`: the subscription's own item).
+    pub addon: Option<AddonSource>,
+}
+
+/// Which add-on bought on the subscription an item comes from, and how many of it.
+#[derive(Debug, Clone)]
+pub struct AddonSource {
+    /// The subscription add-on's id (the purchase).
+    pub id: String,
+    /// The add-on (catalog) id.
+    pub addon_id: String,
+    /// The add-on's key.
+    pub key: String,
+    /// The purchase's name.
+    pub name: String,
+    /// Instances over the item's window.
+    pub quantity: u32,
+    /// The stretch's index among this purchase's stretches of the rate card (its version).
+    pub version: usize,
 }
 
 /// What invoicing needs of a subscription.
@@ -126,20 +149,67 @@ pub fn lines_for(
             } else {
                 service.to.max(to)
             };
-            let reference = format!(
-                "{}/{}/{}/v[0]/period[{}]",
-                sub.id,
-                item.phase_key,
-                card.key,
-                n - 1
-            );
+            let reference = match &item.addon {
+                None => format!(
+                    "{}/{}/{}/v[0]/period[{}]",
+                    sub.id,
+                    item.phase_key,
+                    card.key,
+                    n - 1
+                ),
+                Some(a) => format!(
+                    "{}/{}/{}/addon[{}]/v[{}]/period[{}]",
+                    sub.id,
+                    item.phase_key,
+                    card.key,
+                    a.id,
+                    a.version,
+                    n - 1
+                ),
+            };
+            let item_id = match &item.addon {
+                None => card.key.clone(),
+                Some(a) => format!("{}/{}", a.id, card.key),
+            };
+            let mut subscription = json!({
+                "subscription": {"id": sub.id},
+                "phase": {"id": item.phase_key},
+                "item": {"id": item_id},
+                "billingPeriod": {"from": from, "to": to},
+            });
+            let (name, description, metadata) = match &item.addon {
+                None => (card.name.clone(), card.description.clone(), None),
+                Some(a) => {
+                    subscription["addon"] = json!({
+                        "id": a.id,
+                        "addon": {"id": a.addon_id, "key": a.key},
+                        "quantity": a.quantity,
+                    });
+                    let meta = [
+                        ("addon.id", a.id.clone()),
+                        ("addon.key", a.key.clone()),
+                        ("addon.quantity", a.quantity.to_string()),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect();
+                    (
+                        format!("{} (add-on {} × {})", card.name, a.name, a.quantity),
+                        Some(format!(
+                            "Add-on {} ({}), {} instance(s)",
+                            a.name, a.key, a.quantity
+                        )),
+                        Some(meta),
+                    )
+                }
+            };
             out.push(Line {
                 id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, reference.as_bytes())
                     .simple()
                     .to_string(),
-                name: card.name.clone(),
-                description: card.description.clone(),
-                metadata: None,
+                name,
+                description,
+                metadata,
                 created_at: now,
                 updated_at: now,
                 deleted_at: None,
@@ -165,12 +235,7 @@ pub fn lines_for(
                 totals: Totals::default(),
                 children: Vec::new(),
                 discounts: Default::default(),
-                subscription: Some(json!({
-                    "subscription": {"id": sub.id},
-                    "phase": {"id": item.phase_key},
-                    "item": {"id": card.key},
-                    "billingPeriod": {"from": from, "to": to},
-                })),
+                subscription: Some(subscription),
                 split_line_group: None,
                 child_unique_reference_id: Some(reference),
                 external_ids: None,
@@ -224,6 +289,7 @@ mod tests {
                 active_from: t("2026-01-01T00:00:00Z"),
                 // Cancelled after 10 of January's 31 days, then February's line is not made.
                 active_to: Some(t("2026-01-11T00:00:00Z")),
+                addon: None,
             }],
         };
         let lines = lines_for(&sub, t("2026-03-01T00:00:00Z"), t("2026-01-01T00:00:00Z")).unwrap();
@@ -259,6 +325,7 @@ mod tests {
                 rate_card: c,
                 active_from: t("2026-01-15T00:00:00Z"),
                 active_to: None,
+                addon: None,
             }],
         };
         let lines = lines_for(&sub, t("2026-02-16T00:00:00Z"), t("2026-01-15T00:00:00Z")).unwrap();
@@ -287,11 +354,12 @@ impl Subscriptions for FromSubscriptions {
         to: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Vec<SubscriptionView>, StoreError>> {
         Box::pin(async move {
+            let addons = crate::subscription::addons_of_all(store).await?;
             Ok(
                 crate::subscription::subscriptions_active_in(store, from, to)
                     .await?
                     .iter()
-                    .map(view_of)
+                    .map(|s| view_of(s, &addons))
                     .collect(),
             )
         })
@@ -299,9 +367,9 @@ impl Subscriptions for FromSubscriptions {
 }
 
 /// A subscription as invoicing sees it: each phase's items active from the phase's start (or the
-/// item's override) to the next phase's start, the subscription's end or the item's override.
-/// Add-ons bought on the subscription are not invoiced yet.
-pub fn view_of(sub: &crate::subscription::model::Subscription) -> SubscriptionView {
+/// item's override) to the next phase's start, the subscription's end or the item's override,
+/// then the add-ons bought on it ([`addon_items`]; `addons` may hold other subscriptions' too).
+pub fn view_of(sub: &Subscription, addons: &[SubscriptionAddon]) -> SubscriptionView {
     let mut items = Vec::new();
     for (i, phase) in sub.phases.iter().enumerate() {
         let phase_to = sub
@@ -324,9 +392,12 @@ pub fn view_of(sub: &crate::subscription::model::Subscription) -> SubscriptionVi
                 rate_card: item.rate_card.clone(),
                 active_from: from.max(sub.active_from),
                 active_to: to,
+                addon: None,
             });
         }
     }
+    let extra = addon_items(sub, &items, addons);
+    items.extend(extra);
     SubscriptionView {
         id: sub.id.clone(),
         customer_id: sub.customer_id.clone(),
@@ -338,6 +409,114 @@ pub fn view_of(sub: &crate::subscription::model::Subscription) -> SubscriptionVi
     }
 }
 
+/// The items the add-ons bought on `sub` bill, beside its own `base` items: for each stretch of
+/// constant, non-zero quantity (cut further where the phase or the same-key item changes), each
+/// priced rate card of the add-on as `quantity` instances, by OpenMeter's merge rules
+/// (`subscription/addon/extend.go`): over an item of the same key with a flat price, the
+/// add-on's flat amount adds to it (a line of its own, on the item's payment term); over an item
+/// without a price (or none of that key), the add-on's price is the price; over an item with a
+/// usage price, the add-on's price is not taken (the merge keeps the item's), so nothing is
+/// billed for it.
+pub fn addon_items(
+    sub: &Subscription,
+    base: &[SubscriptionItem],
+    addons: &[SubscriptionAddon],
+) -> Vec<SubscriptionItem> {
+    let mut out = Vec::new();
+    if sub.deleted_at.is_some() {
+        return out;
+    }
+    let phases = sub.phase_windows();
+    for addon in addons.iter().filter(|a| a.subscription_id == sub.id) {
+        for card in addon.rate_cards.iter().filter(|c| c.price.is_some()) {
+            let mut version = 0;
+            for (i, q) in addon.timeline.iter().enumerate() {
+                let from = q.active_from.max(sub.active_from);
+                let to = addon
+                    .timeline
+                    .get(i + 1)
+                    .map(|n| n.active_from)
+                    .into_iter()
+                    .chain(sub.active_to)
+                    .min();
+                if q.quantity == 0 || to.is_some_and(|t| t <= from) {
+                    continue;
+                }
+                let inside = |t: &DateTime<Utc>| *t > from && to.is_none_or(|e| *t < e);
+                let mut cuts = vec![from];
+                cuts.extend(phases.iter().map(|p| p.active_from).filter(inside));
+                for b in base.iter().filter(|b| b.rate_card.key == card.key) {
+                    cuts.extend(
+                        std::iter::once(b.active_from)
+                            .chain(b.active_to)
+                            .filter(inside),
+                    );
+                }
+                cuts.sort();
+                cuts.dedup();
+                for (j, &at) in cuts.iter().enumerate() {
+                    let end = cuts.get(j + 1).copied().or(to);
+                    let Some(phase) = phases.iter().find(|p| p.contains(at)) else {
+                        continue;
+                    };
+                    let same_key = base.iter().find(|b| {
+                        b.rate_card.key == card.key
+                            && b.phase_key == phase.phase.key
+                            && b.active_from <= at
+                            && b.active_to.is_none_or(|t| at < t)
+                    });
+                    let mut scaled = crate::subscription::addons::scaled(card, q.quantity);
+                    let price = match (
+                        same_key.and_then(|b| b.rate_card.price.as_ref()),
+                        scaled.price.take(),
+                    ) {
+                        (
+                            Some(PriceDoc::Flat { payment_term, .. }),
+                            Some(PriceDoc::Flat { amount, .. }),
+                        ) => PriceDoc::Flat {
+                            amount,
+                            payment_term: payment_term.clone(),
+                        },
+                        (None, Some(p)) => p,
+                        _ => continue,
+                    };
+                    scaled.price = Some(price);
+                    if let Some(b) = same_key {
+                        // The item's cadence bills the merged rate card.
+                        scaled.billing_cadence = b.rate_card.billing_cadence.clone();
+                    }
+                    out.push(SubscriptionItem {
+                        phase_key: phase.phase.key.clone(),
+                        rate_card: scaled,
+                        active_from: at,
+                        active_to: end,
+                        addon: Some(AddonSource {
+                            id: addon.id.clone(),
+                            addon_id: addon.addon.id.clone(),
+                            key: addon.addon.key.clone(),
+                            name: addon.name.clone(),
+                            quantity: q.quantity,
+                            version,
+                        }),
+                    });
+                    version += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What a subscription's lines depend on: its own last change and its add-ons' (a purchase or a
+/// quantity change makes its lines be generated again).
+pub fn changed_at(sub: &Subscription, addons: &[SubscriptionAddon]) -> DateTime<Utc> {
+    addons
+        .iter()
+        .filter(|a| a.subscription_id == sub.id)
+        .map(|a| a.updated_at)
+        .fold(sub.updated_at, DateTime::max)
+}
+
 /// The document kind recording how far a subscription's lines were generated.
 pub const SYNC_KIND: &str = "subscription_invoicing";
 
@@ -347,8 +526,23 @@ pub const SYNC_KIND: &str = "subscription_invoicing";
 pub struct SyncState {
     /// Lines of billing periods starting before this instant exist.
     pub synced_through: DateTime<Utc>,
-    /// The subscription's `updatedAt` when they were generated (a later change syncs again).
+    /// The subscription's [`changed_at`] when they were generated (a later change syncs again).
     pub subscription_updated_at: DateTime<Utc>,
+    /// The lines generated for billing periods still running at `synced_through`: a line of such
+    /// a period that is not among them is new (an add-on bought, an item added mid-period) and
+    /// is added; one among them that is no longer gathering was invoiced and is not made again.
+    /// `None` (records written before it existed): no line of an earlier period is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_lines: Option<Vec<String>>,
+}
+
+/// The billing period a generated line belongs to.
+fn billing_period(l: &Line) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let p = &l.subscription.as_ref()?["billingPeriod"];
+    Some((
+        p["from"].as_str()?.parse().ok()?,
+        p["to"].as_str()?.parse().ok()?,
+    ))
 }
 
 /// Brings the customer's gathering invoice in line with `sub` for billing periods starting at or
@@ -359,11 +553,13 @@ pub struct SyncState {
 /// Returns whether anything changed.
 pub async fn sync(
     store: &Store,
-    sub: &crate::subscription::model::Subscription,
+    sub: &Subscription,
     at: DateTime<Utc>,
 ) -> Result<bool, super::InvoiceError> {
-    use super::lifecycle::{self, KIND};
-    let view = view_of(sub);
+    use super::lifecycle;
+    let addons = crate::subscription::addons_of(store, &sub.id).await?;
+    let view = view_of(sub, &addons);
+    let version = changed_at(sub, &addons);
     let until = at + chrono::TimeDelta::milliseconds(1);
     let customer: crate::entitlement::Customer = store
         .get_entity("customer", &sub.customer_id)
@@ -436,18 +632,24 @@ pub async fn sync(
                 }
             }
         }
-        // New periods' lines.
+        // New periods' lines, and new lines of periods still running at the last sync.
+        let open = state.as_ref().and_then(|s| s.open_lines.as_ref());
         for t in &targets {
-            let billing_from = t.subscription.as_ref().and_then(|s| {
-                s["billingPeriod"]["from"]
-                    .as_str()
-                    .and_then(|v| v.parse::<DateTime<Utc>>().ok())
-            });
             let already = inv
                 .lines
                 .iter()
                 .any(|l| l.child_unique_reference_id == t.child_unique_reference_id);
-            if already || billing_from.zip(synced).is_some_and(|(f, s)| f < s) {
+            let seen = match (billing_period(t), synced) {
+                (Some((from, to)), Some(s)) if from < s => match open {
+                    Some(open) if to > s => t
+                        .child_unique_reference_id
+                        .as_ref()
+                        .is_some_and(|r| open.contains(r)),
+                    _ => true,
+                },
+                _ => false,
+            };
+            if already || seen {
                 continue;
             }
             let mut t = t.clone();
@@ -455,18 +657,26 @@ pub async fn sync(
             inv.lines.push(t);
             changed = true;
         }
+        let synced_through = until.max(synced.unwrap_or(until));
+        let mut open_lines: Vec<String> = targets
+            .iter()
+            .filter(|t| billing_period(t).is_some_and(|(_, to)| to > synced_through))
+            .filter_map(|t| t.child_unique_reference_id.clone())
+            .collect();
+        open_lines.sort();
         let new_state = SyncState {
-            synced_through: until.max(synced.unwrap_or(until)),
-            subscription_updated_at: sub.updated_at,
+            synced_through,
+            subscription_updated_at: version,
+            open_lines: Some(open_lines),
         };
         let state_changed = state.as_ref().is_none_or(|s| {
             s.synced_through != new_state.synced_through
                 || s.subscription_updated_at != new_state.subscription_updated_at
+                || s.open_lines != new_state.open_lines
         });
         if !changed && !state_changed {
             return Ok(false);
         }
-        let mut swaps: Vec<(&str, &str, Option<&str>, serde_json::Value)> = Vec::new();
         let before = inv.clone();
         if changed {
             inv.updated_at = at;
@@ -476,28 +686,16 @@ pub async fn sync(
                 .min()
                 .map(super::model::stamp);
             inv.recompute();
-            swaps.push((
-                KIND,
-                &inv.id,
-                g_raw.as_deref(),
-                serde_json::to_value(&inv).map_err(|e| StoreError::Decode(e.to_string()))?,
-            ));
         }
-        swaps.push((
-            SYNC_KIND,
-            &sub.id,
-            sync_raw.as_deref(),
-            serde_json::to_value(&new_state).map_err(|e| StoreError::Decode(e.to_string()))?,
-        ));
-        if store.swap_entities(&swaps).await? {
-            if changed {
-                lifecycle::invoice_status_changed(
-                    store,
-                    if is_new { None } else { Some(&before) },
-                    &inv,
-                )
-                .await;
-            }
+        let record =
+            serde_json::to_value(&new_state).map_err(|e| StoreError::Decode(e.to_string()))?;
+        let extra = vec![(SYNC_KIND, sub.id.as_str(), sync_raw.as_deref(), record)];
+        let before = (!is_new).then_some(&before);
+        let mut changes: Vec<lifecycle::Change<'_>> = Vec::new();
+        if changed {
+            changes.push((g_raw.as_deref(), before, &inv));
+        }
+        if lifecycle::commit(store, &changes, extra).await? {
             return Ok(changed);
         }
     }
@@ -512,11 +710,12 @@ pub async fn sync_due(
 ) -> Result<Vec<(DateTime<Utc>, String)>, StoreError> {
     let mut out = Vec::new();
     let first = after + chrono::TimeDelta::milliseconds(1);
+    let addons = crate::subscription::addons_of_all(store).await?;
     for sub in crate::subscription::subscriptions_active_in(store, after, until).await? {
         let state: Option<SyncState> = store.get_entity(SYNC_KIND, &sub.id).await?;
         let stale = state
             .as_ref()
-            .is_none_or(|s| s.subscription_updated_at != sub.updated_at);
+            .is_none_or(|s| s.subscription_updated_at != changed_at(&sub, &addons));
         if stale {
             out.push((first.max(sub.active_from).min(until), sub.id.clone()));
         }
@@ -542,7 +741,7 @@ pub async fn sync_due(
             continue;
         }
         let state: Option<SyncState> = store.get_entity(SYNC_KIND, &sub.id).await?;
-        if state.is_some_and(|s| s.subscription_updated_at != sub.updated_at) {
+        if state.is_some_and(|s| s.subscription_updated_at != changed_at(&sub, &addons)) {
             out.push((first, sub.id.clone()));
         }
     }

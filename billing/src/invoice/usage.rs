@@ -1,9 +1,11 @@
 //! A line's usage from the meters (OpenMeter's `quantitysnapshot.go`): the feature's meter for
 //! the customer's subjects over the line's service period, with the feature's group-by filters,
 //! aggregated as the meter aggregates; for a later line of a progressive-billing group also the
-//! usage earlier in the group. Features are read once per [`UsageReader`].
+//! usage earlier in the group. Features are read once per [`UsageReader`]. Many customers'
+//! lines over one period are read together ([`Prefetched`]): one store read per feature and
+//! period for all their subjects, instead of one per line.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, DurationRound, Utc};
 use rust_decimal::Decimal;
@@ -20,18 +22,87 @@ fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
     t.duration_trunc(chrono::TimeDelta::minutes(1)).unwrap_or(t)
 }
 
+/// Rows of one subject: (group-by values, aggregate).
+type SubjectRows = Vec<(BTreeMap<String, String>, MinuteAgg)>;
+
+/// One read ahead: the subjects read, and their rows.
+type Read = (HashSet<String>, HashMap<String, SubjectRows>);
+
+/// Usage read ahead for many customers at once: for each feature and (minute-floored) period,
+/// the subjects read and their rows. A [`UsageReader`] made [`UsageReader::with`] it answers
+/// from here when every subject it asks for was read, and from the store otherwise.
+#[derive(Debug, Default)]
+pub struct Prefetched {
+    reads: HashMap<(String, i64, i64), Read>,
+}
+
+impl Prefetched {
+    /// Reads the usage `asks` will need — each `(feature key, subjects, from, to)` — with one
+    /// store read per feature and period for all the subjects asking for it.
+    pub async fn read(
+        store: &Store,
+        asks: impl IntoIterator<Item = (String, Vec<String>, DateTime<Utc>, DateTime<Utc>)>,
+    ) -> Result<Prefetched, StoreError> {
+        let mut groups: BTreeMap<(String, i64, i64), BTreeSet<String>> = BTreeMap::new();
+        for (key, subjects, from, to) in asks {
+            let (from, to) = (floor_minute(from), floor_minute(to));
+            if from >= to || subjects.is_empty() {
+                continue;
+            }
+            groups
+                .entry((key, from.timestamp_millis(), to.timestamp_millis()))
+                .or_default()
+                .extend(subjects);
+        }
+        let mut out = Prefetched::default();
+        let mut reader = UsageReader::new(store);
+        for ((key, from, to), subjects) in groups {
+            let Some(slug) = reader.feature(&key).await?.and_then(|f| f.meter_slug) else {
+                continue;
+            };
+            let subjects: Vec<String> = subjects.into_iter().collect();
+            let mut by_subject: HashMap<String, SubjectRows> = HashMap::new();
+            for (subject, group, _, agg) in store.usage(&slug, &subjects, from, to).await? {
+                by_subject.entry(subject).or_default().push((group, agg));
+            }
+            out.reads.insert(
+                (key, from, to),
+                (subjects.into_iter().collect(), by_subject),
+            );
+        }
+        Ok(out)
+    }
+
+    /// How many reads it holds.
+    pub fn len(&self) -> usize {
+        self.reads.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty()
+    }
+}
+
 /// Reads usage for lines, caching features by key.
 pub struct UsageReader<'a> {
     store: &'a Store,
     features: Option<HashMap<String, Feature>>,
+    pre: Option<&'a Prefetched>,
 }
 
 impl<'a> UsageReader<'a> {
     /// A reader on `store`.
     pub fn new(store: &'a Store) -> Self {
+        Self::with(store, None)
+    }
+
+    /// A reader on `store` answering from `pre` what was read ahead.
+    pub fn with(store: &'a Store, pre: Option<&'a Prefetched>) -> Self {
         UsageReader {
             store,
             features: None,
+            pre,
         }
     }
 
@@ -93,6 +164,25 @@ impl<'a> UsageReader<'a> {
             return Ok(Decimal::ZERO);
         };
         let mut agg = MinuteAgg::default();
+        let read_ahead = self.pre.and_then(|p| {
+            p.reads.get(&(
+                key.to_owned(),
+                from.timestamp_millis(),
+                to.timestamp_millis(),
+            ))
+        });
+        if let Some((read, rows)) = read_ahead
+            && subjects.iter().all(|s| read.contains(s))
+        {
+            for s in subjects {
+                for (group, a) in rows.get(s).into_iter().flatten() {
+                    if group_passes(&filters, group) {
+                        agg.merge(a);
+                    }
+                }
+            }
+            return Ok(value_of(meter.meter.aggregation, &agg));
+        }
         for (_, group, _, a) in self
             .store
             .usage(

@@ -3,9 +3,9 @@
 //! as it stands and one delivery row per channel — and writes it through the store in one
 //! transaction, so an event is never half-recorded, and one with a dedup key is recorded once.
 //!
-//! Invoices: the invoice state machine (issue #15) calls [`invoice_event_statements`] with its
-//! own write's statements — the event then commits in the same transaction as the invoice change
-//! — or [`record_invoice_event`] after its write.
+//! Invoices: the invoice state machine (`crate::invoice::lifecycle::commit`) runs
+//! [`invoice_event_statements`] in the transaction that stores the invoice change, so the event
+//! commits with it; [`record_invoice_event`] records one on its own.
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};

@@ -413,14 +413,25 @@ impl Store {
         &self,
         swaps: &[(&str, &str, Option<&str>, Value)],
     ) -> Result<bool, StoreError> {
+        self.swap_entities_then(swaps, Vec::new()).await
+    }
+
+    /// [`Store::swap_entities`], then `then` (statements whose row counts do not matter, such as
+    /// [`notifications::notification_statements`]) in the same transaction: they are stored
+    /// with the documents, or not at all.
+    pub async fn swap_entities_then(
+        &self,
+        swaps: &[(&str, &str, Option<&str>, Value)],
+        then: Vec<documents::Stmt>,
+    ) -> Result<bool, StoreError> {
         let stmts = swaps
             .iter()
             .map(|(kind, id, expected, doc)| documents::swap(kind, id, *expected, doc))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::Database)?;
         let r = match &self.db {
-            Db::Sqlite(db) => db.execute_all_or_none(stmts).await,
-            Db::Postgres(db) => db.execute_all_or_none(stmts).await,
+            Db::Sqlite(db) => db.execute_all_or_none(stmts, then).await,
+            Db::Postgres(db) => db.execute_all_or_none(stmts, then).await,
         };
         match r {
             Ok(stored) => Ok(stored),

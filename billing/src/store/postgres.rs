@@ -614,7 +614,11 @@ impl Postgres {
 
     /// Runs `stmts` in one transaction; each must change exactly one row, else all are rolled
     /// back and the answer is `false`.
-    pub(crate) async fn execute_all_or_none(&self, stmts: Vec<Stmt>) -> Result<bool, StoreError> {
+    pub(crate) async fn execute_all_or_none(
+        &self,
+        stmts: Vec<Stmt>,
+        then: Vec<Stmt>,
+    ) -> Result<bool, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         for s in &stmts {
@@ -622,6 +626,9 @@ impl Postgres {
                 tx.rollback().await?;
                 return Ok(false);
             }
+        }
+        for s in &then {
+            tx.execute(s.sql.as_str(), &text_params(&s.params)).await?;
         }
         tx.commit().await?;
         Ok(true)

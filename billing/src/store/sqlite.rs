@@ -528,14 +528,21 @@ impl Sqlite {
     }
 
     /// Runs `stmts` in one savepoint; each must change exactly one row, else all are rolled
-    /// back and the answer is `false`.
-    pub(crate) async fn execute_all_or_none(&self, stmts: Vec<Stmt>) -> Result<bool, StoreError> {
+    /// back and the answer is `false`. `then` runs after them in the same savepoint.
+    pub(crate) async fn execute_all_or_none(
+        &self,
+        stmts: Vec<Stmt>,
+        then: Vec<Stmt>,
+    ) -> Result<bool, StoreError> {
         let r = self
             .write(move |conn, _| {
                 for s in &stmts {
                     if run_stmt(conn, s)? != 1 {
                         return Err(StoreError::Conflict("compare-and-set lost".into()));
                     }
+                }
+                for s in &then {
+                    run_stmt(conn, s)?;
                 }
                 Ok(())
             })
