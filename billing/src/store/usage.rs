@@ -1,7 +1,10 @@
 //! Usage pre-aggregation, shared by both backends: what one stored event contributes to each meter
 //! (a row per meter × subject × group-by values × minute, rolled up into its hour and day), folded
 //! per row before it is written, so a request's events touch each row once; and which rows a read
-//! of `[from, to)` takes at which grain ([`segments`]). Pure: no database here.
+//! of `[from, to)` takes at which grain ([`segments`]). Beside them, the same rows with the
+//! subjects folded together ([`totals`]: per meter × group-by values × minute, hour and day), so a
+//! query across all subjects reads windows × groups rows, not subjects × windows × groups. Pure:
+//! no database here.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,8 +45,15 @@ impl MinuteAgg {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
+        // The latest value; at the same instant the larger one, so the result does not depend on
+        // the order rows are folded in (per subject, then across subjects, or across subjects
+        // at ingest).
         self.latest = match (self.latest, other.latest) {
-            (Some(a), Some(b)) => Some(if b.0 >= a.0 { b } else { a }),
+            (Some(a), Some(b)) => Some(if b.0 > a.0 || (b.0 == a.0 && b.1 > a.1) {
+                b
+            } else {
+                a
+            }),
             (a, b) => a.or(b),
         };
         for u in &other.uniques {
@@ -237,6 +247,32 @@ fn split(from: i64, to: i64, grains: &[i64], out: &mut Vec<(i64, i64, i64)>) {
     }
 }
 
+/// The subject in the keys of [`totals`] rows (never stored: totals have no subject column).
+pub const ALL_SUBJECTS: &str = "";
+
+/// Per-subject rows folded across subjects: the rows the totals tables get, keyed with
+/// [`ALL_SUBJECTS`], in key order. UNIQUE_COUNT stays exact: a total keeps the union of its
+/// subjects' distinct values.
+pub fn totals(rows: &BTreeMap<UsageKey, MinuteAgg>) -> BTreeMap<UsageKey, MinuteAgg> {
+    let mut out: BTreeMap<UsageKey, MinuteAgg> = BTreeMap::new();
+    for (k, a) in rows {
+        let key = UsageKey {
+            meter_id: k.meter_id.clone(),
+            grain_ms: k.grain_ms,
+            subject: ALL_SUBJECTS.to_owned(),
+            group_key: k.group_key.clone(),
+            start_ms: k.start_ms,
+        };
+        match out.get_mut(&key) {
+            Some(row) => row.merge(a),
+            None => {
+                out.insert(key, a.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Folds already computed (minute) contributions per row and adds their rollups, in key order.
 pub fn fold_contributions<'a>(
     contributions: impl IntoIterator<Item = &'a (UsageKey, MinuteAgg)>,
@@ -300,6 +336,42 @@ mod tests {
         );
         let parts = segments(d + 5 * MINUTE, i64::MAX, DAY);
         assert_eq!(parts[0], (DAY, d + DAY, i64::MAX));
+    }
+
+    #[test]
+    fn totals_fold_subjects_and_keep_uniques_exact() {
+        let key = |subject: &str, group: &str| UsageKey {
+            meter_id: "m".into(),
+            grain_ms: MINUTE,
+            subject: subject.into(),
+            group_key: group.into(),
+            start_ms: 0,
+        };
+        let agg = |v: i64, t: i64, u: &[&str]| MinuteAgg {
+            count: 1,
+            sum: Decimal::from(v),
+            min: Some(Decimal::from(v)),
+            max: Some(Decimal::from(v)),
+            latest: Some((t, Decimal::from(v))),
+            uniques: u.iter().map(|s| s.to_string()).collect(),
+        };
+        let rows: BTreeMap<UsageKey, MinuteAgg> = [
+            (key("a", "{}"), agg(2, 5, &["x", "y"])),
+            (key("b", "{}"), agg(7, 5, &["y", "z"])),
+            (key("c", "{}"), agg(1, 3, &["x"])),
+            (key("a", "{\"r\":\"1\"}"), agg(4, 1, &[])),
+        ]
+        .into_iter()
+        .collect();
+        let t = totals(&rows);
+        assert_eq!(t.len(), 2);
+        let all = &t[&key(ALL_SUBJECTS, "{}")];
+        assert_eq!(all.count, 3);
+        assert_eq!(all.sum, Decimal::from(10));
+        assert_eq!((all.min, all.max), (Some(1.into()), Some(7.into())));
+        // Same instant in two subjects: the larger value, whatever the order.
+        assert_eq!(all.latest, Some((5, Decimal::from(7))));
+        assert_eq!(all.uniques, vec!["x", "y", "z"]);
     }
 
     #[test]
