@@ -61,7 +61,7 @@ fn events(batch: usize) -> Vec<Value> {
                 "plan": plan,
                 "user": format!("u-{}", (i * 7) % 23),
             });
-            if i % 13 != 0 {
+            if !i.is_multiple_of(13) {
                 let n = if i % 20 == 1 { 1000 + i } else { i % 17 };
                 data["n"] = json!(format!("{n}.{}", i % 4));
             }

@@ -1,6 +1,7 @@
 -- Usage totals across subjects (PostgreSQL): the rows of usage_rollups with the subjects folded
 -- together, per meter, group-by values and minute, hour or day (same grains and columns, no
--- subject), so a query over all subjects reads windows × groups rows. Ingest writes them in the
+-- subject), so a query over all subjects reads windows × groups rows (keyed by time before
+-- group, so a range of windows is one index range). Ingest writes them in the
 -- same transaction as the per-subject rows; meter create/update/delete keep them in step.
 CREATE TABLE usage_totals (
     meter_id  TEXT    NOT NULL,
@@ -13,7 +14,7 @@ CREATE TABLE usage_totals (
     max       NUMERIC,
     latest_ms BIGINT,
     latest    NUMERIC,
-    PRIMARY KEY (meter_id, grain_ms, group_key, start_ms)
+    PRIMARY KEY (meter_id, grain_ms, start_ms, group_key)
 );
 
 -- Distinct values per total row (UNIQUE_COUNT meters): the union over subjects, so the count of
@@ -24,7 +25,7 @@ CREATE TABLE usage_total_uniques (
     group_key TEXT   NOT NULL,
     start_ms  BIGINT NOT NULL,
     value     TEXT   NOT NULL,
-    PRIMARY KEY (meter_id, grain_ms, group_key, start_ms, value)
+    PRIMARY KEY (meter_id, grain_ms, start_ms, group_key, value)
 );
 
 -- Backfill from the usage already counted. LATEST: the value at the latest instant, at equal

@@ -1,6 +1,7 @@
 -- Usage totals across subjects (SQLite): the rows of usage_rollups with the subjects folded
 -- together, per meter, group-by values and minute, hour or day (same grains and columns, no
--- subject), so a query over all subjects reads windows × groups rows. Ingest writes them in the
+-- subject), so a query over all subjects reads windows × groups rows (keyed by time before
+-- group, so a range of windows is one index range). Ingest writes them in the
 -- same transaction as the per-subject rows; meter create/update/delete keep them in step.
 -- Decimals stay exact: dec_total, dec_least, dec_greatest and dec_latest are billing's own
 -- aggregates over TEXT decimals (registered on the connection before migrating).
@@ -15,7 +16,7 @@ CREATE TABLE usage_totals (
     max       TEXT   ,
     latest_ms INTEGER,
     latest    TEXT   ,
-    PRIMARY KEY (meter_id, grain_ms, group_key, start_ms)
+    PRIMARY KEY (meter_id, grain_ms, start_ms, group_key)
 ) WITHOUT ROWID;
 
 -- Distinct values per total row (UNIQUE_COUNT meters): the union over subjects, so the count of
@@ -26,7 +27,7 @@ CREATE TABLE usage_total_uniques (
     group_key TEXT    NOT NULL,
     start_ms  INTEGER NOT NULL,
     value     TEXT    NOT NULL,
-    PRIMARY KEY (meter_id, grain_ms, group_key, start_ms, value)
+    PRIMARY KEY (meter_id, grain_ms, start_ms, group_key, value)
 ) WITHOUT ROWID;
 
 -- Backfill from the usage already counted.

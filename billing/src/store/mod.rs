@@ -348,6 +348,41 @@ impl Store {
         }
     }
 
+    /// Usage rows of a meter for `subjects` (all when empty) covering every minute of each of
+    /// `ranges` (`[from, to)`, ms) once, in one read: no row straddles a range's end, so the
+    /// usage of a range is the rows starting inside it. Ranges that share or overlap minutes
+    /// (many entitlements' periods) are read once; each grain is read in a few spans
+    /// ([`usage::coalesce`]) rather than a query per range.
+    pub async fn usage_for_ranges(
+        &self,
+        meter: &str,
+        subjects: &[String],
+        ranges: &[(i64, i64)],
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let Some(m) = self.meter(meter) else {
+            return Ok(Vec::new());
+        };
+        let pieces = usage::pieces(ranges);
+        if pieces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let q = UsageQuery {
+            meter_id: m.meter.id.clone(),
+            subjects: subjects.to_vec(),
+            segments: usage::coalesce(&pieces),
+            unique: m.meter.aggregation == crate::meter::Aggregation::UniqueCount,
+            totals: false,
+        };
+        let rows = match &self.db {
+            Db::Sqlite(db) => db.usage(q).await?,
+            Db::Postgres(db) => db.usage(q).await?,
+        };
+        Ok(rows
+            .into_iter()
+            .filter(|r| usage::in_pieces(&pieces, r.2.start_ms, r.2.end_ms - r.2.start_ms))
+            .collect())
+    }
+
     /// Stores an API document (insert or replace). A taken unique key is a
     /// [`StoreError::Conflict`].
     pub async fn put_entity<T: Serialize>(

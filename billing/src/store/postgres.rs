@@ -146,7 +146,7 @@ const UPSERT_TOTALS: &str = "INSERT INTO usage_totals \
      (meter_id, grain_ms, group_key, start_ms, count, sum, min, max, latest_ms, latest) \
      SELECT * FROM UNNEST($1::text[], $10::int8[], $2::text[], $3::int8[], $4::int8[], \
                           $5::numeric[], $6::numeric[], $7::numeric[], $8::int8[], $9::numeric[]) \
-     ON CONFLICT (meter_id, grain_ms, group_key, start_ms) DO UPDATE SET \
+     ON CONFLICT (meter_id, grain_ms, start_ms, group_key) DO UPDATE SET \
        count = usage_totals.count + excluded.count, \
        sum = usage_totals.sum + excluded.sum, \
        min = LEAST(usage_totals.min, excluded.min), \
@@ -491,7 +491,7 @@ impl Postgres {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        config.application_name(&application_name(instance));
+        config.application_name(application_name(instance));
         let manager = Manager::from_config(
             config,
             NoTls,

@@ -267,7 +267,7 @@ const INSERT_UNIQUE: &str = "INSERT INTO usage_uniques \
 const UPSERT_TOTAL: &str = "INSERT INTO usage_totals \
      (meter_id, grain_ms, group_key, start_ms, count, sum, min, max, latest_ms, latest) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-     ON CONFLICT (meter_id, grain_ms, group_key, start_ms) DO UPDATE SET \
+     ON CONFLICT (meter_id, grain_ms, start_ms, group_key) DO UPDATE SET \
        count = usage_totals.count + excluded.count, \
        sum = dec_add(usage_totals.sum, excluded.sum), \
        min = dec_min(usage_totals.min, excluded.min), \

@@ -247,6 +247,61 @@ fn split(from: i64, to: i64, grains: &[i64], out: &mut Vec<(i64, i64, i64)>) {
     }
 }
 
+/// The parts `(grain, lo, hi)` that read every minute of the union of `ranges` once, none
+/// straddling a range's end: the ranges cut at every range's ends, each piece read as
+/// [`segments`] does. Sorted by grain, then start.
+pub fn pieces(ranges: &[(i64, i64)]) -> Vec<(i64, i64, i64)> {
+    let mut ends: Vec<i64> = ranges
+        .iter()
+        .filter(|(a, b)| a < b)
+        .flat_map(|(a, b)| [*a, *b])
+        .collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let mut sorted: Vec<(i64, i64)> = ranges.iter().copied().filter(|(a, b)| a < b).collect();
+    sorted.sort_unstable();
+    let mut out = Vec::new();
+    let mut next = 0; // ranges starting at or before the current piece
+    let mut reach = i64::MIN; // furthest end among them
+    for w in ends.windows(2) {
+        let (lo, hi) = (w[0], w[1]);
+        while next < sorted.len() && sorted[next].0 <= lo {
+            reach = reach.max(sorted[next].1);
+            next += 1;
+        }
+        if reach >= hi {
+            out.extend(segments(lo, hi, DAY));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Whether a row of `grain` starting at `start_ms` is read by one of `pieces` (from [`pieces`]).
+pub fn in_pieces(pieces: &[(i64, i64, i64)], start_ms: i64, grain: i64) -> bool {
+    let i = pieces.partition_point(|p| (p.0, p.1) <= (grain, start_ms));
+    i > 0 && {
+        let (g, lo, hi) = pieces[i - 1];
+        g == grain && start_ms >= lo && start_ms < hi
+    }
+}
+
+/// `pieces` of one grain joined into a few reads: pieces closer than a day's worth of rows of
+/// their grain apart (24 minutes, a day, 24 days) are read as one span, the rows between them
+/// dropped after the read ([`in_pieces`]); a batch of balances reads a handful of spans.
+pub fn coalesce(pieces: &[(i64, i64, i64)]) -> Vec<(i64, i64, i64)> {
+    let mut out: Vec<(i64, i64, i64)> = Vec::new();
+    for &(g, lo, hi) in pieces {
+        match out.last_mut() {
+            Some(last) if last.0 == g && lo <= last.2.saturating_add(24 * g) => {
+                last.2 = last.2.max(hi);
+            }
+            _ => out.push((g, lo, hi)),
+        }
+    }
+    out
+}
+
 /// The subject in the keys of [`totals`] rows (never stored: totals have no subject column).
 pub const ALL_SUBJECTS: &str = "";
 
@@ -336,6 +391,50 @@ mod tests {
         );
         let parts = segments(d + 5 * MINUTE, i64::MAX, DAY);
         assert_eq!(parts[0], (DAY, d + DAY, i64::MAX));
+    }
+
+    #[test]
+    fn ranges_are_read_once_in_pieces_that_never_straddle_their_ends() {
+        let d = 1_700_006_400_000;
+        let ranges = [
+            (d + 7 * MINUTE, d + 3 * DAY + 5 * HOUR),
+            (d + DAY + 2 * HOUR + 3 * MINUTE, d + 3 * DAY + 5 * HOUR),
+            (d + 10 * DAY, d + 11 * DAY),
+            (d + 5 * MINUTE, d + 5 * MINUTE),
+        ];
+        let pieces = pieces(&ranges);
+        // Every minute of the union in one piece, minutes outside in none.
+        let mut m = d;
+        while m < d + 12 * DAY {
+            let inside = ranges.iter().any(|(a, b)| m >= *a && m < *b);
+            let n = pieces
+                .iter()
+                .filter(|(g, lo, hi)| {
+                    let start = m.div_euclid(*g) * *g;
+                    start >= *lo && start < *hi
+                })
+                .count();
+            assert_eq!(n, usize::from(inside), "minute {m}");
+            // A piece's rows never cross a range's end.
+            for (g, lo, hi) in &pieces {
+                for (a, b) in ranges {
+                    for end in [a, b] {
+                        assert!(!(*lo < end && end < *hi && end.rem_euclid(*g) != 0));
+                    }
+                }
+            }
+            let start_of = |g: i64| m.div_euclid(g) * g;
+            let read = GRAINS
+                .iter()
+                .filter(|g| in_pieces(&pieces, start_of(**g), **g))
+                .count();
+            assert_eq!(read, usize::from(inside), "minute {m}");
+            m += MINUTE;
+        }
+        // Few reads: the day pieces of the two overlapping ranges and the separate one join.
+        let reads = coalesce(&pieces);
+        assert!(reads.len() <= 6, "{reads:?}");
+        assert_eq!(reads.iter().filter(|r| r.0 == DAY).count(), 1);
     }
 
     #[test]
