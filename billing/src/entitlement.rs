@@ -621,9 +621,46 @@ pub async fn value(
     grants: &[Grant],
     at: DateTime<Utc>,
 ) -> Result<EntitlementValue, StoreError> {
-    let until =
-        DateTime::from_timestamp_millis(minute_of(at.timestamp_millis()) + 60_000).unwrap_or(at);
-    value_until(store, ent, feature, subjects, grants, until, at).await
+    let mut live = Live {
+        store,
+        feature,
+        subjects,
+    };
+    value_until(&mut live, ent, grants, value_end(at), at).await
+}
+
+/// Where [`value`] stops counting usage for `at`: the end of `at`'s minute.
+pub(crate) fn value_end(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(minute_of(at.timestamp_millis()) + 60_000).unwrap_or(at)
+}
+
+/// Where the balance engine gets a segment's usage from: the store one segment at a time
+/// ([`Live`]), or a batch read once for many entitlements ([`crate::balances`]). Which segments
+/// an entitlement asks for depends on its periods, resets and grants only, never on usage.
+pub(crate) trait UsageSource {
+    /// Usage in `[from, to)`.
+    async fn usage(
+        &mut self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Decimal, StoreError>;
+}
+
+/// Usage read from the store per segment.
+struct Live<'a> {
+    store: &'a Store,
+    feature: &'a Feature,
+    subjects: &'a [String],
+}
+
+impl UsageSource for Live<'_> {
+    async fn usage(
+        &mut self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Decimal, StoreError> {
+        usage_between(self.store, self.feature, self.subjects, from, to).await
+    }
 }
 
 /// The value at the instant `at`, counting usage strictly before `at` (for history windows:
@@ -636,15 +673,18 @@ pub async fn value_at_instant(
     grants: &[Grant],
     at: DateTime<Utc>,
 ) -> Result<EntitlementValue, StoreError> {
-    value_until(store, ent, feature, subjects, grants, at, at).await
+    let mut live = Live {
+        store,
+        feature,
+        subjects,
+    };
+    value_until(&mut live, ent, grants, at, at).await
 }
 
 /// Usage in `[.., until)`, grants as they stand at `check_at`.
-async fn value_until(
-    store: &Store,
+pub(crate) async fn value_until(
+    source: &mut impl UsageSource,
     ent: &Entitlement,
-    feature: &Feature,
-    subjects: &[String],
     grants: &[Grant],
     until: DateTime<Utc>,
     check_at: DateTime<Utc>,
@@ -754,7 +794,7 @@ async fn value_until(
                     });
                 }
             }
-            let mut u = usage_between(store, feature, subjects, s, e).await?;
+            let mut u = source.usage(s, e).await?;
             period_usage += u;
             // Burn order: priority, then earlier expiry (none last), then earlier creation.
             live.sort_by(|a, b| {

@@ -7,6 +7,7 @@
 //! * [`query`]: meter queries over the per-minute aggregates.
 //! * [`filter`]: OpenMeter's `FilterString` (`advancedMeterGroupByFilters`).
 //! * [`entitlement`]: customers, features, entitlements, grants and the balance engine.
+//! * [`balances`]: many entitlements of a feature evaluated with one usage read.
 //! * [`catalog`]: the product catalog — versioned plans, rate cards, add-ons.
 //! * [`pricing`]: the rating engine — prices, discounts and commitments into detailed lines.
 //! * [`notification`]: signed webhooks — channels, rules, the outbox and its delivery worker.
@@ -23,6 +24,7 @@
 
 pub mod api;
 pub mod app;
+pub mod balances;
 pub mod catalog;
 pub mod clock;
 pub mod config;

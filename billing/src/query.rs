@@ -1,5 +1,7 @@
 //! Meter queries (`GET /api/v1/meters/{idOrSlug}/query`): per-minute aggregates folded into
 //! windows (MINUTE, HOUR, DAY, MONTH in a time zone) and group-by keys, as `MeterQueryResult`.
+//! A query that neither filters nor groups by subject (or customer) reads the store's totals
+//! across subjects ([`Store::usage_totals`]); the others read the per-subject rows.
 
 use std::collections::BTreeMap;
 
@@ -217,15 +219,20 @@ pub async fn run(
             .map(|s| s.to_string())
             .collect()
     };
+    let by_subject = q.group_by.iter().any(|g| g == "subject") || !q.subjects.is_empty();
+    let coarsest = coarsest_grain(q.window_size, q.tz, from_ms, to_ms);
     let rows = if !q.customers.is_empty() && scan.is_empty() {
         Vec::new() // the customers have no (matching) subjects: nothing, not everything
+    } else if scan.is_empty() && !by_subject {
+        // Neither filtered nor grouped by subject: the store's totals across subjects.
+        store
+            .usage_totals(&meter.meter.slug, from_ms, to_ms, coarsest)
+            .await?
     } else {
-        let coarsest = coarsest_grain(q.window_size, q.tz, from_ms, to_ms);
         store
             .usage_grained(&meter.meter.slug, &scan, from_ms, to_ms, coarsest)
             .await?
     };
-    let by_subject = q.group_by.iter().any(|g| g == "subject") || !q.subjects.is_empty();
     let by_customer = !q.customers.is_empty();
     let keys: Vec<&String> = q
         .group_by

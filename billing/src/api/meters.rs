@@ -260,7 +260,7 @@ async fn group_by_values(
     let (from_ms, to_ms, search) = range(&raw, Some(api.now().await? - Duration::hours(24)), true)?;
     let values: BTreeSet<String> = api
         .store
-        .usage(&meter.meter.slug, &[], from_ms, to_ms)
+        .usage_totals(&meter.meter.slug, from_ms, to_ms, crate::store::DAY)
         .await?
         .into_iter()
         .filter_map(|mut r| r.1.remove(&key))

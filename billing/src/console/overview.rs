@@ -35,7 +35,7 @@ pub async fn page_handler(console: &Console) -> Page {
     for m in &meters {
         let rows = api
             .store
-            .usage_grained(&m.meter.slug, &[], from_ms, to_ms, MINUTE)
+            .usage_totals(&m.meter.slug, from_ms, to_ms, MINUTE)
             .await?;
         let mut per_minute: BTreeMap<i64, u64> = (0..CHART_MINUTES)
             .map(|i| (from_ms + i * MINUTE, 0))

@@ -1,7 +1,8 @@
 //! The overview's expensive figures: the top consumers of each meter this month and the
 //! entitlements near or over their limit. Both read what the API reads (the meters' usage
 //! rollups through [`crate::store::Store::usage`], balances through
-//! [`crate::entitlement::value`]), but over every customer at once, which at 10,000 customers
+//! [`crate::balances::values`], one usage read per feature), but over every customer at once,
+//! which at 10,000 customers
 //! takes longer than a page may. So they are computed off the request path and kept: a page
 //! shows the last snapshot with its time and, when that is older than its lifetime (or there is
 //! none yet), starts a refresh in the background (one at a time). The lifetime grows with what a snapshot costs
@@ -15,18 +16,16 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use futures::StreamExt;
 use rust_decimal::Decimal;
 
 use super::Console;
+use crate::balances;
 use crate::entitlement::{self, Customer, Entitlement, Feature, Grant};
 use crate::query::value_of;
 use crate::store::{MinuteAgg, StoreError};
 
 /// The shortest a snapshot is kept on real time.
 pub const MIN_TTL: Duration = Duration::from_secs(15);
-/// Entitlement values computed at once for a snapshot.
-const PARALLEL_VALUES: usize = 8;
 /// Consumers shown per meter.
 pub const TOP_N: usize = 5;
 /// An entitlement is near its limit below this share of what it was granted.
@@ -251,6 +250,9 @@ async fn compute(console: &Console, now: DateTime<Utc>) -> Result<Snapshot, Stor
     })
 }
 
+/// An entitlement to evaluate: it, its owner, its subjects, its grants.
+type Job = (Entitlement, Consumer, Vec<String>, Vec<Grant>);
+
 /// Every metered entitlement's value at `now`; those near or over their limit, over first.
 async fn limits(
     console: &Console,
@@ -269,16 +271,12 @@ async fn limits(
     for g in store.list_entities::<Grant>("grant").await? {
         grants.entry(g.entitlement_id.clone()).or_default().push(g);
     }
-    // Values are independent reads: a few at a time (a read waits on the database more than it
-    // computes).
-    let mut jobs = Vec::new();
+    // Per feature, every entitlement's balance from one usage read ([`crate::balances`]).
+    let mut by_feature: HashMap<String, Vec<Job>> = HashMap::new();
     for e in store.list_entities::<Entitlement>("entitlement").await? {
-        if e.kind != "metered" {
+        if e.kind != "metered" || !features.contains_key(&e.feature_id) {
             continue;
         }
-        let Some(feature) = features.get(&e.feature_id) else {
-            continue;
-        };
         let (owner, subjects) = match (&e.customer_id, &e.subject_key) {
             (Some(id), _) => match by_id.get(id.as_str()) {
                 Some(c) => (
@@ -291,20 +289,31 @@ async fn limits(
             (None, None) => continue,
         };
         let gs = grants.remove(&e.id).unwrap_or_default();
-        jobs.push((e, feature.clone(), owner, subjects, gs));
+        by_feature
+            .entry(e.feature_id.clone())
+            .or_default()
+            .push((e, owner, subjects, gs));
     }
-    let metered = jobs.len();
+    let mut metered = 0;
     let mut out = Vec::new();
-    let mut values = futures::stream::iter(jobs.into_iter().map(
-        |(e, feature, owner, subjects, gs)| async move {
-            let v = entitlement::value(store, &e, &feature, &subjects, &gs, now).await?;
-            Ok::<_, StoreError>(pressure(&e, owner, &v))
-        },
-    ))
-    .buffer_unordered(PARALLEL_VALUES);
-    while let Some(row) = values.next().await {
-        if let Some(row) = row? {
-            out.push(row);
+    for (feature_id, jobs) in by_feature {
+        let Some(feature) = features.get(&feature_id) else {
+            continue;
+        };
+        metered += jobs.len();
+        let batch: Vec<balances::Evaluation<'_>> = jobs
+            .iter()
+            .map(|(e, _, subjects, gs)| balances::Evaluation {
+                entitlement: e,
+                subjects,
+                grants: gs,
+            })
+            .collect();
+        let values = balances::values(store, feature, &batch, now).await?;
+        for ((e, owner, _, _), v) in jobs.into_iter().zip(values) {
+            if let Some(row) = pressure(&e, owner, &v) {
+                out.push(row);
+            }
         }
     }
     out.sort_by(|a, b| {

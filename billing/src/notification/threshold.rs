@@ -26,11 +26,12 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use super::model::{Rule, Threshold, ThresholdKind};
+use super::model::{Channel, Rule, Threshold, ThresholdKind};
 use super::payload::{EntitlementContext, threshold_data};
 use super::{kinds, outbox};
+use crate::balances;
 use crate::clock::Clock;
-use crate::entitlement::{self, Customer, Entitlement, EntitlementValue, Feature, Grant};
+use crate::entitlement::{Customer, Entitlement, EntitlementValue, Feature, Grant};
 use crate::store::{Store, StoreError};
 
 /// How often everything is evaluated even without ingest (grants starting, clock moves).
@@ -196,6 +197,9 @@ pub async fn evaluate(
     }
     let ctx = Subjects::load(store).await?;
     let mut recorded = 0;
+    // Entitlements to evaluate, per feature: each feature's balances are read together
+    // (one usage read for all of them, [`crate::balances`]).
+    let mut by_feature: HashMap<String, Vec<(Entitlement, Vec<String>)>> = HashMap::new();
     for e in store.list_entities::<Entitlement>("entitlement").await? {
         if e.kind != "metered" {
             continue;
@@ -207,41 +211,83 @@ pub async fn evaluate(
         let Some(feature) = ctx.feature(&e) else {
             continue;
         };
-        let covering: Vec<&Rule> = rules
-            .iter()
-            .filter(|r| r.covers(&feature.id, &feature.key))
-            .collect();
-        if covering.is_empty() {
+        if !rules.iter().any(|r| r.covers(&feature.id, &feature.key)) {
             continue;
         }
-        let value = entitlement::value(store, &e, feature, &subjects, ctx.grants(&e), now)
-            .await?
-            .v1();
-        let from = period_start(&e, now);
-        let shown = with_period(e.clone(), now);
-        for rule in covering {
-            for t in select(rule.thresholds.as_deref().unwrap_or_default(), &value) {
-                let key = dedup_key(&rule.id, &e.id, from, &t);
-                if store.notification_deduped(&key).await? {
-                    continue;
-                }
-                let subject = subjects.first().map(String::as_str).unwrap_or_default();
-                let data = threshold_data(
-                    &EntitlementContext {
-                        entitlement: &shown,
-                        feature,
-                        subject,
-                        customer: ctx.customer(&e),
-                        value: &value,
-                    },
-                    &t,
-                );
-                let event = outbox::new_event(rule, &channels, now, data, Some(key), json!({}));
-                if store.record_notification(&event).await? {
-                    tracing::info!(rule = %rule.id, entitlement = %e.id, threshold = %t.value,
-                                   kind = %t.kind, "balance threshold crossed: event recorded");
-                    recorded += 1;
-                }
+        by_feature
+            .entry(feature.id.clone())
+            .or_default()
+            .push((e, subjects));
+    }
+    let mut features: Vec<_> = by_feature.into_iter().collect();
+    features.sort_by(|a, b| a.0.cmp(&b.0));
+    for (feature_id, ents) in features {
+        let Some(feature) = ctx.features.get(&feature_id) else {
+            continue;
+        };
+        let batch: Vec<balances::Evaluation<'_>> = ents
+            .iter()
+            .map(|(e, subjects)| balances::Evaluation {
+                entitlement: e,
+                subjects,
+                grants: ctx.grants(e),
+            })
+            .collect();
+        let values = balances::values(store, feature, &batch, now).await?;
+        for ((e, subjects), value) in ents.iter().zip(values) {
+            recorded += record(
+                store, &rules, &channels, &ctx, feature, e, subjects, value, now,
+            )
+            .await?;
+        }
+    }
+    Ok(recorded)
+}
+
+/// Records the events of `e`'s thresholds that `value` crosses (each once per usage period);
+/// how many were new.
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    store: &Store,
+    rules: &[Rule],
+    channels: &[Channel],
+    ctx: &Subjects,
+    feature: &Feature,
+    e: &Entitlement,
+    subjects: &[String],
+    value: EntitlementValue,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let mut recorded = 0;
+    let covering: Vec<&Rule> = rules
+        .iter()
+        .filter(|r| r.covers(&feature.id, &feature.key))
+        .collect();
+    let value = value.v1();
+    let from = period_start(e, now);
+    let shown = with_period(e.clone(), now);
+    for rule in covering {
+        for t in select(rule.thresholds.as_deref().unwrap_or_default(), &value) {
+            let key = dedup_key(&rule.id, &e.id, from, &t);
+            if store.notification_deduped(&key).await? {
+                continue;
+            }
+            let subject = subjects.first().map(String::as_str).unwrap_or_default();
+            let data = threshold_data(
+                &EntitlementContext {
+                    entitlement: &shown,
+                    feature,
+                    subject,
+                    customer: ctx.customer(e),
+                    value: &value,
+                },
+                &t,
+            );
+            let event = outbox::new_event(rule, channels, now, data, Some(key), json!({}));
+            if store.record_notification(&event).await? {
+                tracing::info!(rule = %rule.id, entitlement = %e.id, threshold = %t.value,
+                               kind = %t.kind, "balance threshold crossed: event recorded");
+                recorded += 1;
             }
         }
     }

@@ -43,6 +43,11 @@ pub const SQLITE: &[Migration] = &[
         name: "invoicing",
         sql: include_str!("../../migrations/sqlite/0005_invoicing.sql"),
     },
+    Migration {
+        version: 6,
+        name: "usage_totals",
+        sql: include_str!("../../migrations/sqlite/0006_usage_totals.sql"),
+    },
 ];
 
 /// PostgreSQL's migrations.
@@ -72,27 +77,38 @@ pub const POSTGRES: &[Migration] = &[
         name: "invoicing",
         sql: include_str!("../../migrations/postgres/0005_invoicing.sql"),
     },
+    Migration {
+        version: 6,
+        name: "usage_totals",
+        sql: include_str!("../../migrations/postgres/0006_usage_totals.sql"),
+    },
 ];
 
 /// The table that records applied versions (same text on both backends).
 pub const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS tollgate_schema (\
      version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)";
 
-/// What is left to apply on a database at `current`, or why the binary must not touch it.
+/// What is left to apply on a database that has `applied`, in order, or why the binary must not
+/// touch it. Every known version not yet applied is pending, not only those above the highest
+/// applied one: versions are reserved per branch (0006, 0007 …), so a database may have met a
+/// later one first.
 pub fn pending(
-    current: i64,
+    applied: &[i64],
     known: &'static [Migration],
     database: &str,
-) -> Result<&'static [Migration], StoreError> {
+) -> Result<Vec<&'static Migration>, StoreError> {
     let latest = known.last().map_or(0, |m| m.version);
-    if current > latest {
+    if let Some(current) = applied.iter().copied().filter(|v| *v > latest).max() {
         return Err(StoreError::Schema(format!(
             "the database {database} has schema version {current}, newer than this \
              tollgate-billing knows (up to {latest}): run a newer tollgate-billing against it \
              (migrations only go forward)"
         )));
     }
-    Ok(&known[known.iter().take_while(|m| m.version <= current).count()..])
+    Ok(known
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .collect())
 }
 
 #[cfg(test)]
@@ -113,13 +129,19 @@ mod tests {
 
     #[test]
     fn a_newer_schema_is_refused_by_name() {
-        assert_eq!(pending(0, SQLITE, "x").unwrap().len(), SQLITE.len());
-        assert!(
-            pending(SQLITE.last().unwrap().version, SQLITE, "x")
-                .unwrap()
-                .is_empty()
-        );
-        let err = pending(99, SQLITE, "/data/billing.db")
+        assert_eq!(pending(&[], SQLITE, "x").unwrap().len(), SQLITE.len());
+        let all: Vec<i64> = SQLITE.iter().map(|m| m.version).collect();
+        assert!(pending(&all, SQLITE, "x").unwrap().is_empty());
+        // A version missing below the highest applied one is still applied.
+        let gap: Vec<i64> = all[..all.len() - 2]
+            .iter()
+            .chain(all.last())
+            .copied()
+            .collect();
+        let left = pending(&gap, SQLITE, "x").unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].version, all[all.len() - 2]);
+        let err = pending(&[1, 99], SQLITE, "/data/billing.db")
             .unwrap_err()
             .to_string();
         assert!(

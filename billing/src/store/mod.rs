@@ -6,6 +6,8 @@
 //!   that transaction committed: a retried event is never lost and never counted twice.
 //! * `usage_minutes` / `usage_uniques`: per meter, subject, group-by values and minute, the partial
 //!   aggregates every aggregation needs ([`usage`]), so queries never rescan raw events.
+//! * `usage_totals` / `usage_total_uniques`: the same across subjects (per meter, group-by values
+//!   and window), written in the same transaction, for queries over all subjects.
 //! * `notification_events` / `notification_deliveries`: the notification outbox
 //!   ([`notifications`]).
 //! * API documents (meters, customers, features, entitlements, grants, plans, add-ons and plan
@@ -312,11 +314,73 @@ impl Store {
             subjects: subjects.to_vec(),
             segments: usage::segments(from_ms, to_ms, coarsest),
             unique,
+            totals: false,
         };
         match &self.db {
             Db::Sqlite(db) => db.usage(q).await,
             Db::Postgres(db) => db.usage(q).await,
         }
+    }
+
+    /// As [`Store::usage_grained`] for all subjects folded together: the totals rows (per
+    /// group-by values and window, subject [`usage::ALL_SUBJECTS`]), which equal the per-subject
+    /// rows merged, for a read that neither filters nor groups by subject.
+    pub async fn usage_totals(
+        &self,
+        meter: &str,
+        from_ms: i64,
+        to_ms: i64,
+        coarsest: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let Some(m) = self.meter(meter) else {
+            return Ok(Vec::new());
+        };
+        let q = UsageQuery {
+            meter_id: m.meter.id.clone(),
+            subjects: Vec::new(),
+            segments: usage::segments(from_ms, to_ms, coarsest),
+            unique: m.meter.aggregation == crate::meter::Aggregation::UniqueCount,
+            totals: true,
+        };
+        match &self.db {
+            Db::Sqlite(db) => db.usage(q).await,
+            Db::Postgres(db) => db.usage(q).await,
+        }
+    }
+
+    /// Usage rows of a meter for `subjects` (all when empty) covering every minute of each of
+    /// `ranges` (`[from, to)`, ms) once, in one read: no row straddles a range's end, so the
+    /// usage of a range is the rows starting inside it. Ranges that share or overlap minutes
+    /// (many entitlements' periods) are read once; each grain is read in a few spans
+    /// ([`usage::coalesce`]) rather than a query per range.
+    pub async fn usage_for_ranges(
+        &self,
+        meter: &str,
+        subjects: &[String],
+        ranges: &[(i64, i64)],
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let Some(m) = self.meter(meter) else {
+            return Ok(Vec::new());
+        };
+        let pieces = usage::pieces(ranges);
+        if pieces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let q = UsageQuery {
+            meter_id: m.meter.id.clone(),
+            subjects: subjects.to_vec(),
+            segments: usage::coalesce(&pieces),
+            unique: m.meter.aggregation == crate::meter::Aggregation::UniqueCount,
+            totals: false,
+        };
+        let rows = match &self.db {
+            Db::Sqlite(db) => db.usage(q).await?,
+            Db::Postgres(db) => db.usage(q).await?,
+        };
+        Ok(rows
+            .into_iter()
+            .filter(|r| usage::in_pieces(&pieces, r.2.start_ms, r.2.end_ms - r.2.start_ms))
+            .collect())
     }
 
     /// Stores an API document (insert or replace). A taken unique key is a
@@ -509,6 +573,9 @@ pub(crate) struct UsageQuery {
     /// `(grain, lo, hi)`: rows of that grain starting in `[lo, hi)`.
     pub segments: Vec<(i64, i64, i64)>,
     pub unique: bool,
+    /// Read the totals across subjects (`subjects` is then empty; rows' subject is
+    /// [`usage::ALL_SUBJECTS`]).
+    pub totals: bool,
 }
 
 /// A usage row as a backend reads it: subject, group key, grain, start, aggregates.

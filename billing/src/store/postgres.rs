@@ -136,9 +136,39 @@ const UPSERT_USAGE: &str = "INSERT INTO usage_rollups \
        sum = usage_rollups.sum + excluded.sum, \
        min = LEAST(usage_rollups.min, excluded.min), \
        max = GREATEST(usage_rollups.max, excluded.max), \
-       latest = CASE WHEN usage_rollups.latest_ms IS NULL OR excluded.latest_ms >= usage_rollups.latest_ms \
-                THEN excluded.latest ELSE usage_rollups.latest END, \
+       latest = CASE WHEN usage_rollups.latest_ms IS NULL OR excluded.latest_ms > usage_rollups.latest_ms \
+                THEN excluded.latest \
+                WHEN excluded.latest_ms = usage_rollups.latest_ms \
+                THEN GREATEST(usage_rollups.latest, excluded.latest) ELSE usage_rollups.latest END, \
        latest_ms = GREATEST(usage_rollups.latest_ms, excluded.latest_ms)";
+
+const UPSERT_TOTALS: &str = "INSERT INTO usage_totals \
+     (meter_id, grain_ms, group_key, start_ms, count, sum, min, max, latest_ms, latest) \
+     SELECT * FROM UNNEST($1::text[], $10::int8[], $2::text[], $3::int8[], $4::int8[], \
+                          $5::numeric[], $6::numeric[], $7::numeric[], $8::int8[], $9::numeric[]) \
+     ON CONFLICT (meter_id, grain_ms, start_ms, group_key) DO UPDATE SET \
+       count = usage_totals.count + excluded.count, \
+       sum = usage_totals.sum + excluded.sum, \
+       min = LEAST(usage_totals.min, excluded.min), \
+       max = GREATEST(usage_totals.max, excluded.max), \
+       latest = CASE WHEN usage_totals.latest_ms IS NULL OR excluded.latest_ms > usage_totals.latest_ms \
+                THEN excluded.latest \
+                WHEN excluded.latest_ms = usage_totals.latest_ms \
+                THEN GREATEST(usage_totals.latest, excluded.latest) ELSE usage_totals.latest END, \
+       latest_ms = GREATEST(usage_totals.latest_ms, excluded.latest_ms)";
+
+const INSERT_TOTAL_UNIQUES: &str = "INSERT INTO usage_total_uniques \
+     (meter_id, grain_ms, group_key, start_ms, value) \
+     SELECT * FROM UNNEST($1::text[], $5::int8[], $2::text[], $3::int8[], $4::text[]) \
+     ON CONFLICT DO NOTHING";
+
+/// The usage tables a meter's rows live in (per subject and totals).
+const USAGE_TABLES: [&str; 4] = [
+    "usage_rollups",
+    "usage_uniques",
+    "usage_totals",
+    "usage_total_uniques",
+];
 
 const INSERT_UNIQUES: &str = "INSERT INTO usage_uniques \
      (meter_id, grain_ms, subject, group_key, start_ms, value) \
@@ -212,6 +242,66 @@ async fn write_usage(
                     &u_value,
                     &u_grain,
                 ],
+            )
+            .await?;
+    }
+    write_totals(client, &usage::totals(rows)).await
+}
+
+/// The rows across subjects, after the per-subject ones (every writer locks in this order).
+async fn write_totals(
+    client: &impl GenericClient,
+    rows: &BTreeMap<UsageKey, MinuteAgg>,
+) -> Result<(), tokio_postgres::Error> {
+    let n = rows.len();
+    let (mut meter, mut grain, mut group, mut start) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut count, mut sum, mut min, mut max, mut latest_ms, mut latest) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::<Option<Decimal>>::with_capacity(n),
+        Vec::<Option<Decimal>>::with_capacity(n),
+        Vec::<Option<i64>>::with_capacity(n),
+        Vec::<Option<Decimal>>::with_capacity(n),
+    );
+    let (mut u_meter, mut u_grain, mut u_group, mut u_start, mut u_value) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (k, a) in rows {
+        meter.push(k.meter_id.as_str());
+        grain.push(k.grain_ms);
+        group.push(k.group_key.as_str());
+        start.push(k.start_ms);
+        count.push(a.count as i64);
+        sum.push(a.sum);
+        min.push(a.min);
+        max.push(a.max);
+        latest_ms.push(a.latest.map(|l| l.0));
+        latest.push(a.latest.map(|l| l.1));
+        for v in &a.uniques {
+            u_meter.push(k.meter_id.as_str());
+            u_grain.push(k.grain_ms);
+            u_group.push(k.group_key.as_str());
+            u_start.push(k.start_ms);
+            u_value.push(v.as_str());
+        }
+    }
+    client
+        .execute(
+            UPSERT_TOTALS,
+            &[
+                &meter, &group, &start, &count, &sum, &min, &max, &latest_ms, &latest, &grain,
+            ],
+        )
+        .await?;
+    if !u_value.is_empty() {
+        client
+            .execute(
+                INSERT_TOTAL_UNIQUES,
+                &[&u_meter, &u_group, &u_start, &u_value, &u_grain],
             )
             .await?;
     }
@@ -428,15 +518,14 @@ impl Postgres {
                 .await
                 .map_err(fail)?;
             tx.batch_execute(SCHEMA_TABLE).await.map_err(fail)?;
-            let current: i64 = tx
-                .query_one(
-                    "SELECT COALESCE(MAX(version), 0)::int8 FROM tollgate_schema",
-                    &[],
-                )
+            let applied: Vec<i64> = tx
+                .query("SELECT version::int8 FROM tollgate_schema", &[])
                 .await
                 .map_err(fail)?
-                .get(0);
-            for m in migrate::pending(current, migrate::POSTGRES, &shown)? {
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for m in migrate::pending(&applied, migrate::POSTGRES, &shown)? {
                 tx.batch_execute(m.sql).await.map_err(|e| {
                     StoreError::Schema(format!("{shown}: migration {}: {e}", m.version))
                 })?;
@@ -570,7 +659,7 @@ impl Postgres {
         let regroup = old.is_none_or(|o| o.meter.group_by != meter.meter.group_by);
         if regroup {
             // Usage recounted from the stored events, in this same transaction.
-            for table in ["usage_rollups", "usage_uniques"] {
+            for table in USAGE_TABLES {
                 stmts.push(Stmt {
                     sql: format!("DELETE FROM {table} WHERE meter_id = $1"),
                     params: vec![Some(id.clone())],
@@ -584,20 +673,17 @@ impl Postgres {
 
     pub(crate) async fn delete_meter(&self, id: String) -> Result<bool, StoreError> {
         let p = vec![Some(id)];
-        let stmts = vec![
-            Stmt {
-                sql: "DELETE FROM usage_rollups WHERE meter_id = $1".into(),
+        let mut stmts: Vec<Stmt> = USAGE_TABLES
+            .iter()
+            .map(|t| Stmt {
+                sql: format!("DELETE FROM {t} WHERE meter_id = $1"),
                 params: p.clone(),
-            },
-            Stmt {
-                sql: "DELETE FROM usage_uniques WHERE meter_id = $1".into(),
-                params: p.clone(),
-            },
-            Stmt {
-                sql: "DELETE FROM meters WHERE id = $1".into(),
-                params: p,
-            },
-        ];
+            })
+            .collect();
+        stmts.push(Stmt {
+            sql: "DELETE FROM meters WHERE id = $1".into(),
+            params: p,
+        });
         Ok(self.change_meters(stmts, None).await? > 0)
     }
 
@@ -690,22 +776,39 @@ impl Postgres {
         } else {
             "subject = ANY($6) AND NOT $5"
         };
-        let rows_sql = format!(
-            "SELECT subject, group_key, count, sum, min, max, latest_ms, latest, start_ms \
-             FROM usage_rollups WHERE meter_id = $1 AND grain_ms = $2 \
-             AND start_ms >= $3 AND start_ms < $4 AND {subject_cond}"
-        );
-        let uniques_sql = format!(
-            "SELECT subject, group_key, value, start_ms FROM usage_uniques \
-             WHERE meter_id = $1 AND grain_ms = $2 AND start_ms >= $3 AND start_ms < $4 \
-             AND {subject_cond}"
-        );
+        // Totals: the rows across subjects (no subject column, no subject parameters).
+        let (rows_sql, uniques_sql) = if q.totals {
+            (
+                "SELECT '', group_key, count, sum, min, max, latest_ms, latest, start_ms \
+                 FROM usage_totals WHERE meter_id = $1 AND grain_ms = $2 \
+                 AND start_ms >= $3 AND start_ms < $4"
+                    .to_owned(),
+                "SELECT '', group_key, value, start_ms FROM usage_total_uniques \
+                 WHERE meter_id = $1 AND grain_ms = $2 AND start_ms >= $3 AND start_ms < $4"
+                    .to_owned(),
+            )
+        } else {
+            (
+                format!(
+                    "SELECT subject, group_key, count, sum, min, max, latest_ms, latest, start_ms \
+                     FROM usage_rollups WHERE meter_id = $1 AND grain_ms = $2 \
+                     AND start_ms >= $3 AND start_ms < $4 AND {subject_cond}"
+                ),
+                format!(
+                    "SELECT subject, group_key, value, start_ms FROM usage_uniques \
+                     WHERE meter_id = $1 AND grain_ms = $2 AND start_ms >= $3 AND start_ms < $4 \
+                     AND {subject_cond}"
+                ),
+            )
+        };
         let (rows_sql, uniques_sql) = (rows_sql.as_str(), uniques_sql.as_str());
         let mut out = Vec::new();
         let mut uniques = Vec::new();
         for (grain, lo, hi) in &q.segments {
-            let params: [&(dyn ToSql + Sync); 6] = [&q.meter_id, grain, lo, hi, &all, &q.subjects];
-            for r in client.query(rows_sql, &params).await? {
+            let all_params: [&(dyn ToSql + Sync); 6] =
+                [&q.meter_id, grain, lo, hi, &all, &q.subjects];
+            let params = &all_params[..if q.totals { 4 } else { 6 }];
+            for r in client.query(rows_sql, params).await? {
                 let latest_ms: Option<i64> = r.get(6);
                 let latest: Option<Decimal> = r.get(7);
                 out.push((
@@ -724,7 +827,7 @@ impl Postgres {
                 ));
             }
             if q.unique {
-                for r in client.query(uniques_sql, &params).await? {
+                for r in client.query(uniques_sql, params).await? {
                     uniques.push((r.get(0), r.get(1), *grain, r.get(3), r.get(2)));
                 }
             }

@@ -132,7 +132,87 @@ fn register_decimal_functions(conn: &Connection) -> rusqlite::Result<()> {
             (a, b) => a.or(b).map(|d| d.to_string()),
         })
     })?;
+    for (name, n, fold) in [
+        ("dec_total", 1, Fold::Sum),
+        ("dec_least", 1, Fold::Min),
+        ("dec_greatest", 1, Fold::Max),
+        ("dec_latest", 2, Fold::Latest),
+    ] {
+        conn.create_aggregate_function(name, n, flags, DecAggregate(fold))?;
+    }
     Ok(())
+}
+
+/// Which part of [`MinuteAgg`] a decimal aggregate folds.
+#[derive(Clone, Copy)]
+enum Fold {
+    Sum,
+    Min,
+    Max,
+    Latest,
+}
+
+/// `dec_total(x)`, `dec_least(x)`, `dec_greatest(x)`, `dec_latest(ms, x)`: aggregates over TEXT
+/// decimals that fold rows with [`MinuteAgg::merge`] (the totals migration's backfill), so they
+/// are exact and pick LATEST by the same rule as ingest.
+struct DecAggregate(Fold);
+
+impl rusqlite::functions::Aggregate<MinuteAgg, Option<String>> for DecAggregate {
+    fn init(&self, _: &mut rusqlite::functions::Context<'_>) -> rusqlite::Result<MinuteAgg> {
+        Ok(MinuteAgg::default())
+    }
+
+    fn step(
+        &self,
+        ctx: &mut rusqlite::functions::Context<'_>,
+        acc: &mut MinuteAgg,
+    ) -> rusqlite::Result<()> {
+        let dec_arg = |i: usize| -> rusqlite::Result<Option<Decimal>> {
+            let v: Option<String> = ctx.get(i)?;
+            v.map(|s| {
+                s.parse::<Decimal>()
+                    .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+            })
+            .transpose()
+        };
+        let row = match self.0 {
+            Fold::Sum => MinuteAgg {
+                sum: dec_arg(0)?.unwrap_or_default(),
+                ..MinuteAgg::default()
+            },
+            Fold::Min => MinuteAgg {
+                min: dec_arg(0)?,
+                ..MinuteAgg::default()
+            },
+            Fold::Max => MinuteAgg {
+                max: dec_arg(0)?,
+                ..MinuteAgg::default()
+            },
+            Fold::Latest => MinuteAgg {
+                latest: ctx.get::<Option<i64>>(0)?.zip(dec_arg(1)?),
+                ..MinuteAgg::default()
+            },
+        };
+        acc.merge(&row);
+        Ok(())
+    }
+
+    fn finalize(
+        &self,
+        _: &mut rusqlite::functions::Context<'_>,
+        acc: Option<MinuteAgg>,
+    ) -> rusqlite::Result<Option<String>> {
+        let Some(a) = acc else {
+            return Ok(None);
+        };
+        Ok(match self.0 {
+            Fold::Sum => Some(a.sum),
+            Fold::Min => a.min,
+            Fold::Max => a.max,
+            Fold::Latest => a.latest.map(|l| l.1),
+        }
+        .map(|d| d.to_string()))
+    }
 }
 
 fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
@@ -145,12 +225,11 @@ fn open_connection(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let name = path.display().to_string();
     conn.execute_batch(SCHEMA_TABLE)?;
-    let current: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM tollgate_schema",
-        [],
-        |r| r.get(0),
-    )?;
-    for m in migrate::pending(current, migrate::SQLITE, &name)? {
+    let applied: Vec<i64> = conn
+        .prepare("SELECT version FROM tollgate_schema")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for m in migrate::pending(&applied, migrate::SQLITE, &name)? {
         let tx = conn.transaction()?;
         tx.execute_batch(m.sql)
             .map_err(|e| StoreError::Schema(format!("{name}: migration {}: {e}", m.version)))?;
@@ -175,13 +254,51 @@ const UPSERT_USAGE: &str = "INSERT INTO usage_rollups \
        sum = dec_add(usage_rollups.sum, excluded.sum), \
        min = dec_min(usage_rollups.min, excluded.min), \
        max = dec_max(usage_rollups.max, excluded.max), \
-       latest = CASE WHEN usage_rollups.latest_ms IS NULL OR excluded.latest_ms >= usage_rollups.latest_ms \
-                THEN excluded.latest ELSE usage_rollups.latest END, \
+       latest = CASE WHEN usage_rollups.latest_ms IS NULL OR excluded.latest_ms > usage_rollups.latest_ms \
+                THEN excluded.latest \
+                WHEN excluded.latest_ms = usage_rollups.latest_ms \
+                THEN dec_max(usage_rollups.latest, excluded.latest) ELSE usage_rollups.latest END, \
        latest_ms = MAX(COALESCE(usage_rollups.latest_ms, excluded.latest_ms), COALESCE(excluded.latest_ms, usage_rollups.latest_ms))";
 
 const INSERT_UNIQUE: &str = "INSERT INTO usage_uniques \
      (meter_id, grain_ms, subject, group_key, start_ms, value) \
      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+
+const UPSERT_TOTAL: &str = "INSERT INTO usage_totals \
+     (meter_id, grain_ms, group_key, start_ms, count, sum, min, max, latest_ms, latest) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     ON CONFLICT (meter_id, grain_ms, start_ms, group_key) DO UPDATE SET \
+       count = usage_totals.count + excluded.count, \
+       sum = dec_add(usage_totals.sum, excluded.sum), \
+       min = dec_min(usage_totals.min, excluded.min), \
+       max = dec_max(usage_totals.max, excluded.max), \
+       latest = CASE WHEN usage_totals.latest_ms IS NULL OR excluded.latest_ms > usage_totals.latest_ms \
+                THEN excluded.latest \
+                WHEN excluded.latest_ms = usage_totals.latest_ms \
+                THEN dec_max(usage_totals.latest, excluded.latest) ELSE usage_totals.latest END, \
+       latest_ms = MAX(COALESCE(usage_totals.latest_ms, excluded.latest_ms), COALESCE(excluded.latest_ms, usage_totals.latest_ms))";
+
+const INSERT_TOTAL_UNIQUE: &str = "INSERT INTO usage_total_uniques \
+     (meter_id, grain_ms, group_key, start_ms, value) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+
+/// The usage tables a meter's rows live in (per subject and totals).
+const USAGE_TABLES: [&str; 4] = [
+    "usage_rollups",
+    "usage_uniques",
+    "usage_totals",
+    "usage_total_uniques",
+];
+
+fn delete_usage(conn: &Connection, meter_id: &str) -> rusqlite::Result<()> {
+    for t in USAGE_TABLES {
+        conn.execute(
+            &format!("DELETE FROM {t} WHERE meter_id = $1"),
+            params![meter_id],
+        )?;
+    }
+    Ok(())
+}
 
 fn write_usage(
     conn: &Connection,
@@ -212,6 +329,27 @@ fn write_usage(
                 k.start_ms,
                 v
             ])?;
+        }
+    }
+    // The same rows across subjects, after the per-subject ones (every writer locks in this
+    // order).
+    let mut upsert = conn.prepare_cached(UPSERT_TOTAL)?;
+    let mut unique = conn.prepare_cached(INSERT_TOTAL_UNIQUE)?;
+    for (k, a) in &usage::totals(rows) {
+        upsert.execute(params![
+            k.meter_id,
+            k.grain_ms,
+            k.group_key,
+            k.start_ms,
+            a.count as i64,
+            a.sum.to_string(),
+            a.min.map(|d| d.to_string()),
+            a.max.map(|d| d.to_string()),
+            a.latest.map(|l| l.0),
+            a.latest.map(|l| l.1.to_string()),
+        ])?;
+        for v in &a.uniques {
+            unique.execute(params![k.meter_id, k.grain_ms, k.group_key, k.start_ms, v])?;
         }
     }
     Ok(())
@@ -490,8 +628,7 @@ impl Sqlite {
                 .is_none_or(|old| old.meter.group_by != meter.meter.group_by);
             if regroup {
                 // Usage recounted from the stored events, in this same transaction.
-                conn.execute("DELETE FROM usage_rollups WHERE meter_id = $1", params![id])?;
-                conn.execute("DELETE FROM usage_uniques WHERE meter_id = $1", params![id])?;
+                delete_usage(conn, &id)?;
                 backfill(conn, &meter)?;
             }
             bump_meters_version(conn)?;
@@ -505,8 +642,7 @@ impl Sqlite {
 
     pub(crate) async fn delete_meter(&self, id: String) -> Result<bool, StoreError> {
         self.write(move |conn, state| {
-            conn.execute("DELETE FROM usage_rollups WHERE meter_id = $1", params![id])?;
-            conn.execute("DELETE FROM usage_uniques WHERE meter_id = $1", params![id])?;
+            delete_usage(conn, &id)?;
             let n = conn.execute("DELETE FROM meters WHERE id = $1", params![id])?;
             bump_meters_version(conn)?;
             state.meters.retain(|m| m.meter.id != id);
@@ -623,16 +759,34 @@ impl Sqlite {
             } else {
                 "subject = $3"
             };
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT subject, group_key, count, sum, min, max, latest_ms, latest, start_ms \
-                 FROM usage_rollups WHERE meter_id = $1 AND grain_ms = $2 \
-                 AND {subject_cond} AND start_ms >= $4 AND start_ms < $5"
-            ))?;
-            let mut ustmt = conn.prepare_cached(&format!(
-                "SELECT subject, group_key, value, start_ms FROM usage_uniques \
-                 WHERE meter_id = $1 AND grain_ms = $2 AND {subject_cond} \
-                 AND start_ms >= $4 AND start_ms < $5"
-            ))?;
+            // Totals: the rows across subjects (no subject column; `$3` is NULL).
+            let (rows_sql, uniques_sql) = if q.totals {
+                (
+                    "SELECT '', group_key, count, sum, min, max, latest_ms, latest, start_ms \
+                     FROM usage_totals WHERE meter_id = $1 AND grain_ms = $2 \
+                     AND $3 IS NULL AND start_ms >= $4 AND start_ms < $5"
+                        .to_owned(),
+                    "SELECT '', group_key, value, start_ms FROM usage_total_uniques \
+                     WHERE meter_id = $1 AND grain_ms = $2 AND $3 IS NULL \
+                     AND start_ms >= $4 AND start_ms < $5"
+                        .to_owned(),
+                )
+            } else {
+                (
+                    format!(
+                        "SELECT subject, group_key, count, sum, min, max, latest_ms, latest, \
+                         start_ms FROM usage_rollups WHERE meter_id = $1 AND grain_ms = $2 \
+                         AND {subject_cond} AND start_ms >= $4 AND start_ms < $5"
+                    ),
+                    format!(
+                        "SELECT subject, group_key, value, start_ms FROM usage_uniques \
+                         WHERE meter_id = $1 AND grain_ms = $2 AND {subject_cond} \
+                         AND start_ms >= $4 AND start_ms < $5"
+                    ),
+                )
+            };
+            let mut stmt = conn.prepare_cached(&rows_sql)?;
+            let mut ustmt = conn.prepare_cached(&uniques_sql)?;
             for s in subjects {
                 for (grain, lo, hi) in &q.segments {
                     let mut r = stmt.query(params![q.meter_id, grain, s, lo, hi])?;

@@ -1,7 +1,10 @@
 //! Usage pre-aggregation, shared by both backends: what one stored event contributes to each meter
 //! (a row per meter × subject × group-by values × minute, rolled up into its hour and day), folded
 //! per row before it is written, so a request's events touch each row once; and which rows a read
-//! of `[from, to)` takes at which grain ([`segments`]). Pure: no database here.
+//! of `[from, to)` takes at which grain ([`segments`]). Beside them, the same rows with the
+//! subjects folded together ([`totals`]: per meter × group-by values × minute, hour and day), so a
+//! query across all subjects reads windows × groups rows, not subjects × windows × groups. Pure:
+//! no database here.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,8 +45,15 @@ impl MinuteAgg {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
+        // The latest value; at the same instant the larger one, so the result does not depend on
+        // the order rows are folded in (per subject, then across subjects, or across subjects
+        // at ingest).
         self.latest = match (self.latest, other.latest) {
-            (Some(a), Some(b)) => Some(if b.0 >= a.0 { b } else { a }),
+            (Some(a), Some(b)) => Some(if b.0 > a.0 || (b.0 == a.0 && b.1 > a.1) {
+                b
+            } else {
+                a
+            }),
             (a, b) => a.or(b),
         };
         for u in &other.uniques {
@@ -237,6 +247,87 @@ fn split(from: i64, to: i64, grains: &[i64], out: &mut Vec<(i64, i64, i64)>) {
     }
 }
 
+/// The parts `(grain, lo, hi)` that read every minute of the union of `ranges` once, none
+/// straddling a range's end: the ranges cut at every range's ends, each piece read as
+/// [`segments`] does. Sorted by grain, then start.
+pub fn pieces(ranges: &[(i64, i64)]) -> Vec<(i64, i64, i64)> {
+    let mut ends: Vec<i64> = ranges
+        .iter()
+        .filter(|(a, b)| a < b)
+        .flat_map(|(a, b)| [*a, *b])
+        .collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let mut sorted: Vec<(i64, i64)> = ranges.iter().copied().filter(|(a, b)| a < b).collect();
+    sorted.sort_unstable();
+    let mut out = Vec::new();
+    let mut next = 0; // ranges starting at or before the current piece
+    let mut reach = i64::MIN; // furthest end among them
+    for w in ends.windows(2) {
+        let (lo, hi) = (w[0], w[1]);
+        while next < sorted.len() && sorted[next].0 <= lo {
+            reach = reach.max(sorted[next].1);
+            next += 1;
+        }
+        if reach >= hi {
+            out.extend(segments(lo, hi, DAY));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Whether a row of `grain` starting at `start_ms` is read by one of `pieces` (from [`pieces`]).
+pub fn in_pieces(pieces: &[(i64, i64, i64)], start_ms: i64, grain: i64) -> bool {
+    let i = pieces.partition_point(|p| (p.0, p.1) <= (grain, start_ms));
+    i > 0 && {
+        let (g, lo, hi) = pieces[i - 1];
+        g == grain && start_ms >= lo && start_ms < hi
+    }
+}
+
+/// `pieces` of one grain joined into a few reads: pieces closer than a day's worth of rows of
+/// their grain apart (24 minutes, a day, 24 days) are read as one span, the rows between them
+/// dropped after the read ([`in_pieces`]); a batch of balances reads a handful of spans.
+pub fn coalesce(pieces: &[(i64, i64, i64)]) -> Vec<(i64, i64, i64)> {
+    let mut out: Vec<(i64, i64, i64)> = Vec::new();
+    for &(g, lo, hi) in pieces {
+        match out.last_mut() {
+            Some(last) if last.0 == g && lo <= last.2.saturating_add(24 * g) => {
+                last.2 = last.2.max(hi);
+            }
+            _ => out.push((g, lo, hi)),
+        }
+    }
+    out
+}
+
+/// The subject in the keys of [`totals`] rows (never stored: totals have no subject column).
+pub const ALL_SUBJECTS: &str = "";
+
+/// Per-subject rows folded across subjects: the rows the totals tables get, keyed with
+/// [`ALL_SUBJECTS`], in key order. UNIQUE_COUNT stays exact: a total keeps the union of its
+/// subjects' distinct values.
+pub fn totals(rows: &BTreeMap<UsageKey, MinuteAgg>) -> BTreeMap<UsageKey, MinuteAgg> {
+    let mut out: BTreeMap<UsageKey, MinuteAgg> = BTreeMap::new();
+    for (k, a) in rows {
+        let key = UsageKey {
+            meter_id: k.meter_id.clone(),
+            grain_ms: k.grain_ms,
+            subject: ALL_SUBJECTS.to_owned(),
+            group_key: k.group_key.clone(),
+            start_ms: k.start_ms,
+        };
+        match out.get_mut(&key) {
+            Some(row) => row.merge(a),
+            None => {
+                out.insert(key, a.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Folds already computed (minute) contributions per row and adds their rollups, in key order.
 pub fn fold_contributions<'a>(
     contributions: impl IntoIterator<Item = &'a (UsageKey, MinuteAgg)>,
@@ -300,6 +391,86 @@ mod tests {
         );
         let parts = segments(d + 5 * MINUTE, i64::MAX, DAY);
         assert_eq!(parts[0], (DAY, d + DAY, i64::MAX));
+    }
+
+    #[test]
+    fn ranges_are_read_once_in_pieces_that_never_straddle_their_ends() {
+        let d = 1_700_006_400_000;
+        let ranges = [
+            (d + 7 * MINUTE, d + 3 * DAY + 5 * HOUR),
+            (d + DAY + 2 * HOUR + 3 * MINUTE, d + 3 * DAY + 5 * HOUR),
+            (d + 10 * DAY, d + 11 * DAY),
+            (d + 5 * MINUTE, d + 5 * MINUTE),
+        ];
+        let pieces = pieces(&ranges);
+        // Every minute of the union in one piece, minutes outside in none.
+        let mut m = d;
+        while m < d + 12 * DAY {
+            let inside = ranges.iter().any(|(a, b)| m >= *a && m < *b);
+            let n = pieces
+                .iter()
+                .filter(|(g, lo, hi)| {
+                    let start = m.div_euclid(*g) * *g;
+                    start >= *lo && start < *hi
+                })
+                .count();
+            assert_eq!(n, usize::from(inside), "minute {m}");
+            // A piece's rows never cross a range's end.
+            for (g, lo, hi) in &pieces {
+                for (a, b) in ranges {
+                    for end in [a, b] {
+                        assert!(!(*lo < end && end < *hi && end.rem_euclid(*g) != 0));
+                    }
+                }
+            }
+            let start_of = |g: i64| m.div_euclid(g) * g;
+            let read = GRAINS
+                .iter()
+                .filter(|g| in_pieces(&pieces, start_of(**g), **g))
+                .count();
+            assert_eq!(read, usize::from(inside), "minute {m}");
+            m += MINUTE;
+        }
+        // Few reads: the day pieces of the two overlapping ranges and the separate one join.
+        let reads = coalesce(&pieces);
+        assert!(reads.len() <= 6, "{reads:?}");
+        assert_eq!(reads.iter().filter(|r| r.0 == DAY).count(), 1);
+    }
+
+    #[test]
+    fn totals_fold_subjects_and_keep_uniques_exact() {
+        let key = |subject: &str, group: &str| UsageKey {
+            meter_id: "m".into(),
+            grain_ms: MINUTE,
+            subject: subject.into(),
+            group_key: group.into(),
+            start_ms: 0,
+        };
+        let agg = |v: i64, t: i64, u: &[&str]| MinuteAgg {
+            count: 1,
+            sum: Decimal::from(v),
+            min: Some(Decimal::from(v)),
+            max: Some(Decimal::from(v)),
+            latest: Some((t, Decimal::from(v))),
+            uniques: u.iter().map(|s| s.to_string()).collect(),
+        };
+        let rows: BTreeMap<UsageKey, MinuteAgg> = [
+            (key("a", "{}"), agg(2, 5, &["x", "y"])),
+            (key("b", "{}"), agg(7, 5, &["y", "z"])),
+            (key("c", "{}"), agg(1, 3, &["x"])),
+            (key("a", "{\"r\":\"1\"}"), agg(4, 1, &[])),
+        ]
+        .into_iter()
+        .collect();
+        let t = totals(&rows);
+        assert_eq!(t.len(), 2);
+        let all = &t[&key(ALL_SUBJECTS, "{}")];
+        assert_eq!(all.count, 3);
+        assert_eq!(all.sum, Decimal::from(10));
+        assert_eq!((all.min, all.max), (Some(1.into()), Some(7.into())));
+        // Same instant in two subjects: the larger value, whatever the order.
+        assert_eq!(all.latest, Some((5, Decimal::from(7))));
+        assert_eq!(all.uniques, vec!["x", "y", "z"]);
     }
 
     #[test]
