@@ -11,54 +11,23 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
-struct Billing {
-    child: Child,
-    base: String,
-}
+mod common;
 
-impl Drop for Billing {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Billing, post};
 
 fn start(dir: &std::path::Path, simulated: bool) -> Billing {
-    let port = tollgate_e2e::stack::free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"));
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ]);
-    if simulated {
-        cmd.arg("--simulated-clock");
-    }
-    let child = cmd
-        .env("TOLLGATE_LOG", "error")
-        .env_remove("TOLLGATE_BILLING_SIMULATED_CLOCK")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Billing {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn post(c: &reqwest::Client, url: String, body: Value) -> Value {
-    let r = c.post(url).json(&body).send().await.unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-    r.json().await.unwrap_or(Value::Null)
+    Billing::start(
+        dir,
+        if simulated {
+            &["--simulated-clock"]
+        } else {
+            &[]
+        },
+    )
 }
 
 /// A customer with `n` metered entitlements (`interval`) and some usage.

@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod common;
+
+use common::cpu_seconds;
+
 /// How the events' times spread.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Spread {
@@ -48,22 +52,6 @@ fn event(i: usize, t0: i64, subjects: usize) -> Value {
     json!({"id": format!("b-{i}"), "source": "bench", "specversion": "1.0", "type": "kong.llm_request",
            "subject": format!("consumer:{}", i % subjects), "time": time,
            "data": {"tokens": (i % 50) + 1, "model": if i.is_multiple_of(2) { "gpt-4o" } else { "claude" }, "type": "request"}})
-}
-
-/// CPU seconds (user + system) a process has used so far, from /proc (children included).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = [11, 12, 13, 14]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0
 }
 
 /// The columns billing stores for one event.
@@ -229,29 +217,7 @@ fn bodies(n: usize, t0: i64, subjects: usize) -> Vec<bytes::Bytes> {
 }
 
 async fn http_ingest(base: &str, bodies: &[bytes::Bytes], n: usize) -> f64 {
-    let client = reqwest::Client::new();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..4 {
-        let (client, base) = (client.clone(), base.to_owned());
-        let mine: Vec<bytes::Bytes> = bodies.iter().skip(w).step_by(4).cloned().collect();
-        tasks.push(tokio::spawn(async move {
-            for body in mine {
-                let r = client
-                    .post(format!("{base}/api/v1/events"))
-                    .header("content-type", "application/cloudevents-batch+json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 204);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    n as f64 / start.elapsed().as_secs_f64()
+    common::ingest(base, bodies, n).await
 }
 
 async fn timed(client: &reqwest::Client, url: String) -> (Duration, Value) {

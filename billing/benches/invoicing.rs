@@ -18,70 +18,22 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
+
+mod common;
+
+use common::{Billing, post};
 use tollgate_billing::invoice::usage::UsageReader;
 use tollgate_billing::pricing::{Currency, Price, RatingInput, Tier, TierMode, rate};
 use tollgate_billing::store::{Location, Store};
 
-struct Billing {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Billing {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Billing {
-    fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    }
-}
-
 fn start(dir: &std::path::Path) -> Billing {
-    let port = tollgate_e2e::stack::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--simulated-clock",
-        ])
-        .env("TOLLGATE_LOG", "error")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Billing {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn post(c: &reqwest::Client, url: String, body: Value) -> Value {
-    let r = c.post(url).json(&body).send().await.unwrap();
-    let s = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(s.is_success(), "{s}: {v}");
-    v
+    Billing::start(dir, &["--simulated-clock"])
 }
 
 fn iso(t: DateTime<Utc>) -> String {

@@ -19,62 +19,40 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod common;
+
+use common::{Billing, post};
+
 /// Each customer's allowance.
 const LIMIT: u32 = 100;
 /// Billing's delivery worker sends this many at once to one channel, and so does the raw peer.
 const CONCURRENCY: usize = tollgate_billing::notification::delivery::PER_CHANNEL;
 
-struct Billing {
-    child: Child,
-    base: String,
+struct Scratch {
+    billing: Billing,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Billing {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Scratch {
+    type Target = Billing;
+    fn deref(&self) -> &Billing {
+        &self.billing
     }
 }
 
-fn start() -> Billing {
+/// A fresh billing on a scratch directory.
+fn start() -> Scratch {
     let dir = tempfile::tempdir().unwrap();
-    let port = tollgate_e2e::stack::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ])
-        .env("TOLLGATE_LOG", "error")
-        .env_remove("TOLLGATE_BILLING_SIMULATED_CLOCK")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Billing {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
+    Scratch {
+        billing: Billing::start(dir.path(), &[]),
         _dir: dir,
     }
-}
-
-async fn post(c: &reqwest::Client, url: String, body: Value) -> Value {
-    let r = c.post(&url).json(&body).send().await.unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    assert!(status.is_success(), "{url}: {status} {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
 /// A meter and feature, and `customers` customers each subscribed to a custom plan giving a
@@ -164,31 +142,8 @@ fn bodies(events: usize, customers: usize) -> Vec<bytes::Bytes> {
         .collect()
 }
 
-/// Ingests `bodies` from 4 concurrent senders; events per second.
 async fn ingest(b: &Billing, bodies: &[bytes::Bytes], events: usize) -> f64 {
-    let client = reqwest::Client::new();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..4 {
-        let (client, base) = (client.clone(), b.base.clone());
-        let mine: Vec<bytes::Bytes> = bodies.iter().skip(w).step_by(4).cloned().collect();
-        tasks.push(tokio::spawn(async move {
-            for body in mine {
-                let r = client
-                    .post(format!("{base}/api/v1/events"))
-                    .header("content-type", "application/cloudevents-batch+json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 204);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    events as f64 / start.elapsed().as_secs_f64()
+    common::ingest(&b.base, bodies, events).await
 }
 
 /// How many customers have their 100 % threshold event recorded.

@@ -14,64 +14,16 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-struct Billing {
-    child: Child,
-    base: String,
-}
+mod common;
 
-impl Drop for Billing {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Billing, cpu_seconds, post};
 
 fn start(dir: &std::path::Path) -> Billing {
-    let port = tollgate_e2e::stack::free_port();
-    let log = std::fs::File::create(dir.join("billing.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_tollgate-billing"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ])
-        .env("TOLLGATE_LOG", "info")
-        .env("TOLLGATE_LOG_FORMAT", "json")
-        .env_remove("TOLLGATE_BILLING_SIMULATED_CLOCK")
-        .stdin(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Billing {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-/// utime + stime of `pid`, seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
-async fn post(c: &reqwest::Client, url: String, body: Value) -> Value {
-    let r = c.post(&url).json(&body).send().await.unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    assert!(status.is_success(), "{url}: {status} {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
+    Billing::start_logging(dir, &[], &dir.join("billing.log"))
 }
 
 fn calls(n: u32) -> Value {
