@@ -305,21 +305,13 @@ impl Store {
         to_ms: i64,
         coarsest: i64,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        let Some(m) = self.meter(meter) else {
-            return Ok(Vec::new());
-        };
-        let unique = m.meter.aggregation == crate::meter::Aggregation::UniqueCount;
-        let q = UsageQuery {
-            meter_id: m.meter.id.clone(),
-            subjects: subjects.to_vec(),
-            segments: usage::segments(from_ms, to_ms, coarsest),
-            unique,
-            totals: false,
-        };
-        match &self.db {
-            Db::Sqlite(db) => db.usage(q).await,
-            Db::Postgres(db) => db.usage(q).await,
-        }
+        self.read_usage(
+            meter,
+            subjects,
+            usage::segments(from_ms, to_ms, coarsest),
+            false,
+        )
+        .await
     }
 
     /// As [`Store::usage_grained`] for all subjects folded together: the totals rows (per
@@ -332,20 +324,8 @@ impl Store {
         to_ms: i64,
         coarsest: i64,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        let Some(m) = self.meter(meter) else {
-            return Ok(Vec::new());
-        };
-        let q = UsageQuery {
-            meter_id: m.meter.id.clone(),
-            subjects: Vec::new(),
-            segments: usage::segments(from_ms, to_ms, coarsest),
-            unique: m.meter.aggregation == crate::meter::Aggregation::UniqueCount,
-            totals: true,
-        };
-        match &self.db {
-            Db::Sqlite(db) => db.usage(q).await,
-            Db::Postgres(db) => db.usage(q).await,
-        }
+        self.read_usage(meter, &[], usage::segments(from_ms, to_ms, coarsest), true)
+            .await
     }
 
     /// Usage rows of a meter for `subjects` (all when empty) covering every minute of each of
@@ -359,28 +339,42 @@ impl Store {
         subjects: &[String],
         ranges: &[(i64, i64)],
     ) -> Result<Vec<UsageRow>, StoreError> {
-        let Some(m) = self.meter(meter) else {
-            return Ok(Vec::new());
-        };
         let pieces = usage::pieces(ranges);
         if pieces.is_empty() {
             return Ok(Vec::new());
         }
-        let q = UsageQuery {
-            meter_id: m.meter.id.clone(),
-            subjects: subjects.to_vec(),
-            segments: usage::coalesce(&pieces),
-            unique: m.meter.aggregation == crate::meter::Aggregation::UniqueCount,
-            totals: false,
-        };
-        let rows = match &self.db {
-            Db::Sqlite(db) => db.usage(q).await?,
-            Db::Postgres(db) => db.usage(q).await?,
-        };
+        let rows = self
+            .read_usage(meter, subjects, usage::coalesce(&pieces), false)
+            .await?;
         Ok(rows
             .into_iter()
             .filter(|r| usage::in_pieces(&pieces, r.2.start_ms, r.2.end_ms - r.2.start_ms))
             .collect())
+    }
+
+    /// One read of a meter's usage rows (none for an unknown meter): per subject for `subjects`
+    /// (all when empty), or the totals rows across subjects.
+    async fn read_usage(
+        &self,
+        meter: &str,
+        subjects: &[String],
+        segments: Vec<(i64, i64, i64)>,
+        totals: bool,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let Some(m) = self.meter(meter) else {
+            return Ok(Vec::new());
+        };
+        let q = UsageQuery {
+            meter_id: m.meter.id.clone(),
+            subjects: subjects.to_vec(),
+            segments,
+            unique: m.meter.aggregation == crate::meter::Aggregation::UniqueCount,
+            totals,
+        };
+        match &self.db {
+            Db::Sqlite(db) => db.usage(q).await,
+            Db::Postgres(db) => db.usage(q).await,
+        }
     }
 
     /// Stores an API document (insert or replace). A taken unique key is a

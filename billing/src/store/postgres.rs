@@ -127,40 +127,61 @@ async fn load_meters(
     Ok((version, docs))
 }
 
-const UPSERT_USAGE: &str = "INSERT INTO usage_rollups \
-     (meter_id, grain_ms, subject, group_key, start_ms, count, sum, min, max, latest_ms, latest) \
-     SELECT * FROM UNNEST($1::text[], $11::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], \
-                          $6::numeric[], $7::numeric[], $8::numeric[], $9::int8[], $10::numeric[]) \
-     ON CONFLICT (meter_id, grain_ms, subject, group_key, start_ms) DO UPDATE SET \
-       count = usage_rollups.count + excluded.count, \
-       sum = usage_rollups.sum + excluded.sum, \
-       min = LEAST(usage_rollups.min, excluded.min), \
-       max = GREATEST(usage_rollups.max, excluded.max), \
-       latest = CASE WHEN usage_rollups.latest_ms IS NULL OR excluded.latest_ms > usage_rollups.latest_ms \
-                THEN excluded.latest \
-                WHEN excluded.latest_ms = usage_rollups.latest_ms \
-                THEN GREATEST(usage_rollups.latest, excluded.latest) ELSE usage_rollups.latest END, \
-       latest_ms = GREATEST(usage_rollups.latest_ms, excluded.latest_ms)";
+/// The upsert that adds minute aggregates, given as column arrays, into a usage table keyed by
+/// `$key`, merging by the rules of [`MinuteAgg::merge`] (LATEST: the later instant, the larger
+/// value on a tie).
+#[rustfmt::skip]
+macro_rules! upsert_usage {
+    ($table:literal, $key:literal, $arrays:literal) => {
+        concat!(
+            "INSERT INTO ", $table, " (", $key, ", count, sum, min, max, latest_ms, latest) ",
+            "SELECT * FROM UNNEST(", $arrays, ") ON CONFLICT (", $key, ") DO UPDATE SET ",
+            "count = ", $table, ".count + excluded.count, ",
+            "sum = ", $table, ".sum + excluded.sum, ",
+            "min = LEAST(", $table, ".min, excluded.min), ",
+            "max = GREATEST(", $table, ".max, excluded.max), ",
+            "latest = CASE WHEN ", $table, ".latest_ms IS NULL OR excluded.latest_ms > ", $table, ".latest_ms ",
+                "THEN excluded.latest WHEN excluded.latest_ms = ", $table, ".latest_ms ",
+                "THEN GREATEST(", $table, ".latest, excluded.latest) ELSE ", $table, ".latest END, ",
+            "latest_ms = GREATEST(", $table, ".latest_ms, excluded.latest_ms)"
+        )
+    };
+}
 
-const UPSERT_TOTALS: &str = "INSERT INTO usage_totals \
-     (meter_id, grain_ms, group_key, start_ms, count, sum, min, max, latest_ms, latest) \
-     SELECT * FROM UNNEST($1::text[], $10::int8[], $2::text[], $3::int8[], $4::int8[], \
-                          $5::numeric[], $6::numeric[], $7::numeric[], $8::int8[], $9::numeric[]) \
-     ON CONFLICT (meter_id, grain_ms, start_ms, group_key) DO UPDATE SET \
-       count = usage_totals.count + excluded.count, \
-       sum = usage_totals.sum + excluded.sum, \
-       min = LEAST(usage_totals.min, excluded.min), \
-       max = GREATEST(usage_totals.max, excluded.max), \
-       latest = CASE WHEN usage_totals.latest_ms IS NULL OR excluded.latest_ms > usage_totals.latest_ms \
-                THEN excluded.latest \
-                WHEN excluded.latest_ms = usage_totals.latest_ms \
-                THEN GREATEST(usage_totals.latest, excluded.latest) ELSE usage_totals.latest END, \
-       latest_ms = GREATEST(usage_totals.latest_ms, excluded.latest_ms)";
+/// A usage table pair: the aggregates and the UNIQUE_COUNT values, per subject or across them.
+struct UsageTable {
+    upsert: &'static str,
+    unique: &'static str,
+    /// Whether rows are keyed by subject (the totals are not).
+    per_subject: bool,
+}
 
-const INSERT_TOTAL_UNIQUES: &str = "INSERT INTO usage_total_uniques \
-     (meter_id, grain_ms, group_key, start_ms, value) \
-     SELECT * FROM UNNEST($1::text[], $5::int8[], $2::text[], $3::int8[], $4::text[]) \
-     ON CONFLICT DO NOTHING";
+const ROLLUPS: UsageTable = UsageTable {
+    upsert: upsert_usage!(
+        "usage_rollups",
+        "meter_id, grain_ms, subject, group_key, start_ms",
+        "$1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
+         $7::numeric[], $8::numeric[], $9::numeric[], $10::int8[], $11::numeric[]"
+    ),
+    unique: "INSERT INTO usage_uniques (meter_id, grain_ms, subject, group_key, start_ms, value) \
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], \
+                                  $6::text[]) \
+             ON CONFLICT DO NOTHING",
+    per_subject: true,
+};
+
+const TOTALS: UsageTable = UsageTable {
+    upsert: upsert_usage!(
+        "usage_totals",
+        "meter_id, grain_ms, group_key, start_ms",
+        "$1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[], \
+         $6::numeric[], $7::numeric[], $8::numeric[], $9::int8[], $10::numeric[]"
+    ),
+    unique: "INSERT INTO usage_total_uniques (meter_id, grain_ms, group_key, start_ms, value) \
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[]) \
+             ON CONFLICT DO NOTHING",
+    per_subject: false,
+};
 
 /// The usage tables a meter's rows live in (per subject and totals).
 const USAGE_TABLES: [&str; 4] = [
@@ -170,11 +191,8 @@ const USAGE_TABLES: [&str; 4] = [
     "usage_total_uniques",
 ];
 
-const INSERT_UNIQUES: &str = "INSERT INTO usage_uniques \
-     (meter_id, grain_ms, subject, group_key, start_ms, value) \
-     SELECT * FROM UNNEST($1::text[], $6::int8[], $2::text[], $3::text[], $4::int8[], $5::text[]) \
-     ON CONFLICT DO NOTHING";
-
+/// Adds usage rows into the per-subject tables, then the same rows folded across subjects
+/// into the totals (every writer locks in this order).
 async fn write_usage(
     client: &impl GenericClient,
     rows: &BTreeMap<UsageKey, MinuteAgg>,
@@ -182,99 +200,57 @@ async fn write_usage(
     if rows.is_empty() {
         return Ok(());
     }
-    let n = rows.len();
-    let (mut meter, mut subject, mut group, mut minute) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut count, mut sum, mut min, mut max, mut latest_ms, mut latest) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::<Option<Decimal>>::with_capacity(n),
-        Vec::<Option<Decimal>>::with_capacity(n),
-        Vec::<Option<i64>>::with_capacity(n),
-        Vec::<Option<Decimal>>::with_capacity(n),
-    );
-    let mut uniques: [Vec<String>; 3] = Default::default();
-    let (mut u_minute, mut u_value) = (Vec::new(), Vec::new());
-    let (mut grain, mut u_grain) = (Vec::with_capacity(n), Vec::new());
-    for (k, a) in rows {
-        meter.push(k.meter_id.as_str());
-        subject.push(k.subject.as_str());
-        group.push(k.group_key.as_str());
-        minute.push(k.start_ms);
-        grain.push(k.grain_ms);
-        count.push(a.count as i64);
-        sum.push(a.sum);
-        min.push(a.min);
-        max.push(a.max);
-        latest_ms.push(a.latest.map(|l| l.0));
-        latest.push(a.latest.map(|l| l.1));
-        for v in &a.uniques {
-            uniques[0].push(k.meter_id.clone());
-            uniques[1].push(k.subject.clone());
-            uniques[2].push(k.group_key.clone());
-            u_minute.push(k.start_ms);
-            u_grain.push(k.grain_ms);
-            u_value.push(v.clone());
-        }
-    }
-    client
-        .execute(
-            UPSERT_USAGE,
-            &[
-                &meter, &subject, &group, &minute, &count, &sum, &min, &max, &latest_ms, &latest,
-                &grain,
-            ],
-        )
-        .await?;
-    if !u_value.is_empty() {
-        client
-            .execute(
-                INSERT_UNIQUES,
-                &[
-                    &uniques[0],
-                    &uniques[1],
-                    &uniques[2],
-                    &u_minute,
-                    &u_value,
-                    &u_grain,
-                ],
-            )
-            .await?;
-    }
-    write_totals(client, &usage::totals(rows)).await
+    write_rows(client, &ROLLUPS, rows).await?;
+    write_rows(client, &TOTALS, &usage::totals(rows)).await
 }
 
-/// The rows across subjects, after the per-subject ones (every writer locks in this order).
-async fn write_totals(
+/// Rows' keys as column arrays, for `UNNEST`.
+#[derive(Default)]
+struct KeyColumns<'a> {
+    meter: Vec<&'a str>,
+    grain: Vec<i64>,
+    subject: Vec<&'a str>,
+    group: Vec<&'a str>,
+    start: Vec<i64>,
+}
+
+impl<'a> KeyColumns<'a> {
+    fn push(&mut self, k: &'a UsageKey) {
+        self.meter.push(&k.meter_id);
+        self.grain.push(k.grain_ms);
+        self.subject.push(&k.subject);
+        self.group.push(&k.group_key);
+        self.start.push(k.start_ms);
+    }
+
+    /// The leading parameters of a [`UsageTable`]'s statements.
+    fn params(&self, per_subject: bool) -> Vec<&(dyn ToSql + Sync)> {
+        let mut p: Vec<&(dyn ToSql + Sync)> = vec![&self.meter, &self.grain];
+        if per_subject {
+            p.push(&self.subject);
+        }
+        p.extend([&self.group as &(dyn ToSql + Sync), &self.start]);
+        p
+    }
+}
+
+async fn write_rows(
     client: &impl GenericClient,
+    table: &UsageTable,
     rows: &BTreeMap<UsageKey, MinuteAgg>,
 ) -> Result<(), tokio_postgres::Error> {
-    let n = rows.len();
-    let (mut meter, mut grain, mut group, mut start) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let mut keys = KeyColumns::default();
     let (mut count, mut sum, mut min, mut max, mut latest_ms, mut latest) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::<Option<Decimal>>::with_capacity(n),
-        Vec::<Option<Decimal>>::with_capacity(n),
-        Vec::<Option<i64>>::with_capacity(n),
-        Vec::<Option<Decimal>>::with_capacity(n),
+        Vec::<i64>::with_capacity(rows.len()),
+        Vec::<Decimal>::with_capacity(rows.len()),
+        Vec::<Option<Decimal>>::with_capacity(rows.len()),
+        Vec::<Option<Decimal>>::with_capacity(rows.len()),
+        Vec::<Option<i64>>::with_capacity(rows.len()),
+        Vec::<Option<Decimal>>::with_capacity(rows.len()),
     );
-    let (mut u_meter, mut u_grain, mut u_group, mut u_start, mut u_value) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut unique_keys, mut unique_values) = (KeyColumns::default(), Vec::<&str>::new());
     for (k, a) in rows {
-        meter.push(k.meter_id.as_str());
-        grain.push(k.grain_ms);
-        group.push(k.group_key.as_str());
-        start.push(k.start_ms);
+        keys.push(k);
         count.push(a.count as i64);
         sum.push(a.sum);
         min.push(a.min);
@@ -282,28 +258,24 @@ async fn write_totals(
         latest_ms.push(a.latest.map(|l| l.0));
         latest.push(a.latest.map(|l| l.1));
         for v in &a.uniques {
-            u_meter.push(k.meter_id.as_str());
-            u_grain.push(k.grain_ms);
-            u_group.push(k.group_key.as_str());
-            u_start.push(k.start_ms);
-            u_value.push(v.as_str());
+            unique_keys.push(k);
+            unique_values.push(v);
         }
     }
-    client
-        .execute(
-            UPSERT_TOTALS,
-            &[
-                &meter, &group, &start, &count, &sum, &min, &max, &latest_ms, &latest, &grain,
-            ],
-        )
-        .await?;
-    if !u_value.is_empty() {
-        client
-            .execute(
-                INSERT_TOTAL_UNIQUES,
-                &[&u_meter, &u_group, &u_start, &u_value, &u_grain],
-            )
-            .await?;
+    let mut params = keys.params(table.per_subject);
+    params.extend([
+        &count as &(dyn ToSql + Sync),
+        &sum,
+        &min,
+        &max,
+        &latest_ms,
+        &latest,
+    ]);
+    client.execute(table.upsert, &params).await?;
+    if !unique_values.is_empty() {
+        let mut params = unique_keys.params(table.per_subject);
+        params.push(&unique_values);
+        client.execute(table.unique, &params).await?;
     }
     Ok(())
 }

@@ -17,7 +17,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
 use rusqlite::functions::FunctionFlags;
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::types::ToSql;
+use rusqlite::{Connection, OpenFlags, params, params_from_iter};
 use rust_decimal::Decimal;
 use tokio::sync::oneshot;
 
@@ -246,41 +247,56 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 const INSERT_EVENT: &str = "INSERT INTO events (source, id, type, subject, time_ms, ingested_ms, body) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source, id) DO NOTHING";
 
-const UPSERT_USAGE: &str = "INSERT INTO usage_rollups \
-     (meter_id, grain_ms, subject, group_key, start_ms, count, sum, min, max, latest_ms, latest) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-     ON CONFLICT (meter_id, grain_ms, subject, group_key, start_ms) DO UPDATE SET \
-       count = usage_rollups.count + excluded.count, \
-       sum = dec_add(usage_rollups.sum, excluded.sum), \
-       min = dec_min(usage_rollups.min, excluded.min), \
-       max = dec_max(usage_rollups.max, excluded.max), \
-       latest = CASE WHEN usage_rollups.latest_ms IS NULL OR excluded.latest_ms > usage_rollups.latest_ms \
-                THEN excluded.latest \
-                WHEN excluded.latest_ms = usage_rollups.latest_ms \
-                THEN dec_max(usage_rollups.latest, excluded.latest) ELSE usage_rollups.latest END, \
-       latest_ms = MAX(COALESCE(usage_rollups.latest_ms, excluded.latest_ms), COALESCE(excluded.latest_ms, usage_rollups.latest_ms))";
+/// The upsert that adds minute aggregates into a usage table keyed by `$key`, merging by the
+/// rules of [`MinuteAgg::merge`] (LATEST: the later instant, the larger value on a tie).
+#[rustfmt::skip]
+macro_rules! upsert_usage {
+    ($table:literal, $key:literal, $values:literal) => {
+        concat!(
+            "INSERT INTO ", $table, " (", $key, ", count, sum, min, max, latest_ms, latest) ",
+            "VALUES (", $values, ") ON CONFLICT (", $key, ") DO UPDATE SET ",
+            "count = ", $table, ".count + excluded.count, ",
+            "sum = dec_add(", $table, ".sum, excluded.sum), ",
+            "min = dec_min(", $table, ".min, excluded.min), ",
+            "max = dec_max(", $table, ".max, excluded.max), ",
+            "latest = CASE WHEN ", $table, ".latest_ms IS NULL OR excluded.latest_ms > ", $table, ".latest_ms ",
+                "THEN excluded.latest WHEN excluded.latest_ms = ", $table, ".latest_ms ",
+                "THEN dec_max(", $table, ".latest, excluded.latest) ELSE ", $table, ".latest END, ",
+            "latest_ms = MAX(COALESCE(", $table, ".latest_ms, excluded.latest_ms), ",
+                "COALESCE(excluded.latest_ms, ", $table, ".latest_ms))"
+        )
+    };
+}
 
-const INSERT_UNIQUE: &str = "INSERT INTO usage_uniques \
-     (meter_id, grain_ms, subject, group_key, start_ms, value) \
-     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+/// A usage table pair: the aggregates and the UNIQUE_COUNT values, per subject or across them.
+struct UsageTable {
+    upsert: &'static str,
+    unique: &'static str,
+    /// Whether rows are keyed by subject (the totals are not).
+    per_subject: bool,
+}
 
-const UPSERT_TOTAL: &str = "INSERT INTO usage_totals \
-     (meter_id, grain_ms, group_key, start_ms, count, sum, min, max, latest_ms, latest) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-     ON CONFLICT (meter_id, grain_ms, start_ms, group_key) DO UPDATE SET \
-       count = usage_totals.count + excluded.count, \
-       sum = dec_add(usage_totals.sum, excluded.sum), \
-       min = dec_min(usage_totals.min, excluded.min), \
-       max = dec_max(usage_totals.max, excluded.max), \
-       latest = CASE WHEN usage_totals.latest_ms IS NULL OR excluded.latest_ms > usage_totals.latest_ms \
-                THEN excluded.latest \
-                WHEN excluded.latest_ms = usage_totals.latest_ms \
-                THEN dec_max(usage_totals.latest, excluded.latest) ELSE usage_totals.latest END, \
-       latest_ms = MAX(COALESCE(usage_totals.latest_ms, excluded.latest_ms), COALESCE(excluded.latest_ms, usage_totals.latest_ms))";
+const ROLLUPS: UsageTable = UsageTable {
+    upsert: upsert_usage!(
+        "usage_rollups",
+        "meter_id, grain_ms, subject, group_key, start_ms",
+        "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11"
+    ),
+    unique: "INSERT INTO usage_uniques (meter_id, grain_ms, subject, group_key, start_ms, value) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    per_subject: true,
+};
 
-const INSERT_TOTAL_UNIQUE: &str = "INSERT INTO usage_total_uniques \
-     (meter_id, grain_ms, group_key, start_ms, value) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+const TOTALS: UsageTable = UsageTable {
+    upsert: upsert_usage!(
+        "usage_totals",
+        "meter_id, grain_ms, group_key, start_ms",
+        "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10"
+    ),
+    unique: "INSERT INTO usage_total_uniques (meter_id, grain_ms, group_key, start_ms, value) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    per_subject: false,
+};
 
 /// The usage tables a meter's rows live in (per subject and totals).
 const USAGE_TABLES: [&str; 4] = [
@@ -300,56 +316,42 @@ fn delete_usage(conn: &Connection, meter_id: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Adds usage rows into the per-subject tables, then the same rows folded across subjects
+/// into the totals (every writer locks in this order).
 fn write_usage(
     conn: &Connection,
     rows: &std::collections::BTreeMap<UsageKey, MinuteAgg>,
 ) -> rusqlite::Result<()> {
-    let mut upsert = conn.prepare_cached(UPSERT_USAGE)?;
-    let mut unique = conn.prepare_cached(INSERT_UNIQUE)?;
+    write_rows(conn, &ROLLUPS, rows)?;
+    write_rows(conn, &TOTALS, &usage::totals(rows))
+}
+
+fn write_rows(
+    conn: &Connection,
+    table: &UsageTable,
+    rows: &std::collections::BTreeMap<UsageKey, MinuteAgg>,
+) -> rusqlite::Result<()> {
+    let mut upsert = conn.prepare_cached(table.upsert)?;
+    let mut unique = conn.prepare_cached(table.unique)?;
     for (k, a) in rows {
-        upsert.execute(params![
-            k.meter_id,
-            k.grain_ms,
-            k.subject,
-            k.group_key,
-            k.start_ms,
-            a.count as i64,
-            a.sum.to_string(),
-            a.min.map(|d| d.to_string()),
-            a.max.map(|d| d.to_string()),
-            a.latest.map(|l| l.0),
-            a.latest.map(|l| l.1.to_string()),
-        ])?;
+        let subject: &[&dyn ToSql] = if table.per_subject {
+            &[&k.subject]
+        } else {
+            &[]
+        };
+        let key = || {
+            [&k.meter_id as &dyn ToSql, &k.grain_ms]
+                .into_iter()
+                .chain(subject.iter().copied())
+                .chain([&k.group_key as &dyn ToSql, &k.start_ms])
+        };
+        let (count, sum) = (a.count as i64, a.sum.to_string());
+        let (min, max) = (a.min.map(|d| d.to_string()), a.max.map(|d| d.to_string()));
+        let (latest_ms, latest) = (a.latest.map(|l| l.0), a.latest.map(|l| l.1.to_string()));
+        let agg: [&dyn ToSql; 6] = [&count, &sum, &min, &max, &latest_ms, &latest];
+        upsert.execute(params_from_iter(key().chain(agg)))?;
         for v in &a.uniques {
-            unique.execute(params![
-                k.meter_id,
-                k.grain_ms,
-                k.subject,
-                k.group_key,
-                k.start_ms,
-                v
-            ])?;
-        }
-    }
-    // The same rows across subjects, after the per-subject ones (every writer locks in this
-    // order).
-    let mut upsert = conn.prepare_cached(UPSERT_TOTAL)?;
-    let mut unique = conn.prepare_cached(INSERT_TOTAL_UNIQUE)?;
-    for (k, a) in &usage::totals(rows) {
-        upsert.execute(params![
-            k.meter_id,
-            k.grain_ms,
-            k.group_key,
-            k.start_ms,
-            a.count as i64,
-            a.sum.to_string(),
-            a.min.map(|d| d.to_string()),
-            a.max.map(|d| d.to_string()),
-            a.latest.map(|l| l.0),
-            a.latest.map(|l| l.1.to_string()),
-        ])?;
-        for v in &a.uniques {
-            unique.execute(params![k.meter_id, k.grain_ms, k.group_key, k.start_ms, v])?;
+            unique.execute(params_from_iter(key().chain([v as &dyn ToSql])))?;
         }
     }
     Ok(())
