@@ -2,7 +2,8 @@
 //! `target/py-venv` by `scripts/install-test-deps`) started here on loopback, with objects
 //! uploaded by boto3 (the AWS SDK for Python): CloudEvents from JSON-lines and JSON-array
 //! objects, a malformed line dead-lettered with its key and line number, objects read once
-//! across a `kill -9`, and a restart in the middle of a bucket.
+//! across a `kill -9`, a restart in the middle of a bucket, and listings that start after the
+//! last key read (seen in moto's own request log).
 
 #![allow(clippy::unwrap_used)]
 
@@ -25,6 +26,21 @@ const CREDENTIALS: [(&str, &str); 3] = [
 struct Moto {
     child: Child,
     url: String,
+    /// Its request log (werkzeug's, one line a request).
+    log: tempfile::NamedTempFile,
+}
+
+impl Moto {
+    /// The object listings of `bucket` moto has answered so far, as request lines.
+    fn listings(&self, bucket: &str) -> Vec<String> {
+        let needle = format!("\"GET /{bucket}?list-type=2");
+        std::fs::read_to_string(self.log.path())
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 impl Drop for Moto {
@@ -45,15 +61,17 @@ fn moto_server() -> PathBuf {
 
 async fn start_moto() -> Moto {
     let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
     let child = Command::new(moto_server())
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
     let m = Moto {
         child,
         url: format!("http://127.0.0.1:{port}"),
+        log,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while reqwest::get(&m.url).await.is_err() {
@@ -273,5 +291,88 @@ async fn json_array_objects_and_a_restart_in_the_middle_of_the_bucket() {
     assert!(
         made <= (2000 - partial + 100) as f64,
         "the restarted agent made {made} events; {partial} were delivered before the kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_start_after_last_key_each_listing_asks_only_for_keys_after_the_last_one_read() {
+    let moto = start_moto().await;
+    put(
+        &moto,
+        "grow",
+        &[
+            (
+                "usage/2026/11/26/1000.jsonl",
+                format!("{}\n", event("g-1", "acme")),
+            ),
+            (
+                "usage/2026/11/26/1005.jsonl",
+                format!("{}\n", event("g-2", "acme")),
+            ),
+        ],
+    );
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &receiver.url(),
+        &format!(
+            "{}start_after_last_key = true\n",
+            source(&moto, "grow", "cloudevents-jsonl")
+        ),
+    );
+    let mut agent = Agent::start_with_env(&config, &CREDENTIALS);
+    wait_count(&receiver, 2).await;
+    wait_ticks(&agent, 3).await;
+    let listings = moto.listings("grow");
+    // The first listing has nothing to start after; every one after the reads starts after the
+    // last key.
+    assert!(!listings[0].contains("start-after"), "{listings:#?}");
+    assert!(
+        listings
+            .last()
+            .unwrap()
+            .contains("start-after=usage/2026/11/26/1005.jsonl"),
+        "{listings:#?}"
+    );
+
+    // A newer key is read; one written late under an older key is not (the documented cost of
+    // the setting) — and a restarted agent goes on from the key it kept.
+    put(
+        &moto,
+        "grow",
+        &[
+            (
+                "usage/2026/11/26/1010.jsonl",
+                format!("{}\n", event("g-3", "acme")),
+            ),
+            (
+                "usage/2026/11/26/0900.jsonl",
+                format!("{}\n", event("late", "acme")),
+            ),
+        ],
+    );
+    wait_count(&receiver, 3).await;
+    wait_ticks(&agent, 6).await;
+    agent.kill9();
+    let before = moto.listings("grow").len();
+    let agent = Agent::start_with_env(&config, &CREDENTIALS);
+    wait_ticks(&agent, 2).await;
+    let after = moto.listings("grow");
+    assert!(after.len() > before, "{after:#?}");
+    for l in &after[before..] {
+        assert!(
+            l.contains("start-after=usage/2026/11/26/1010.jsonl"),
+            "the restarted agent listed from the start: {l}"
+        );
+    }
+    assert!(!raw_counts(&receiver).contains_key("late"));
+    let (_, metrics) = agent.get("/metrics").await;
+    assert!(
+        !metrics.lines().any(
+            |l| l.starts_with("tollgate_agent_source_events_total{kind=\"s3\"")
+                && !l.ends_with(" 0")
+        ),
+        "the restarted agent read an object again: {metrics}"
     );
 }

@@ -101,6 +101,11 @@ pub struct S3Source {
     pub format: S3Format,
     /// The `source` of events that carry none.
     pub source: String,
+    /// Keys are written in increasing order (time-stamped names such as
+    /// `usage/2026/11/26/104000.jsonl`, as most exporters write them): each listing starts after
+    /// the last key read (S3 `StartAfter`) instead of listing everything under `prefix`. An
+    /// object written later under a key that sorts before the last one read is never read.
+    pub start_after_last_key: bool,
 }
 
 impl Default for S3Source {
@@ -114,6 +119,7 @@ impl Default for S3Source {
             interval: "60s".into(),
             format: S3Format::CloudeventsJsonl,
             source: "s3".into(),
+            start_after_last_key: false,
         }
     }
 }

@@ -4,7 +4,9 @@
 //! Every `interval` the bucket is listed under `prefix` (keys in order); an object not read
 //! before is fetched, made into events, stored, and only then recorded as read in sled (key →
 //! ETag), so a crash in between reads it again — with the same ids, which dedupe — and an agent
-//! restarted later never reads it twice. `format` is `cloudevents-jsonl` (one CloudEvent a
+//! restarted later never reads it twice. With `start_after_last_key`, the last key read is kept
+//! too and each listing starts after it (S3 `StartAfter`), so a bucket of years of objects costs
+//! a listing of what is new, not of everything. `format` is `cloudevents-jsonl` (one CloudEvent a
 //! line) or `cloudevents-json` (one array). An event keeps its own `id`; one without gets an id
 //! derived from bucket, key and line. A line that is not a usable CloudEvent goes to the dead
 //! letters (`GET /v1/dead-letters`) with `s3://bucket/key line N` and what is wrong, and the
@@ -25,6 +27,9 @@ use serde_json::Value;
 use super::pull::{Pull, Stopped, derive_id, rfc3339, scalar_text};
 use crate::buffer::StoredEvent;
 use crate::config::{S3Format, S3Source, pull::duration};
+
+/// Where the last key read is kept (with `start_after_last_key`).
+const LAST_KEY: &str = "last-key";
 
 /// A running S3 source.
 pub struct S3 {
@@ -98,9 +103,21 @@ impl S3 {
             Some(i) => Some(ObjectPath::from(&self.config.prefix[..i])),
             None => None,
         };
-        let mut metas: Vec<ObjectMeta> = self
-            .store
-            .list(dir.as_ref())
+        let after = match self.config.start_after_last_key {
+            true => self
+                .pull
+                .intake
+                .buffer
+                .progress_get(&self.pull.key(LAST_KEY))
+                .map_err(|e| Outcome::Failed(e.into()))?
+                .map(|k| ObjectPath::from(String::from_utf8_lossy(&k).into_owned())),
+            false => None,
+        };
+        let listing = match &after {
+            Some(last) => self.store.list_with_offset(dir.as_ref(), last),
+            None => self.store.list(dir.as_ref()),
+        };
+        let mut metas: Vec<ObjectMeta> = listing
             .try_filter(|m| {
                 futures::future::ready(m.location.as_ref().starts_with(&self.config.prefix))
             })
@@ -172,6 +189,15 @@ impl S3 {
             .progress_put(&self.read_key(&key), etag.as_bytes())
             .await
             .map_err(|e| Outcome::Failed(e.into()))?;
+        if self.config.start_after_last_key {
+            // After the object's own mark: a crash in between lists it again, and skips it.
+            self.pull
+                .intake
+                .buffer
+                .progress_put(&self.pull.key(LAST_KEY), key.as_bytes())
+                .await
+                .map_err(|e| Outcome::Failed(e.into()))?;
+        }
         tracing::debug!(name = %self.pull.name, key, events = events.len(), unusable = unusable.len(), "object read");
         Ok(())
     }
