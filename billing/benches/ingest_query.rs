@@ -5,7 +5,9 @@
 //!   rows into SQLite (same file settings: WAL, synchronous FULL; one prepared INSERT per row, one
 //!   transaction and commit per 1000 rows; no dedup, no usage, no HTTP).
 //! * Ingest on PostgreSQL (`--postgres`, a throwaway cluster from Debian's packages): the binary
-//!   beside a raw `INSERT … SELECT FROM UNNEST` of the same rows, 1000 per transaction, 4 clients.
+//!   beside a raw `INSERT … SELECT FROM UNNEST` of the same rows, 1000 per transaction, 4 clients;
+//!   then the same events into a fresh database through two replicas at once (2 senders each),
+//!   which contend for the same usage rows, the totals across subjects most.
 //! * Query: `GET /api/v1/meters/{slug}/query` over the per-minute aggregates (one total; DAY
 //!   windows by subject and model; a total per subject) beside a raw rescan of every stored event —
 //!   the work pre-aggregation avoids.
@@ -344,7 +346,30 @@ fn main() {
             .await
             .0
         });
-        (raw, ingest, q)
+        drop(billing);
+        // Two replicas of a fresh database, the senders split between them.
+        let url = cluster.database().unwrap();
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let replicas: Vec<Billing> = dirs
+            .iter()
+            .map(|d| start_billing(d.path(), Some(&url)))
+            .collect();
+        let bases: Vec<String> = replicas.iter().map(|b| b.base.clone()).collect();
+        let two = rt.block_on(common::ingest_spread(&bases, &bodies, n));
+        let total = rt.block_on(async {
+            timed(
+                &reqwest::Client::new(),
+                format!("{}/api/v1/meters/tokens/query", bases[1]),
+            )
+            .await
+            .1
+        });
+        assert_eq!(
+            total["data"][0]["value"].as_f64().unwrap() as usize,
+            expected,
+            "two replicas: the sum is exact"
+        );
+        (raw, ingest, q, two)
     });
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -376,7 +401,7 @@ fn main() {
         "{:<62} {:>12.2}",
         "tollgate-billing process (HTTP, JSON, dedup, usage, commit)", ingest.1
     );
-    if let Some((raw, ingest, _)) = pg {
+    if let Some((raw, ingest, _, two)) = pg {
         println!(
             "{:<62} {:>12.0}",
             "raw PostgreSQL: UNNEST insert, 4 clients × 1000", raw
@@ -384,6 +409,10 @@ fn main() {
         println!(
             "{:<62} {:>12.0}",
             "tollgate-billing on PostgreSQL, HTTP, 4 clients × 1000", ingest
+        );
+        println!(
+            "{:<62} {:>12.0}",
+            "two tollgate-billing replicas, one database, 2 clients each", two
         );
     }
     println!("{:<62} {:>12}", "query (best of 3)", "ms");
@@ -402,7 +431,7 @@ fn main() {
         &format!("group by subject ({subject_rows} rows)"),
         ms(q_subjects)
     );
-    if let Some((_, _, q)) = pg {
+    if let Some((_, _, q, _)) = pg {
         println!("{:<62} {:>12.1}", "meter total on PostgreSQL", ms(q));
     }
     println!(
@@ -417,7 +446,11 @@ fn main() {
         raw.1 / ingest.1,
         q_total.as_secs_f64() / rescan.as_secs_f64()
     );
-    if let Some((raw, ingest, _)) = pg {
-        println!("PostgreSQL ingest / raw: {:.2}x", ingest / raw);
+    if let Some((raw, ingest, _, two)) = pg {
+        println!(
+            "PostgreSQL ingest / raw: {:.2}x; two replicas / one: {:.2}x",
+            ingest / raw,
+            two / ingest
+        );
     }
 }

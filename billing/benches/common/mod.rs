@@ -114,11 +114,16 @@ pub async fn post(c: &reqwest::Client, url: String, body: Value) -> Value {
 /// Ingests the CloudEvents batch `bodies` (`events` in all) into `base` from 4 concurrent
 /// senders, each request answered 204; events per second.
 pub async fn ingest(base: &str, bodies: &[bytes::Bytes], events: usize) -> f64 {
+    ingest_spread(&[base.to_owned()], bodies, events).await
+}
+
+/// As [`ingest`], the 4 senders spread over `bases` (replicas of one database) in turn.
+pub async fn ingest_spread(bases: &[String], bodies: &[bytes::Bytes], events: usize) -> f64 {
     let client = reqwest::Client::new();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..4 {
-        let (client, base) = (client.clone(), base.to_owned());
+        let (client, base) = (client.clone(), bases[w % bases.len()].clone());
         let mine: Vec<bytes::Bytes> = bodies.iter().skip(w).step_by(4).cloned().collect();
         tasks.push(tokio::spawn(async move {
             for body in mine {
