@@ -64,7 +64,8 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The worker.
+/// The worker (cheap to clone: each delivery task holds one).
+#[derive(Clone)]
 pub struct Worker {
     store: Arc<Store>,
     clock: Arc<Clock>,
@@ -113,7 +114,12 @@ impl Worker {
             ),
             Err(e) => tracing::warn!(error = %e, "releasing orphaned deliveries"),
         }
-        let mut in_flight = futures::stream::FuturesUnordered::new();
+        // Each delivery is its own task: it runs while this loop waits on a claim. (Kept as
+        // futures polled only by this loop, a delivery suspended mid-`pool.get()` held one of
+        // PostgreSQL's pooled connections while the claim waited for one: with every slot held
+        // that way the claim stalled for the pool's 5 s timeout and the deliveries' connects
+        // timed out, leaving them to their 30 s lease.)
+        let mut in_flight = tokio::task::JoinSet::new();
         loop {
             let free = IN_FLIGHT - in_flight.len();
             let mut claimed = 0;
@@ -121,7 +127,10 @@ impl Worker {
                 match self.claim(free).await {
                     Ok(list) => {
                         claimed = list.len();
-                        in_flight.extend(list.into_iter().map(|c| self.deliver(c)));
+                        for c in list {
+                            let worker = self.clone();
+                            in_flight.spawn(async move { worker.deliver(c).await });
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "notification delivery: claiming failed")
@@ -132,7 +141,7 @@ impl Worker {
                 continue; // more may be due
             }
             tokio::select! {
-                Some(()) = futures::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {}
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
             }
@@ -262,7 +271,7 @@ impl Worker {
                 false,
             )
             .await?;
-        tracing::debug!(delivery = %c.id, state, "notification delivery attempt");
+        tracing::debug!(delivery = %c.id, state, duration_ms = outcome.duration_ms, "notification delivery attempt");
         Ok(())
     }
 
