@@ -14,8 +14,9 @@
 //!   POSTing the same number of signed payloads to the same receiver itself, as many at a time as
 //!   billing sends to one channel (`delivery::PER_CHANNEL`) — the raw limit of a signed POST here.
 //!
-//! Run: `cargo bench -p tollgate-billing --bench notifications [-- CUSTOMERS EVENTS]` (default
-//! 1000 customers, 200000 events: each customer's 100-call allowance is crossed twice over).
+//! Run: `cargo bench -p tollgate-billing --bench notifications [-- [delivery] CUSTOMERS EVENTS]`
+//! (default 1000 customers, 200000 events: each customer's 100-call allowance is crossed twice
+//! over; `delivery` runs the delivery figure only).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -275,6 +276,7 @@ async fn raw_signed_posts(url: &str, secret: &str, n: usize) -> f64 {
 }
 
 fn main() {
+    let only_delivery = std::env::args().any(|a| a == "delivery");
     let mut numbers = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse::<usize>().ok());
@@ -292,43 +294,45 @@ fn main() {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
 
-        let plain = start();
-        setup(&plain, customers).await;
-        let floor = ingest(&plain, &bodies(events, customers), events).await;
-        drop(plain);
+        if !only_delivery {
+            let plain = start();
+            setup(&plain, customers).await;
+            let floor = ingest(&plain, &bodies(events, customers), events).await;
+            drop(plain);
 
-        let hanging = start();
-        setup(&hanging, customers).await;
-        rule(&hanging, &hanging_receiver().await).await;
-        let with_rules = ingest(&hanging, &bodies(events, customers), events).await;
-        let answered = Instant::now();
-        let deadline = answered + Duration::from_secs(300);
-        while customers_at_limit(&hanging).await < customers && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let hanging = start();
+            setup(&hanging, customers).await;
+            rule(&hanging, &hanging_receiver().await).await;
+            let with_rules = ingest(&hanging, &bodies(events, customers), events).await;
+            let answered = Instant::now();
+            let deadline = answered + Duration::from_secs(300);
+            while customers_at_limit(&hanging).await < customers && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let lag = answered.elapsed();
+            let at_limit = customers_at_limit(&hanging).await;
+            drop(hanging);
+            // No rule again, after: the floor is the mean of the runs before and after.
+            let plain = start();
+            setup(&plain, customers).await;
+            let floor_after = ingest(&plain, &bodies(events, customers), events).await;
+            drop(plain);
+            let floor = (floor + floor_after) / 2.0;
+
+            println!("| figure | value | beside |");
+            println!("|---|---|---|");
+            println!(
+                "| ingest, threshold rule + receiver that never answers | {with_rules:.0} events/s | \
+                 no rule: {floor:.0} events/s (before {:.0}, after {floor_after:.0}) ({:.2}x) |",
+                2.0 * floor - floor_after,
+                with_rules / floor
+            );
+            println!(
+                "| evaluation lag: last ingest answered → every customer's 100 % event recorded | \
+                 {:.2} s ({at_limit}/{customers} customers) | — |",
+                lag.as_secs_f64()
+            );
         }
-        let lag = answered.elapsed();
-        let at_limit = customers_at_limit(&hanging).await;
-        drop(hanging);
-        // No rule again, after: the floor is the mean of the runs before and after.
-        let plain = start();
-        setup(&plain, customers).await;
-        let floor_after = ingest(&plain, &bodies(events, customers), events).await;
-        drop(plain);
-        let floor = (floor + floor_after) / 2.0;
-
-        println!("| figure | value | beside |");
-        println!("|---|---|---|");
-        println!(
-            "| ingest, threshold rule + receiver that never answers | {with_rules:.0} events/s | \
-             no rule: {floor:.0} events/s (before {:.0}, after {floor_after:.0}) ({:.2}x) |",
-            2.0 * floor - floor_after,
-            with_rules / floor
-        );
-        println!(
-            "| evaluation lag: last ingest answered → every customer's 100 % event recorded | \
-             {:.2} s ({at_limit}/{customers} customers) | — |",
-            lag.as_secs_f64()
-        );
 
         let fast = start();
         setup(&fast, customers).await;

@@ -10,10 +10,20 @@
 //!   simulated clock drives retries. Two things use the wall clock because they are about real
 //!   processes and real receivers: the lease ([`LEASE`]) and `webhook-timestamp` (receivers
 //!   reject a signature whose timestamp is far from their own clock).
-//! * **Crashes and replicas:** a claim is a committed row update (PostgreSQL: `FOR UPDATE SKIP
-//!   LOCKED`), so two replicas never hold one delivery at once; a worker killed mid-send leaves
-//!   its rows `SENDING` until the lease ends (on SQLite, the only process, at once on start) and
-//!   they are sent again — with the same `webhook-id`, as Standard Webhooks allows.
+//! * **One transaction per round, not per delivery:** attempts run as tasks that touch no
+//!   database (a claim brings each delivery's event and channel documents, read in one query).
+//!   Each time the worker comes round it records every attempt that finished meanwhile AND
+//!   claims as many due deliveries as slots are free, in one transaction
+//!   ([`Store::settle_and_claim`]) — a group commit with no timer: an outcome waits at most for
+//!   the transaction under way to end.
+//! * **Crashes and replicas:** a claim is a committed conditional row update (each row's due
+//!   condition re-checked as it is written), so two replicas never hold one delivery at once,
+//!   and an outcome is recorded only under the lease it was claimed with. A worker killed
+//!   mid-send — or after a receiver's 2xx but before that round's commit — leaves its rows
+//!   `SENDING` until the lease ends (on SQLite, the only process, at once on start), and they
+//!   are sent again with the same `webhook-id`: at-least-once, as Standard Webhooks specifies
+//!   (receivers deduplicate on `webhook-id`). Batching widens that window only by the
+//!   transaction under way, never by a wait for more outcomes.
 //! * **Ingest is never slowed:** this runs on its own task, each request bounded by [`TIMEOUT`].
 //! * **Nor is one channel by another:** up to [`IN_FLIGHT`] deliveries are sent at once, a freed
 //!   slot is refilled at once, and at most [`PER_CHANNEL`] of them go to one channel, so a
@@ -27,9 +37,9 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use super::model::Channel;
-use super::{CHANNEL, signing};
+use super::signing;
 use crate::clock::Clock;
-use crate::store::notifications::Claimed;
+use crate::store::notifications::{ClaimRequest, Claimed, Outcome};
 use crate::store::{Store, StoreError};
 
 /// One request's time limit (connect included).
@@ -64,7 +74,8 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The worker.
+/// The worker (cheap to clone: each delivery task holds one).
+#[derive(Clone)]
 pub struct Worker {
     store: Arc<Store>,
     clock: Arc<Clock>,
@@ -72,8 +83,8 @@ pub struct Worker {
     http: reqwest::Client,
 }
 
-/// What one attempt came to.
-struct Outcome {
+/// What one request came to.
+struct Response {
     ok: bool,
     status: Option<u16>,
     body: String,
@@ -102,8 +113,10 @@ impl Worker {
         })
     }
 
-    /// Runs until the process ends: keeps up to [`IN_FLIGHT`] deliveries in flight, claiming
-    /// more as slots free, and waits for a wake-up (or [`POLL`]) when nothing is due.
+    /// Runs until the process ends: keeps up to [`IN_FLIGHT`] deliveries in flight and, each
+    /// time it comes round, records every attempt that finished meanwhile and claims as many as
+    /// slots are free in one transaction (see the module docs); then waits for an attempt to
+    /// finish, a wake-up or [`POLL`].
     pub async fn run(self) {
         match self.store.release_orphaned_deliveries().await {
             Ok(0) => {}
@@ -113,71 +126,98 @@ impl Worker {
             ),
             Err(e) => tracing::warn!(error = %e, "releasing orphaned deliveries"),
         }
-        let mut in_flight = futures::stream::FuturesUnordered::new();
+        // Each attempt is its own task and touches no database: it runs while this loop waits on
+        // a transaction. (Kept as futures polled only by this loop, attempts suspended inside
+        // `pool.get()` once held PostgreSQL's pooled connections while the claim waited for one:
+        // a 5 s stall until the pool's timeout, then their own reads timed out.)
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut finished: Vec<Outcome> = Vec::new();
         loop {
+            while let Some(done) = in_flight.try_join_next() {
+                finished.extend(joined(done));
+            }
             let free = IN_FLIGHT - in_flight.len();
-            let mut claimed = 0;
-            if free > 0 {
-                match self.claim(free).await {
-                    Ok(list) => {
-                        claimed = list.len();
-                        in_flight.extend(list.into_iter().map(|c| self.deliver(c)));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "notification delivery: claiming failed")
+            match self.settle_and_claim(&finished, free).await {
+                Ok(claimed) => {
+                    finished.clear();
+                    for c in claimed {
+                        let worker = self.clone();
+                        in_flight.spawn(async move { worker.attempt(c).await });
                     }
                 }
-            }
-            if claimed > 0 && in_flight.len() < IN_FLIGHT {
-                continue; // more may be due
+                // Kept and recorded next time round (with the lease still live, nobody else
+                // sends them meanwhile).
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    outcomes = finished.len(),
+                    "notification delivery: recording or claiming failed"
+                ),
             }
             tokio::select! {
-                Some(()) = futures::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {}
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    finished.extend(joined(done));
+                }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
     }
 
-    /// Claims up to `n` due deliveries.
-    async fn claim(&self, n: usize) -> Result<Vec<Claimed>, StoreError> {
+    /// Records `finished` and claims up to `free` due deliveries (one transaction).
+    async fn settle_and_claim(
+        &self,
+        finished: &[Outcome],
+        free: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
         let now = self.clock.now().await?;
         self.store
-            .claim_deliveries(
-                now.timestamp_millis(),
-                wall_ms(),
-                LEASE.as_millis() as i64,
-                n,
-                PER_CHANNEL,
+            .settle_and_claim(
+                finished,
+                &ClaimRequest {
+                    now_ms: now.timestamp_millis(),
+                    wall_ms: wall_ms(),
+                    lease_ms: LEASE.as_millis() as i64,
+                    limit: free,
+                    per_channel: PER_CHANNEL,
+                },
             )
             .await
     }
 
-    async fn deliver(&self, c: Claimed) {
-        if let Err(e) = self.try_deliver(&c).await {
-            // The lease runs out and the delivery is claimed again.
-            tracing::warn!(delivery = %c.id, error = %e, "notification delivery: recording failed");
+    /// One attempt at a claimed delivery: what to record (`None`: it could not be made — the
+    /// lease runs out and the delivery is claimed again).
+    async fn attempt(&self, c: Claimed) -> Option<Outcome> {
+        match self.try_attempt(&c).await {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::warn!(delivery = %c.id, error = %e, "notification delivery failed");
+                None
+            }
         }
     }
 
-    async fn try_deliver(&self, c: &Claimed) -> Result<(), StoreError> {
+    async fn try_attempt(&self, c: &Claimed) -> Result<Outcome, StoreError> {
         let mut status = c.status.clone();
         let channel_id = status["channel"]["id"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let channel = self
-            .store
-            .get_entity::<Channel>(CHANNEL, &channel_id)
-            .await?;
+        let channel = c
+            .channel
+            .clone()
+            .map(serde_json::from_value::<Channel>)
+            .transpose();
         let ch = match &channel {
-            None => Err(format!("channel {channel_id} does not exist")),
-            Some(ch) if ch.deleted_at.is_some() => Err(format!("channel {channel_id} was deleted")),
-            Some(ch) if ch.disabled => Err(format!(
+            Err(e) => Err(format!("channel {channel_id} cannot be read: {e}")),
+            Ok(None) => Err(format!("channel {channel_id} does not exist")),
+            Ok(Some(ch)) if ch.deleted_at.is_some() => {
+                Err(format!("channel {channel_id} was deleted"))
+            }
+            Ok(Some(ch)) if ch.disabled => Err(format!(
                 "channel {channel_id} ({}) is disabled: not sent",
                 ch.name
             )),
-            Some(ch) => Ok(ch),
+            Ok(Some(ch)) => Ok(ch),
         };
         let ch = match ch {
             Ok(ch) => ch,
@@ -185,24 +225,27 @@ impl Worker {
                 status["state"] = json!("FAILED");
                 status["reason"] = json!(reason);
                 status.as_object_mut().map(|s| s.remove("nextAttempt"));
-                self.store
-                    .update_delivery(&c.id, &c.lease, "FAILED", None, &status, false)
-                    .await?;
-                return Ok(());
+                return Ok(Outcome {
+                    id: c.id.clone(),
+                    lease: c.lease.clone(),
+                    state: "FAILED",
+                    next_attempt_ms: None,
+                    doc: status,
+                });
             }
         };
-        let outcome = self.send(ch, &c.event).await;
+        let response = self.send(ch, &c.event).await;
         let now = self.clock.now().await?;
         let mut attempt = json!({
-            "state": if outcome.ok { "SUCCESS" } else { "FAILED" },
+            "state": if response.ok { "SUCCESS" } else { "FAILED" },
             "response": {
-                "body": outcome.error.clone().unwrap_or_else(|| outcome.body.clone()),
-                "durationMs": outcome.duration_ms,
+                "body": response.error.clone().unwrap_or_else(|| response.body.clone()),
+                "durationMs": response.duration_ms,
                 "url": ch.url,
             },
             "timestamp": now,
         });
-        if let Some(s) = outcome.status {
+        if let Some(s) = response.status {
             attempt["response"]["statusCode"] = json!(s);
         }
         let attempts = status["attempts"].as_array().map_or(0, Vec::len) + 1;
@@ -212,12 +255,12 @@ impl Worker {
             status["attempts"] = json!([attempt]);
         }
         status["updatedAt"] = json!(now);
-        let what = match (outcome.status, &outcome.error) {
+        let what = match (response.status, &response.error) {
             (Some(s), _) => format!("HTTP {s}"),
             (None, Some(e)) => e.clone(),
             (None, None) => "no response".into(),
         };
-        let (state, next) = if outcome.ok {
+        let (state, next) = if response.ok {
             ("SUCCESS", None)
         } else {
             let wait = BACKOFF[(attempts - 1).min(BACKOFF.len() - 1)];
@@ -252,21 +295,17 @@ impl Worker {
                 status.as_object_mut().map(|s| s.remove("nextAttempt"));
             }
         }
-        self.store
-            .update_delivery(
-                &c.id,
-                &c.lease,
-                state,
-                next.map(|n| n.timestamp_millis()),
-                &status,
-                false,
-            )
-            .await?;
-        tracing::debug!(delivery = %c.id, state, "notification delivery attempt");
-        Ok(())
+        tracing::debug!(delivery = %c.id, state, duration_ms = response.duration_ms, "notification delivery attempt");
+        Ok(Outcome {
+            id: c.id.clone(),
+            lease: c.lease.clone(),
+            state,
+            next_attempt_ms: next.map(|n| n.timestamp_millis()),
+            doc: status,
+        })
     }
 
-    async fn send(&self, ch: &Channel, event: &Value) -> Outcome {
+    async fn send(&self, ch: &Channel, event: &Value) -> Response {
         let body = event["payload"].to_string();
         let id = event["id"].as_str().unwrap_or_default();
         let started = Instant::now();
@@ -274,7 +313,7 @@ impl Worker {
         {
             Ok(s) => s,
             Err(e) => {
-                return Outcome {
+                return Response {
                     ok: false,
                     status: None,
                     body: String::new(),
@@ -310,7 +349,7 @@ impl Worker {
             }
             text.truncate(cut);
         }
-        Outcome {
+        Response {
             ok: status.is_some_and(|s| (200..300).contains(&s)),
             status,
             body: text,
@@ -318,6 +357,14 @@ impl Worker {
             duration_ms: started.elapsed().as_millis() as u64,
         }
     }
+}
+
+/// A finished attempt task's outcome (a panicked one is logged; its lease runs out).
+fn joined(done: Result<Option<Outcome>, tokio::task::JoinError>) -> Option<Outcome> {
+    done.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "notification delivery task failed");
+        None
+    })
 }
 
 fn fmt(t: DateTime<Utc>) -> String {

@@ -4,7 +4,9 @@
 //! once), and the delivery lease: a worker claims due rows by setting them `SENDING` with its token
 //! and a lease end, by an update whose condition is checked again on each row as it is written (on
 //! PostgreSQL a row another replica changed meanwhile is re-read), so replicas claim disjoint rows
-//! — and only the holder of a row's token can record the outcome.
+//! — and only the holder of a row's token can record the outcome. A worker records the outcomes
+//! of finished attempts in the same transaction as its next claim ([`Store::settle_and_claim`]),
+//! and reads a claim's deliveries with their event and channel documents in one query.
 
 use serde_json::Value;
 
@@ -59,10 +61,60 @@ pub struct Claimed {
     pub event: Value,
     /// The delivery status document.
     pub status: Value,
+    /// The channel's document (`None`: the channel no longer exists).
+    pub channel: Option<Value>,
     /// When to give up.
     pub deadline_ms: i64,
     /// The lease token the outcome must be recorded with.
     pub lease: String,
+}
+
+/// What one claim may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest {
+    /// Billing's now (Unix ms): deliveries due by then.
+    pub now_ms: i64,
+    /// The wall clock (Unix ms): leases that ended before it are taken over.
+    pub wall_ms: i64,
+    /// How long the claim holds its deliveries (wall clock, ms).
+    pub lease_ms: i64,
+    /// At most this many (0: record outcomes only).
+    pub limit: usize,
+    /// At most this many in flight per channel, across replicas.
+    pub per_channel: usize,
+}
+
+/// A finished attempt to record: the delivery's new state and status document.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The delivery.
+    pub id: String,
+    /// The lease it was claimed under (recorded only if that still holds it).
+    pub lease: String,
+    /// `SUCCESS`, `PENDING` (retried at `next_attempt_ms`) or `FAILED`.
+    pub state: &'static str,
+    /// When to try again (billing's clock).
+    pub next_attempt_ms: Option<i64>,
+    /// The API's `deliveryStatus` object.
+    pub doc: Value,
+}
+
+/// The statement recording `o` if its lease still holds the row, releasing the lease.
+fn outcome_statement(o: &Outcome) -> Stmt {
+    Stmt {
+        sql: format!(
+            "UPDATE notification_deliveries SET state = $1, next_attempt_ms = {}, doc = $3, \
+             lease_token = NULL, lease_until_ms = NULL WHERE id = $4 AND lease_token = $5",
+            big(2)
+        ),
+        params: vec![
+            Some(o.state.to_owned()),
+            o.next_attempt_ms.map(|t| t.to_string()),
+            Some(o.doc.to_string()),
+            Some(o.id.clone()),
+            Some(o.lease.clone()),
+        ],
+    }
 }
 
 /// A delivery row's id.
@@ -158,159 +210,146 @@ impl Store {
             .is_empty())
     }
 
-    /// Claims up to `limit` deliveries due at `now_ms` (billing's clock) — pending, resending, or
-    /// sending under a lease that ended before `wall_ms` (its worker died) — for `lease_ms` of
-    /// wall-clock time, at most `per_channel` in flight per channel (counting those already
-    /// sending under a live lease, on any replica): a receiver that hangs holds that many
-    /// deliveries, never every worker slot, so other channels' deliveries go on.
-    pub async fn claim_deliveries(
+    /// Records the outcomes of finished attempts and claims more due deliveries, in ONE
+    /// transaction (a worker's group commit: whatever finished while the previous one committed),
+    /// then reads what it claimed — each delivery with its event's and its channel's documents —
+    /// in one query. With nothing to record, a read first checks that anything is due, so an
+    /// idle outbox costs no write transaction.
+    ///
+    /// An outcome is recorded only while its lease still holds the row (a resend or, after the
+    /// lease ran out, another worker may have taken it over). The claim takes up to
+    /// `claim.limit` deliveries due at `claim.now_ms` (billing's clock) — pending, resending, or
+    /// sending under a lease that ended before `claim.wall_ms` (its worker died) — for
+    /// `claim.lease_ms` of wall-clock time, at most `claim.per_channel` in flight per channel
+    /// (counting those sending under a live lease on any replica, once this transaction's own
+    /// outcomes freed theirs): a receiver that hangs holds that many deliveries, never every
+    /// worker slot, so other channels' deliveries go on.
+    pub async fn settle_and_claim(
         &self,
-        now_ms: i64,
-        wall_ms: i64,
-        lease_ms: i64,
-        limit: usize,
-        per_channel: usize,
+        outcomes: &[Outcome],
+        claim: &ClaimRequest,
     ) -> Result<Vec<Claimed>, StoreError> {
-        // A read first: an idle outbox costs no write transaction (nor the writer's time).
-        let due = self
-            .docs(Stmt {
-                sql: format!(
-                    "SELECT id FROM notification_deliveries \
-                     WHERE (state IN ('PENDING', 'RESENDING') AND next_attempt_ms <= {}) \
-                        OR (state = 'SENDING' AND lease_until_ms < {}) LIMIT 1",
-                    big(1),
-                    big(2)
-                ),
-                params: vec![Some(now_ms.to_string()), Some(wall_ms.to_string())],
-            })
-            .await?;
-        if due.is_empty() {
+        if outcomes.is_empty() {
+            if claim.limit == 0 {
+                return Ok(Vec::new());
+            }
+            let due = self
+                .docs(Stmt {
+                    sql: format!(
+                        "SELECT id FROM notification_deliveries \
+                         WHERE (state IN ('PENDING', 'RESENDING') AND next_attempt_ms <= {}) \
+                            OR (state = 'SENDING' AND lease_until_ms < {}) LIMIT 1",
+                        big(1),
+                        big(2)
+                    ),
+                    params: vec![
+                        Some(claim.now_ms.to_string()),
+                        Some(claim.wall_ms.to_string()),
+                    ],
+                })
+                .await?;
+            if due.is_empty() {
+                return Ok(Vec::new());
+            }
+        }
+        let mut stmts: Vec<Stmt> = outcomes.iter().map(outcome_statement).collect();
+        let lease = uuid::Uuid::new_v4().simple().to_string();
+        if claim.limit > 0 {
+            stmts.push(self.claim_statement(claim, &lease));
+        }
+        let last = self.execute_statements(stmts).await?;
+        if claim.limit == 0 || last == 0 {
             return Ok(Vec::new());
         }
-        let lease = uuid::Uuid::new_v4().simple().to_string();
-        // Candidates: every open delivery with, per channel, how many are in flight (`busy`) and
-        // its rank among the channel's due ones; those that fit under the cap, oldest first.
-        // The outer condition is checked again on each row as it is updated, so two replicas
-        // claiming at once never both take one (PostgreSQL re-reads a row changed meanwhile).
+        self.claimed(&lease).await
+    }
+
+    /// The claim: one UPDATE over the candidates — every open delivery with, per channel, how
+    /// many are in flight (`busy`) and its rank among the channel's due ones; those that fit
+    /// under the cap, oldest first. The outer condition is checked again on each row as it is
+    /// updated, so two replicas claiming at once never both take one (PostgreSQL re-reads a row
+    /// changed meanwhile). The status document says SENDING from the claim on.
+    fn claim_statement(&self, claim: &ClaimRequest, lease: &str) -> Stmt {
         let is_due = |now: &str, wall: &str| {
             format!(
                 "((state IN ('PENDING', 'RESENDING') AND next_attempt_ms <= {now}) \
                   OR (state = 'SENDING' AND lease_until_ms < {wall}))"
             )
         };
-        // The status document says SENDING from the claim on (one write per claim, not one more
-        // per delivery).
         let sending = if self.is_exclusive() {
             "json_set(doc, '$.state', 'SENDING', '$.updatedAt', $3)"
         } else {
             "jsonb_set(jsonb_set(doc::jsonb, '{state}', '\"SENDING\"'), '{updatedAt}', \
              to_jsonb(CAST($3 AS TEXT)))::text"
         };
-        let updated_at = chrono::DateTime::from_timestamp_millis(now_ms)
+        let updated_at = chrono::DateTime::from_timestamp_millis(claim.now_ms)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-        let claimed = self
-            .execute_statements(vec![Stmt {
-                sql: format!(
-                    "UPDATE notification_deliveries SET state = 'SENDING', lease_token = $1, \
-                     lease_until_ms = {lease_until}, doc = {sending} WHERE id IN (\
-                       SELECT id FROM (\
-                         SELECT id, next_attempt_ms, {due_now} AS due, \
-                           SUM(CASE WHEN state = 'SENDING' AND lease_until_ms >= {wall} \
-                                    THEN 1 ELSE 0 END) OVER (PARTITION BY channel_id) AS busy, \
-                           ROW_NUMBER() OVER (PARTITION BY channel_id, {due_now} \
-                                              ORDER BY next_attempt_ms, id) AS nth \
-                         FROM notification_deliveries \
-                         WHERE state IN ('PENDING', 'RESENDING', 'SENDING')) candidates \
-                       WHERE due AND busy + nth <= {per_channel} \
-                       ORDER BY next_attempt_ms, id LIMIT {limit}) \
-                     AND {due_now}",
-                    lease_until = big(2),
-                    wall = big(5),
-                    due_now = is_due(&big(4), &big(5)),
-                ),
-                // Numbered in the order they first appear: SQLite binds `$n` by appearance.
-                params: vec![
-                    Some(lease.clone()),
-                    Some((wall_ms + lease_ms).to_string()),
-                    Some(updated_at),
-                    Some(now_ms.to_string()),
-                    Some(wall_ms.to_string()),
-                ],
-            }])
-            .await?;
-        if claimed == 0 {
-            return Ok(Vec::new());
+        Stmt {
+            sql: format!(
+                "UPDATE notification_deliveries SET state = 'SENDING', lease_token = $1, \
+                 lease_until_ms = {lease_until}, doc = {sending} WHERE id IN (\
+                   SELECT id FROM (\
+                     SELECT id, next_attempt_ms, {due_now} AS due, \
+                       SUM(CASE WHEN state = 'SENDING' AND lease_until_ms >= {wall} \
+                                THEN 1 ELSE 0 END) OVER (PARTITION BY channel_id) AS busy, \
+                       ROW_NUMBER() OVER (PARTITION BY channel_id, {due_now} \
+                                          ORDER BY next_attempt_ms, id) AS nth \
+                     FROM notification_deliveries \
+                     WHERE state IN ('PENDING', 'RESENDING', 'SENDING')) candidates \
+                   WHERE due AND busy + nth <= {per_channel} \
+                   ORDER BY next_attempt_ms, id LIMIT {limit}) \
+                 AND {due_now}",
+                lease_until = big(2),
+                wall = big(5),
+                due_now = is_due(&big(4), &big(5)),
+                per_channel = claim.per_channel,
+                limit = claim.limit,
+            ),
+            // Numbered in the order they first appear: SQLite binds `$n` by appearance.
+            params: vec![
+                Some(lease.to_owned()),
+                Some((claim.wall_ms + claim.lease_ms).to_string()),
+                Some(updated_at),
+                Some(claim.now_ms.to_string()),
+                Some(claim.wall_ms.to_string()),
+            ],
         }
-        let ids = self
-            .docs(Stmt {
-                sql: "SELECT id FROM notification_deliveries WHERE lease_token = $1 ORDER BY id"
-                    .into(),
-                params: vec![Some(lease.clone())],
-            })
-            .await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some((event_id, _)) = id.split_once('/') else {
-                continue;
-            };
-            let Some(event) = self.notification_event_doc(event_id).await? else {
-                continue;
-            };
-            let row = |col: &str| Stmt {
-                sql: format!("SELECT {col} FROM notification_deliveries WHERE id = $1"),
-                params: vec![Some(id.clone())],
-            };
-            let status = self.docs(row("doc")).await?;
-            let deadline = self.docs(row("CAST(deadline_ms AS TEXT)")).await?;
-            let (Some(status), Some(deadline)) = (status.first(), deadline.first()) else {
-                continue;
-            };
-            out.push(Claimed {
-                id,
-                event,
-                status: decode(status)?,
-                deadline_ms: deadline.parse().unwrap_or(0),
-                lease: lease.clone(),
-            });
-        }
-        Ok(out)
     }
 
-    /// Records a claimed delivery's state (and status document) if `lease` still holds it —
-    /// releasing the lease unless `keep_lease` (the send is still under way); whether it did (a
-    /// resend or another worker may have taken it over).
-    pub async fn update_delivery(
-        &self,
-        id: &str,
-        lease: &str,
-        state: &str,
-        next_attempt_ms: Option<i64>,
-        doc: &Value,
-        keep_lease: bool,
-    ) -> Result<bool, StoreError> {
-        let release = if keep_lease {
-            ""
+    /// The deliveries `lease` holds, each with its event's and channel's documents: one query.
+    async fn claimed(&self, lease: &str) -> Result<Vec<Claimed>, StoreError> {
+        let row = if self.is_exclusive() {
+            "json_object('id', d.id, 'deadline', d.deadline_ms, 'status', json(d.doc), \
+             'event', json(e.doc), 'channel', json(c.doc))"
         } else {
-            ", lease_token = NULL, lease_until_ms = NULL"
+            "json_build_object('id', d.id, 'deadline', d.deadline_ms, 'status', d.doc::json, \
+             'event', e.doc::json, 'channel', c.doc::json)::text"
         };
-        let n = self
-            .execute_statements(vec![Stmt {
+        let rows = self
+            .docs(Stmt {
                 sql: format!(
-                    "UPDATE notification_deliveries SET state = $1, next_attempt_ms = {}, \
-                     doc = $3{release} WHERE id = $4 AND lease_token = $5",
-                    big(2)
+                    "SELECT {row} FROM notification_deliveries d \
+                     JOIN notification_events e ON e.id = d.event_id \
+                     LEFT JOIN notification_channels c ON c.id = d.channel_id \
+                     WHERE d.lease_token = $1 ORDER BY d.id"
                 ),
-                params: vec![
-                    Some(state.into()),
-                    next_attempt_ms.map(|t| t.to_string()),
-                    Some(doc.to_string()),
-                    Some(id.into()),
-                    Some(lease.into()),
-                ],
-            }])
+                params: vec![Some(lease.to_owned())],
+            })
             .await?;
-        Ok(n == 1)
+        rows.iter()
+            .map(|r| {
+                let mut v = decode(r)?;
+                Ok(Claimed {
+                    id: v["id"].as_str().unwrap_or_default().to_owned(),
+                    event: v["event"].take(),
+                    status: v["status"].take(),
+                    channel: Some(v["channel"].take()).filter(|c| !c.is_null()),
+                    deadline_ms: v["deadline"].as_i64().unwrap_or(0),
+                    lease: lease.to_owned(),
+                })
+            })
+            .collect()
     }
 
     /// Puts a delivery back in the queue as `RESENDING`, due at `now_ms` and given up at
@@ -402,5 +441,221 @@ impl Store {
         .iter()
         .map(|d| decode(d))
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashSet;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::Location;
+
+    const DAY: i64 = 86_400_000;
+
+    /// `n` events for `channel`, each with one delivery due at 0.
+    async fn backlog(store: &Store, channel: &str, n: usize) {
+        let doc = json!({"id": channel, "type": "WEBHOOK", "name": channel,
+                         "url": "http://127.0.0.1:9/", "signingSecret": "x"});
+        store
+            .put_entity(crate::notification::CHANNEL, channel, &doc)
+            .await
+            .unwrap();
+        for i in 0..n {
+            let id = format!("{channel}-{i:03}");
+            let recorded = store
+                .record_notification(&NewNotification {
+                    id: id.clone(),
+                    kind: "test".into(),
+                    rule_id: "r".into(),
+                    created_ms: 0,
+                    dedup_key: None,
+                    doc: json!({"id": id, "payload": {"n": i}}),
+                    deliveries: vec![NewDelivery {
+                        channel_id: channel.into(),
+                        state: "PENDING".into(),
+                        next_attempt_ms: Some(0),
+                        deadline_ms: DAY,
+                        doc: json!({"channel": {"id": channel}, "state": "PENDING"}),
+                    }],
+                })
+                .await
+                .unwrap();
+            assert!(recorded);
+        }
+    }
+
+    fn request(limit: usize) -> ClaimRequest {
+        ClaimRequest {
+            now_ms: 1_000,
+            wall_ms: 1_000,
+            lease_ms: 30_000,
+            limit,
+            per_channel: 8,
+        }
+    }
+
+    fn per_channel(claimed: &[Claimed]) -> (usize, usize) {
+        let a = claimed.iter().filter(|c| c.id.ends_with("/a")).count();
+        (a, claimed.len() - a)
+    }
+
+    fn done(c: &Claimed, state: &'static str, next_attempt_ms: Option<i64>) -> Outcome {
+        let mut doc = c.status.clone();
+        doc["state"] = json!(state);
+        Outcome {
+            id: c.id.clone(),
+            lease: c.lease.clone(),
+            state,
+            next_attempt_ms,
+            doc,
+        }
+    }
+
+    async fn state(store: &Store, id: &str) -> String {
+        let event = id.split_once('/').unwrap().0;
+        store.notification_deliveries(event).await.unwrap()[0]["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// One claim takes every free slot it may (with each delivery's event and channel read in
+    /// the same query), at most 8 per channel; outcomes recorded in the claim's transaction free
+    /// their slots for it; an outcome under a lease that no longer holds the row is dropped.
+    async fn batches_and_caps(store: &Store) {
+        backlog(store, "a", 20).await;
+        backlog(store, "b", 3).await;
+        let first = store.settle_and_claim(&[], &request(32)).await.unwrap();
+        assert_eq!(per_channel(&first), (8, 3));
+        for c in &first {
+            let event = c.id.split_once('/').unwrap().0;
+            assert_eq!(c.event["id"], event, "{c:?}");
+            assert_eq!(c.status["state"], "SENDING", "{c:?}");
+            assert_eq!(
+                &c.channel.as_ref().unwrap()["id"],
+                c.id.split_once('/').unwrap().1
+            );
+            assert_eq!(c.deadline_ms, DAY);
+        }
+        // Channel a is at its cap, b has nothing left.
+        assert!(
+            store
+                .settle_and_claim(&[], &request(32))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Three of a's succeed, one of b's is retried later, one of b's was taken over (stale
+        // lease): the same transaction claims exactly three more of a's.
+        let a: Vec<&Claimed> = first.iter().filter(|c| c.id.ends_with("/a")).collect();
+        let b: Vec<&Claimed> = first.iter().filter(|c| c.id.ends_with("/b")).collect();
+        let mut stale = done(b[1], "SUCCESS", None);
+        stale.lease = "someone else".into();
+        let outcomes = vec![
+            done(a[0], "SUCCESS", None),
+            done(a[1], "SUCCESS", None),
+            done(a[2], "FAILED", None),
+            done(b[0], "PENDING", Some(5_000)),
+            stale,
+        ];
+        let second = store
+            .settle_and_claim(&outcomes, &request(32))
+            .await
+            .unwrap();
+        assert_eq!(per_channel(&second), (3, 0), "{second:?}");
+        let ids: HashSet<&str> = first.iter().map(|c| c.id.as_str()).collect();
+        assert!(second.iter().all(|c| !ids.contains(c.id.as_str())));
+        assert_eq!(state(store, &a[0].id).await, "SUCCESS");
+        assert_eq!(state(store, &a[2].id).await, "FAILED");
+        assert_eq!(state(store, &b[0].id).await, "PENDING");
+        assert_eq!(state(store, &b[1].id).await, "SENDING");
+        // Outcomes only (no free slot): recorded, nothing claimed.
+        let third = store
+            .settle_and_claim(&[done(&second[0], "SUCCESS", None)], &request(0))
+            .await
+            .unwrap();
+        assert!(third.is_empty());
+        assert_eq!(state(store, &second[0].id).await, "SUCCESS");
+        // The retry comes due at its time (and b's stale one when its lease ends).
+        let later = ClaimRequest {
+            now_ms: 5_000,
+            ..request(32)
+        };
+        let due = store.settle_and_claim(&[], &later).await.unwrap();
+        assert_eq!(per_channel(&due), (1, 1), "{due:?}");
+        let expired = ClaimRequest {
+            now_ms: 5_000,
+            wall_ms: 40_000,
+            ..request(32)
+        };
+        let taken_over = store.settle_and_claim(&[], &expired).await.unwrap();
+        assert!(taken_over.iter().any(|c| c.id == b[1].id), "{taken_over:?}");
+    }
+
+    #[tokio::test]
+    async fn claims_batch_and_cap_per_channel_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Location::Sqlite(dir.path().to_owned()))
+            .await
+            .unwrap();
+        batches_and_caps(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claims_batch_and_cap_per_channel_on_postgres() {
+        let url = tollgate_e2e::postgres::Cluster::shared()
+            .unwrap()
+            .database()
+            .unwrap();
+        let store = Store::open(&Location::Postgres(url)).await.unwrap();
+        batches_and_caps(&store).await;
+    }
+
+    /// Two replicas claiming at once from one PostgreSQL database take disjoint deliveries and,
+    /// together, never more than the cap for one channel.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_claim_disjoint_deliveries_within_the_cap() {
+        let url = tollgate_e2e::postgres::Cluster::shared()
+            .unwrap()
+            .database()
+            .unwrap();
+        let one = Store::open(&Location::Postgres(url.clone())).await.unwrap();
+        let two = Store::open(&Location::Postgres(url)).await.unwrap();
+        backlog(&one, "a", 40).await;
+        let mut held: Vec<Claimed> = Vec::new();
+        let mut seen = HashSet::new();
+        for _ in 0..10 {
+            let (r1, r2) = (request(32), request(32));
+            let (x, y) = tokio::join!(
+                one.settle_and_claim(&[], &r1),
+                two.settle_and_claim(&[], &r2)
+            );
+            let (x, y) = (x.unwrap(), y.unwrap());
+            for c in x.iter().chain(&y) {
+                assert!(seen.insert(c.id.clone()), "{} claimed twice", c.id);
+            }
+            held.extend(x.into_iter().chain(y));
+            assert!(held.len() <= 8, "{} in flight to one channel", held.len());
+            // Both record what they held and claim again at once.
+            let outcomes: Vec<Outcome> =
+                held.drain(..).map(|c| done(&c, "SUCCESS", None)).collect();
+            let (half_one, half_two) = outcomes.split_at(outcomes.len() / 2);
+            let (x, y) = tokio::join!(
+                one.settle_and_claim(half_one, &r1),
+                two.settle_and_claim(half_two, &r2)
+            );
+            let (x, y) = (x.unwrap(), y.unwrap());
+            for c in x.iter().chain(&y) {
+                assert!(seen.insert(c.id.clone()), "{} claimed twice", c.id);
+            }
+            held.extend(x.into_iter().chain(y));
+            assert!(held.len() <= 8, "{} in flight to one channel", held.len());
+        }
+        assert_eq!(seen.len(), 40, "every delivery claimed once");
     }
 }

@@ -75,8 +75,13 @@ impl Billing {
             addr.set_port(port);
             cmd.args(["--listen", &addr.to_string()]);
         }
+        // `TOLLGATE_TEST_LOG` (e.g. `tollgate_billing=debug`) shows billing's log when chasing a
+        // failure.
         let child = cmd
-            .env("TOLLGATE_LOG", "warn")
+            .env(
+                "TOLLGATE_LOG",
+                std::env::var("TOLLGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env_remove("TOLLGATE_BILLING_SIMULATED_CLOCK")
             .stdin(Stdio::null())
             .spawn()
