@@ -39,7 +39,7 @@ pub struct EventFields<'a> {
 }
 
 use crate::rules::{AttributeSource, Rules, SubjectSource};
-use crate::serialize::{self, AiUsage, LogEntry};
+use crate::serialize::{Ai, AiUsage, LogEntry};
 
 /// `type` of the per-request event.
 pub const API_REQUEST: &str = "kong.api_request";
@@ -118,12 +118,11 @@ pub fn meter_into(
         let status = entry.response.as_ref().and_then(|r| r.status);
         let route_id = entry.route.as_ref().and_then(|r| r.id.as_deref());
         let service_id = entry.service.as_ref().and_then(|s| s.id.as_deref());
-        for usage in serialize::ai_usages(entry.ai) {
+        let usages = entry.ai.as_ref().map(Ai::usages).unwrap_or_default();
+        for usage in usages.iter() {
             for kind in ["request", "response"] {
                 let mut data = DataWriter::new(&attributes);
-                llm_data(
-                    &usage, kind, api_id, status, route_id, service_id, &mut data,
-                );
+                llm_data(usage, kind, api_id, status, route_id, service_id, &mut data);
                 data.str("subject_type", Some(subject_type));
                 let id = if usage.plugin_name.is_empty() || usage.plugin_name == "proxy" {
                     format!("{api_id}:{kind}")

@@ -623,32 +623,45 @@ impl HttpContext for Http {
         let Some(s) = self.shared.clone() else {
             return Action::Continue;
         };
+        let meters = s.config.meters();
+        if !meters && s.config.enforcement.is_none() {
+            // Nothing to meter or enforce: nothing to read.
+            return Action::Continue;
+        }
         let headers = self.get_http_request_headers();
         let f = &mut self.facts;
         f.started_at_ms = now_ms();
-        for (k, v) in headers {
+        f.headers.reserve(headers.len());
+        for (mut k, v) in headers {
             match k.as_str() {
                 ":method" => f.method = Some(v),
                 ":path" => f.path = Some(v),
                 ":scheme" => f.scheme = Some(v),
                 ":authority" => f.headers.push(("host".into(), v)),
                 k if k.starts_with(':') => {}
-                _ => f.headers.push((k.to_ascii_lowercase(), v)),
+                _ => {
+                    // HTTP/2 names are lowercase already, HTTP/1 ones usually: no copy then.
+                    k.make_ascii_lowercase();
+                    f.headers.push((k, v));
+                }
             }
         }
-        f.id = prop_str(&["ngx", "kong_request_id"])
-            .or_else(|| prop_str(&["request", "id"]))
-            .or_else(|| f.header("x-request-id").map(str::to_owned));
-        f.client_ip = prop_str(&["source", "address"]).map(|a| strip_port(&a).to_owned());
-        f.route_id = prop_str(&["kong", "route_id"]);
-        f.route_name =
-            prop_str(&["kong", "route_name"]).or_else(|| prop_str(&["xds", "route_name"]));
-        f.service_id = prop_str(&["kong", "service_id"]);
-        f.service_name =
-            prop_str(&["kong", "service_name"]).or_else(|| prop_str(&["xds", "cluster_name"]));
         if let Some(path) = &s.config.consumer_property {
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
             f.consumer_id = prop_str(&path);
+        }
+        if meters {
+            // What only the events carry (enforcement needs the subject alone).
+            f.id = prop_str(&["ngx", "kong_request_id"])
+                .or_else(|| prop_str(&["request", "id"]))
+                .or_else(|| f.header("x-request-id").map(str::to_owned));
+            f.client_ip = prop_str(&["source", "address"]).map(|a| strip_port(&a).to_owned());
+            f.route_id = prop_str(&["kong", "route_id"]);
+            f.route_name =
+                prop_str(&["kong", "route_name"]).or_else(|| prop_str(&["xds", "route_name"]));
+            f.service_id = prop_str(&["kong", "service_id"]);
+            f.service_name =
+                prop_str(&["kong", "service_name"]).or_else(|| prop_str(&["xds", "cluster_name"]));
         }
         if s.config.llm && s.config.rules.meter_ai_token_usage {
             self.set_http_request_header("accept-encoding", None);
@@ -660,6 +673,9 @@ impl HttpContext for Http {
         let Some(s) = self.shared.clone() else {
             return Action::Continue;
         };
+        if !s.config.meters() {
+            return Action::Continue;
+        }
         self.facts.status = self
             .get_http_response_header(":status")
             .and_then(|v| v.parse().ok());
@@ -698,7 +714,7 @@ impl HttpContext for Http {
         let Some(s) = self.shared.clone() else {
             return;
         };
-        if self.denied {
+        if self.denied || !s.config.meters() {
             // Kong's plugin meters only requests that reached the log phase through the proxy;
             // a request refused at the gateway is not usage.
             return;
