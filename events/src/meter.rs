@@ -243,7 +243,7 @@ impl<'a> DataWriter<'a> {
 
 /// Appends `s` as a JSON string. Values without a quote, backslash or control character (nearly
 /// all) are copied in one piece; the rest are escaped by `serde_json`.
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.reserve(s.len() + 2);
         out.push(b'"');

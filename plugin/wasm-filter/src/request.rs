@@ -279,8 +279,7 @@ fn cloudevent(f: &EventFields<'_>, usage_incomplete: bool) -> Vec<u8> {
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    meter::write_json_str(out, s);
 }
 
 /// The body of one delivery: a JSON array of events (`application/cloudevents-batch+json`).

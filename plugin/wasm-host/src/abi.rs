@@ -18,7 +18,7 @@ use wasmtime::{Caller, Linker};
 
 use crate::calls::CallRequest;
 use crate::shared::SetResult;
-use crate::vm::{Exports, Flavor, HostState, LocalResponse, Phase};
+use crate::vm::{Flavor, HostState, LocalResponse, Phase};
 
 const OK: i32 = 0;
 const NOT_FOUND: i32 = 1;
@@ -29,15 +29,21 @@ const INTERNAL_FAILURE: i32 = 10;
 
 type R<T> = wasmtime::Result<T>;
 
-fn exports(caller: &Caller<'_, HostState>) -> R<Exports> {
-    match &caller.data().exports {
-        Some(e) => Ok(e.clone()),
+fn memory(caller: &Caller<'_, HostState>) -> R<wasmtime::Memory> {
+    match caller.data().memory {
+        Some(m) => Ok(m),
         None => wasmtime::bail!("the module is not instantiated yet"),
     }
 }
 
-fn memory(caller: &Caller<'_, HostState>) -> R<wasmtime::Memory> {
-    Ok(exports(caller)?.memory)
+/// Memory for `len` bytes from the module's `proxy_on_memory_allocate`.
+fn allocate(caller: &mut Caller<'_, HostState>, len: usize) -> R<i32> {
+    let Some(f) = caller.data_mut().allocate.take() else {
+        wasmtime::bail!("the module is not instantiated yet, or allocated from its allocator");
+    };
+    let ptr = f.call(&mut *caller, len as i32);
+    caller.data_mut().allocate = Some(f);
+    ptr
 }
 
 /// `len` bytes at `ptr` in the module's memory, borrowed.
@@ -74,9 +80,7 @@ fn write_u32(caller: &mut Caller<'_, HostState>, ptr: i32, v: u32) -> R<()> {
 
 /// Copies `bytes` into module memory and writes the pointer and size to the return slots.
 fn give(caller: &mut Caller<'_, HostState>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> R<()> {
-    let ptr = exports(caller)?
-        .allocate
-        .call(&mut *caller, bytes.len() as i32)?;
+    let ptr = allocate(caller, bytes.len())?;
     write(caller, ptr, bytes)?;
     write_u32(caller, ret_ptr, ptr as u32)?;
     write_u32(caller, ret_len, bytes.len() as u32)
@@ -91,11 +95,11 @@ fn give_from(
     ret_len: i32,
     pick: impl for<'a> Fn(&'a HostState) -> Option<&'a [u8]>,
 ) -> R<bool> {
-    let Exports { memory, allocate } = exports(caller)?;
+    let memory = memory(caller)?;
     let Some(len) = pick(caller.data()).map(<[u8]>::len) else {
         return Ok(false);
     };
-    let ptr = allocate.call(&mut *caller, len as i32)?;
+    let ptr = allocate(caller, len)?;
     {
         let (mem, state) = memory.data_and_store_mut(&mut *caller);
         let start = ptr as u32 as usize;

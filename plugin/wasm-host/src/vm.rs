@@ -199,15 +199,12 @@ pub struct HostState {
     pub(crate) refused_calls: u64,
     pub(crate) metrics: Vec<(String, i64)>,
     pub(crate) logs: Vec<(u32, String)>,
-    /// The module's memory and `proxy_on_memory_allocate`, found once after instantiation.
-    pub(crate) exports: Option<Exports>,
-}
-
-/// What host functions use of the module on every call.
-#[derive(Clone)]
-pub(crate) struct Exports {
-    pub(crate) memory: Memory,
-    pub(crate) allocate: TypedFunc<i32, i32>,
+    /// The module's memory, found once after instantiation.
+    pub(crate) memory: Option<Memory>,
+    /// `proxy_on_memory_allocate`, found once after instantiation. Taken out while it runs and
+    /// put back (cloning a `TypedFunc` clones its registered type, which costs more than the
+    /// call).
+    pub(crate) allocate: Option<TypedFunc<i32, i32>>,
 }
 
 /// A request as the proxy hands it to the filter.
@@ -273,9 +270,14 @@ pub struct Vm {
     last_tick: Instant,
 }
 
-/// Compiles the module once for many VMs.
+/// Compiles the module once for many VMs. With `TOLLGATE_WASM_PERFMAP` set, wasmtime writes
+/// `/tmp/perf-<pid>.map` so `perf report` names the filter's compiled functions.
 pub fn compile(wasm: &Path) -> anyhow::Result<(Engine, Module)> {
-    let engine = Engine::new(&Config::new()).map_err(anyhow::Error::from)?;
+    let mut config = Config::new();
+    if std::env::var_os("TOLLGATE_WASM_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
     let module = Module::from_file(&engine, wasm).map_err(anyhow::Error::from)?;
     Ok((engine, module))
 }
@@ -325,7 +327,8 @@ impl Vm {
             refused_calls: 0,
             metrics: Vec::new(),
             logs: Vec::new(),
-            exports: None,
+            memory: None,
+            allocate: None,
         };
         let mut store = Store::new(engine, state);
         let instance: Instance = linker.instantiate(&mut store, module).map_err(wasm_err)?;
@@ -335,7 +338,8 @@ impl Vm {
         let allocate = instance
             .get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
             .map_err(wasm_err)?;
-        store.data_mut().exports = Some(Exports { memory, allocate });
+        store.data_mut().memory = Some(memory);
+        store.data_mut().allocate = Some(allocate);
         for start in ["_initialize", "_start"] {
             if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, start) {
                 f.call(&mut store, ()).map_err(wasm_err)?;
@@ -514,7 +518,6 @@ impl Vm {
                 self.start_calls();
             }
         }
-        let forwarded_headers = self.store.data().stream.request_headers.clone();
         let mut sent = 0usize;
         if local.is_none() {
             {
@@ -579,6 +582,10 @@ impl Vm {
             .call(&mut self.store, ctx)
             .map_err(wasm_err)?;
         self.start_calls();
+        // Moved out once the request is over rather than copied when it went upstream (a proxy
+        // forwards what the request phases left; the filter changes request headers only
+        // there, so these are the same headers).
+        let forwarded_headers = std::mem::take(&mut self.store.data_mut().stream.request_headers);
         Ok(Exchange {
             local_response: local,
             forwarded_headers,
