@@ -39,7 +39,7 @@ pub struct EventFields<'a> {
 }
 
 use crate::rules::{AttributeSource, Rules, SubjectSource};
-use crate::serialize::{self, AiUsage, LogEntry};
+use crate::serialize::{Ai, AiUsage, LogEntry};
 
 /// `type` of the per-request event.
 pub const API_REQUEST: &str = "kong.api_request";
@@ -118,12 +118,11 @@ pub fn meter_into(
         let status = entry.response.as_ref().and_then(|r| r.status);
         let route_id = entry.route.as_ref().and_then(|r| r.id.as_deref());
         let service_id = entry.service.as_ref().and_then(|s| s.id.as_deref());
-        for usage in serialize::ai_usages(entry.ai) {
+        let usages = entry.ai.as_ref().map(Ai::usages).unwrap_or_default();
+        for usage in usages.iter() {
             for kind in ["request", "response"] {
                 let mut data = DataWriter::new(&attributes);
-                llm_data(
-                    &usage, kind, api_id, status, route_id, service_id, &mut data,
-                );
+                llm_data(usage, kind, api_id, status, route_id, service_id, &mut data);
                 data.str("subject_type", Some(subject_type));
                 let id = if usage.plugin_name.is_empty() || usage.plugin_name == "proxy" {
                     format!("{api_id}:{kind}")
@@ -244,8 +243,8 @@ impl<'a> DataWriter<'a> {
 
 /// Appends `s` as a JSON string. Values without a quote, backslash or control character (nearly
 /// all) are copied in one piece; the rest are escaped by `serde_json`.
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    if !needs_escape(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -254,6 +253,34 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
         // Serialising a str into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
     }
+}
+
+/// Whether `s` holds a quote, a backslash or a control character (what JSON escapes), checked
+/// eight bytes at a time: a byte below 0x20 or equal to `"`/`\\` sets its high bit in the
+/// classic "has less than"/"has zero byte" word tricks (exact about whether any byte does; bytes
+/// of 0x80 and up, UTF-8, never count).
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGHS: u64 = ONES * 0x80;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_le_bytes(b);
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+        if control
+            | has_zero(x ^ (ONES * u64::from(b'"')))
+            | has_zero(x ^ (ONES * u64::from(b'\\')))
+            != 0
+        {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// The subject and its `subject_type`, or `None` when the configured source has no value.
@@ -430,6 +457,32 @@ fn host_of_url(url: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_word_at_a_time_escape_check_agrees_with_a_byte_at_a_time_one() {
+        let naive = |s: &[u8]| s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+        // Every byte value at every position of strings up to 17 bytes long, over fillers that
+        // sit next to the thresholds (0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xff).
+        for filler in [b'a', 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xff] {
+            for len in 1..=17 {
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut s = vec![filler; len];
+                        s[at] = b;
+                        assert_eq!(needs_escape(&s), naive(&s), "{s:?}");
+                    }
+                }
+            }
+        }
+        assert!(!needs_escape(b""));
+        assert!(!needs_escape("Mozilla/5.0 (X11; Linux) é ✓".as_bytes()));
+        let mut out = Vec::new();
+        write_json_str(&mut out, "a \"b\" \\ c\u{1f}d — é");
+        assert_eq!(
+            serde_json::from_slice::<String>(&out).unwrap(),
+            "a \"b\" \\ c\u{1f}d — é"
+        );
+    }
 
     #[test]
     fn data_is_valid_json_and_attributes_win_over_built_in_fields() {

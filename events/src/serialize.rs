@@ -5,6 +5,11 @@
 //! only for values with escapes such as `\/`). Header and query maps are read once into a
 //! [`FieldMap`] of borrowed names and first values, searched by [`FieldMap::get`]. The `ai` tree
 //! is kept as raw JSON and read by [`ai_usages`] whatever its shape.
+//!
+//! The same types are the typed entry that [`crate::meter::meter_into`] takes, so a caller that
+//! saw the request itself (the proxy-wasm filter) builds a [`LogEntry`] directly — headers with
+//! [`FieldMap::from_pairs`], usage it read with [`Ai::Read`] — instead of writing serialize JSON
+//! to parse it back.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -14,7 +19,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// The parts of a serialized log entry that metering reads.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct LogEntry<'a> {
     /// `request` (absent only in the stream subsystem).
     #[serde(borrow, default)]
@@ -54,11 +59,39 @@ pub struct LogEntry<'a> {
     pub workspace_name: Option<Cow<'a, str>>,
     /// The AI Gateway's analytics, any shape.
     #[serde(borrow, default)]
-    pub ai: Option<&'a RawValue>,
+    pub ai: Option<Ai<'a>>,
+}
+
+/// The `ai` tree: as Kong wrote it, or usage the caller read itself.
+#[derive(Debug)]
+pub enum Ai<'a> {
+    /// The raw JSON of `ai`, read by [`ai_usages`] whatever its shape (what the parser makes).
+    Raw(&'a RawValue),
+    /// Usage records already read (a proxy-wasm filter reading the response body): used as
+    /// given, except that records with no tokens at all are left out as [`ai_usages`] does.
+    Read(Vec<AiUsage>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Ai<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'a RawValue>::deserialize(d).map(Ai::Raw)
+    }
+}
+
+impl Ai<'_> {
+    /// Every usage record with tokens: [`ai_usages`] of the raw tree, or the records read
+    /// (borrowed when all of them count tokens).
+    pub fn usages(&self) -> Cow<'_, [AiUsage]> {
+        match self {
+            Ai::Raw(raw) => Cow::Owned(ai_usages(Some(raw))),
+            Ai::Read(read) if read.iter().all(AiUsage::has_tokens) => Cow::Borrowed(read),
+            Ai::Read(read) => Cow::Owned(read.iter().filter(|u| u.has_tokens()).cloned().collect()),
+        }
+    }
 }
 
 /// `request`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Request<'a> {
     /// Kong's request id (3.6+).
     #[serde(borrow, default)]
@@ -84,7 +117,7 @@ pub struct Request<'a> {
 }
 
 /// `response`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Response {
     /// Status sent to the client.
     #[serde(default)]
@@ -112,7 +145,7 @@ pub struct Latencies {
 }
 
 /// A route or credential: id and name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Entity<'a> {
     /// UUID.
     #[serde(borrow, default)]
@@ -123,7 +156,7 @@ pub struct Entity<'a> {
 }
 
 /// `service`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Service<'a> {
     /// UUID.
     #[serde(borrow, default)]
@@ -140,7 +173,7 @@ pub struct Service<'a> {
 }
 
 /// `consumer`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Consumer<'a> {
     /// UUID.
     #[serde(borrow, default)]
@@ -218,7 +251,13 @@ pub fn parse(json: &str) -> Result<LogEntry<'_>, serde_json::Error> {
 #[derive(Debug, Default)]
 pub struct FieldMap<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
-impl FieldMap<'_> {
+impl<'a> FieldMap<'a> {
+    /// A map of `(name, value)` pairs in order (duplicates allowed: [`FieldMap::get`] takes the
+    /// first), for a caller that has the headers or query itself.
+    pub fn from_pairs(pairs: Vec<(Cow<'a, str>, Cow<'a, str>)>) -> Self {
+        FieldMap(pairs)
+    }
+
     /// The first value of `name`, compared ASCII case-insensitively.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
@@ -395,6 +434,13 @@ pub fn ai_usages(ai: Option<&RawValue>) -> Vec<AiUsage> {
     out
 }
 
+impl AiUsage {
+    /// Whether the record counts any token (records without are not usage).
+    pub fn has_tokens(&self) -> bool {
+        self.prompt_tokens != 0 || self.completion_tokens != 0 || self.total_tokens != 0
+    }
+}
+
 fn normalise(plugin_name: String, node: AiNode) -> Option<AiUsage> {
     let usage = node.usage.unwrap_or_default();
     let meta = node.meta.unwrap_or_default();
@@ -404,9 +450,6 @@ fn normalise(plugin_name: String, node: AiNode) -> Option<AiUsage> {
         .total_tokens
         .map(|t| t as i64)
         .unwrap_or(prompt + completion);
-    if prompt == 0 && completion == 0 && total == 0 {
-        return None;
-    }
     Some(AiUsage {
         plugin_name,
         plugin_id: meta.plugin_id,
@@ -420,6 +463,7 @@ fn normalise(plugin_name: String, node: AiNode) -> Option<AiUsage> {
         llm_latency_ms: meta.llm_latency,
         cache_status: node.cache.and_then(|c| c.cache_status),
     })
+    .filter(AiUsage::has_tokens)
 }
 
 #[cfg(test)]

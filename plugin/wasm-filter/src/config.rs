@@ -147,6 +147,12 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> String {
 }
 
 impl FilterConfig {
+    /// Whether any event is made (`meter_api_requests` or `meter_ai_token_usage`): if not, the
+    /// filter reads nothing for metering.
+    pub fn meters(&self) -> bool {
+        self.rules.meter_api_requests || self.rules.meter_ai_token_usage
+    }
+
     /// Parses and validates the config bytes; the error names the field.
     pub fn from_json(json: &[u8]) -> Result<FilterConfig, String> {
         let json = if json.iter().all(u8::is_ascii_whitespace) {

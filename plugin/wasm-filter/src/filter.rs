@@ -16,7 +16,7 @@
 //!   batch kept for the next tick (within the bound), a batch too large for the agent's intake
 //!   (413) is sent again in halves. Nothing here ever blocks a request.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -91,9 +91,27 @@ struct Shared {
     outbox: RefCell<VecDeque<Vec<u8>>>,
     /// Subjects seen on requests that the agent must be asked about.
     wanted: RefCell<Vec<String>>,
+    /// Whether the host may have `request.total_size` / `response.total_size` (see `size`).
+    has_total_size: Cell<bool>,
 }
 
 impl Shared {
+    /// `<which>.total_size` (headers and body: Envoy) or else `<which>.size` (ngx_wasm_module,
+    /// whose `size` already counts the headers). Once the host has answered `size` where it had
+    /// no `total_size`, it is asked for `size` alone: one host call per size, not two.
+    fn size(&self, which: &str) -> Option<i64> {
+        if self.has_total_size.get()
+            && let Some(n) = prop_int(&[which, "total_size"])
+        {
+            return Some(n);
+        }
+        let n = prop_int(&[which, "size"]);
+        if n.is_some() {
+            self.has_total_size.set(false);
+        }
+        n
+    }
+
     /// Adds an event to the outbox; false (dropped) when it is full.
     fn push(&self, record: Vec<u8>) -> bool {
         let mut outbox = self.outbox.borrow_mut();
@@ -467,6 +485,7 @@ impl RootContext for Root {
             metrics: Metrics::define(),
             outbox: RefCell::new(VecDeque::new()),
             wanted: RefCell::new(Vec::new()),
+            has_total_size: Cell::new(true),
         }));
         true
     }
@@ -623,32 +642,45 @@ impl HttpContext for Http {
         let Some(s) = self.shared.clone() else {
             return Action::Continue;
         };
+        let meters = s.config.meters();
+        if !meters && s.config.enforcement.is_none() {
+            // Nothing to meter or enforce: nothing to read.
+            return Action::Continue;
+        }
         let headers = self.get_http_request_headers();
         let f = &mut self.facts;
         f.started_at_ms = now_ms();
-        for (k, v) in headers {
+        f.headers.reserve(headers.len());
+        for (mut k, v) in headers {
             match k.as_str() {
                 ":method" => f.method = Some(v),
                 ":path" => f.path = Some(v),
                 ":scheme" => f.scheme = Some(v),
                 ":authority" => f.headers.push(("host".into(), v)),
                 k if k.starts_with(':') => {}
-                _ => f.headers.push((k.to_ascii_lowercase(), v)),
+                _ => {
+                    // HTTP/2 names are lowercase already, HTTP/1 ones usually: no copy then.
+                    k.make_ascii_lowercase();
+                    f.headers.push((k, v));
+                }
             }
         }
-        f.id = prop_str(&["ngx", "kong_request_id"])
-            .or_else(|| prop_str(&["request", "id"]))
-            .or_else(|| f.header("x-request-id").map(str::to_owned));
-        f.client_ip = prop_str(&["source", "address"]).map(|a| strip_port(&a).to_owned());
-        f.route_id = prop_str(&["kong", "route_id"]);
-        f.route_name =
-            prop_str(&["kong", "route_name"]).or_else(|| prop_str(&["xds", "route_name"]));
-        f.service_id = prop_str(&["kong", "service_id"]);
-        f.service_name =
-            prop_str(&["kong", "service_name"]).or_else(|| prop_str(&["xds", "cluster_name"]));
         if let Some(path) = &s.config.consumer_property {
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
             f.consumer_id = prop_str(&path);
+        }
+        if meters {
+            // What only the events carry (enforcement needs the subject alone).
+            f.id = prop_str(&["ngx", "kong_request_id"])
+                .or_else(|| prop_str(&["request", "id"]))
+                .or_else(|| f.header("x-request-id").map(str::to_owned));
+            f.client_ip = prop_str(&["source", "address"]).map(|a| strip_port(&a).to_owned());
+            f.route_id = prop_str(&["kong", "route_id"]);
+            f.route_name =
+                prop_str(&["kong", "route_name"]).or_else(|| prop_str(&["xds", "route_name"]));
+            f.service_id = prop_str(&["kong", "service_id"]);
+            f.service_name =
+                prop_str(&["kong", "service_name"]).or_else(|| prop_str(&["xds", "cluster_name"]));
         }
         if s.config.llm && s.config.rules.meter_ai_token_usage {
             self.set_http_request_header("accept-encoding", None);
@@ -660,22 +692,32 @@ impl HttpContext for Http {
         let Some(s) = self.shared.clone() else {
             return Action::Continue;
         };
-        self.facts.status = self
-            .get_http_response_header(":status")
-            .and_then(|v| v.parse().ok());
-        if !s.config.rules.meter_ai_token_usage || self.denied {
+        if !s.config.meters() {
             return Action::Continue;
         }
-        let content_type = self
-            .get_http_response_header("content-type")
-            .unwrap_or_default();
-        let encoded = self
-            .get_http_response_header("content-encoding")
-            .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+        if !s.config.rules.meter_ai_token_usage || self.denied {
+            self.facts.status = self
+                .get_http_response_header(":status")
+                .and_then(|v| v.parse().ok());
+            return Action::Continue;
+        }
+        // Four headers are read: one host call for the map rather than one per header.
+        let (mut content_type, mut encoded, mut kong_llm) = (String::new(), false, false);
+        for (k, v) in self.get_http_response_headers() {
+            if k == ":status" {
+                self.facts.status = v.parse().ok();
+            } else if k.eq_ignore_ascii_case("content-type") {
+                if content_type.is_empty() {
+                    content_type = v;
+                }
+            } else if k.eq_ignore_ascii_case("content-encoding") {
+                encoded |= !v.eq_ignore_ascii_case("identity");
+            } else if k.eq_ignore_ascii_case("x-kong-llm-model") {
+                kong_llm = true;
+            }
+        }
         let reader = UsageReader::new(&content_type, s.config.max_llm_body_bytes);
-        let llm = reader.is_stream()
-            || s.config.llm
-            || self.get_http_response_header("x-kong-llm-model").is_some();
+        let llm = reader.is_stream() || s.config.llm || kong_llm;
         if llm && !encoded {
             self.reader = Some(reader);
         }
@@ -698,7 +740,7 @@ impl HttpContext for Http {
         let Some(s) = self.shared.clone() else {
             return;
         };
-        if self.denied {
+        if self.denied || !s.config.meters() {
             // Kong's plugin meters only requests that reached the log phase through the proxy;
             // a request refused at the gateway is not usage.
             return;
@@ -708,11 +750,8 @@ impl HttpContext for Http {
         if f.status.is_none() {
             f.status = prop_int(&["response", "code"]);
         }
-        f.request_size =
-            prop_int(&["request", "total_size"]).or_else(|| prop_int(&["request", "size"]));
-        f.response_size = prop_int(&["response", "total_size"])
-            .or_else(|| prop_int(&["response", "size"]))
-            .or(Some(self.body_bytes));
+        f.request_size = s.size("request");
+        f.response_size = s.size("response").or(Some(self.body_bytes));
         f.llm = self.reader.take().and_then(UsageReader::finish);
         let m = request::meter(f, &s.config.rules, &s.config.source);
         if m.no_subject {

@@ -1,19 +1,25 @@
 //! One proxied request as the filter saw it ([`RequestFacts`], gathered from headers, properties
 //! and body callbacks) turned into CloudEvents JSON, by the same code as the external plugin:
-//! the facts are written in `kong.log.serialize()`'s shape and handed to
-//! [`tollgate_events::meter::meter_into`]. The same request therefore makes the same events with
-//! the same ids on both paths (the id is Kong's request id, `ngx.kong_request_id`, which
-//! serialize's `request.id` is too), and billing dedupes them on (`source`, `id`).
+//! the facts become the typed entry of `kong.log.serialize()` ([`LogEntry`], borrowed from the
+//! facts, no JSON written or parsed) that [`tollgate_events::meter::meter_into`] reads for the
+//! plugin too. The same request therefore makes the same events, byte for byte, with the same
+//! ids on both paths (the id is Kong's request id, `ngx.kong_request_id`, which serialize's
+//! `request.id` is too), and billing dedupes them on (`source`, `id`). The tests hold the filter
+//! to that: each request written as serialize JSON and parsed as the plugin does gives the same
+//! bytes.
 //!
 //! What a filter cannot see is left out of the shape (README, "The proxy-wasm filter"): the
 //! consumer entity (its id, username and custom id come from the `X-Consumer-*` headers Kong's
 //! auth plugins set), upstream and Kong latencies, `upstream_status`, `response_source`,
 //! `workspace_name`, the service's port and protocol, and ai-proxy's cost and plugin ids.
 
-use serde_json::{Map, Value, json};
+use std::borrow::Cow;
+
 use tollgate_events::meter::{self, EventFields};
-use tollgate_events::rules::{Rules, SubjectSource};
-use tollgate_events::serialize;
+use tollgate_events::rules::{AttributeSource, Rules, SubjectSource};
+use tollgate_events::serialize::{
+    Ai, AiUsage, Consumer, Entity, FieldMap, Latencies, LogEntry, Request, Response, Service,
+};
 
 use crate::usage::Usage;
 
@@ -96,37 +102,35 @@ impl RequestFacts {
         let query = self.path.as_deref()?.split_once('?')?.1;
         query.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k) == name).then(|| decode(v))
+            (decode(k) == name).then(|| decode(v).into_owned())
         })
     }
 
-    /// The request in `kong.log.serialize()`'s shape, with what a filter has.
-    pub fn to_serialize_json(&self) -> String {
-        let mut headers = Map::new();
-        for (k, v) in &self.headers {
-            headers
-                .entry(k.to_ascii_lowercase())
-                .or_insert_with(|| Value::from(v.as_str()));
-        }
-        let query = self
-            .path
-            .as_deref()
-            .and_then(|p| p.split_once('?'))
-            .map(|(_, q)| q)
-            .unwrap_or("");
-        let mut querystring = Map::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair
-                .split_once('=')
-                .map_or((pair, None), |(k, v)| (k, Some(v)));
-            querystring
-                .entry(decode(k))
-                .or_insert_with(|| v.map_or(Value::Bool(true), |v| Value::from(decode(v))));
-        }
-        let host = self.header("host").or_else(|| self.header(":authority"));
-        let url = match (self.scheme.as_deref(), host, self.path.as_deref()) {
-            (Some(s), Some(h), Some(p)) => Some(format!("{s}://{h}{p}")),
-            _ => None,
+    /// The request as the typed entry [`meter::meter_into`] reads, borrowing from the facts:
+    /// what `kong.log.serialize()` would say of it, field for field, with what a filter has —
+    /// without writing that JSON and parsing it back. The query is decoded only when `rules`
+    /// read it (a query subject or attribute); nothing else in the events uses it.
+    pub fn entry(&self, rules: &Rules) -> LogEntry<'_> {
+        let headers = self
+            .headers
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+            .collect();
+        let reads_query = rules.subject_source == SubjectSource::Query
+            || rules
+                .attributes
+                .iter()
+                .any(|a| a.source == AttributeSource::Query);
+        let querystring = match self.path.as_deref().and_then(|p| p.split_once('?')) {
+            Some((_, query)) if reads_query => query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (decode(k), decode(v))
+                })
+                .collect(),
+            _ => Vec::new(),
         };
         let consumer_id = self
             .consumer_id
@@ -137,40 +141,82 @@ impl RequestFacts {
             self.header("x-consumer-username"),
             self.header("x-consumer-custom-id"),
         ) {
-            (None, None, None) => Value::Null,
-            (id, username, custom_id) => {
-                json!({"id": id, "username": username, "custom_id": custom_id})
-            }
+            (None, None, None) => None,
+            (id, username, custom_id) => Some(Consumer {
+                id: id.map(Cow::Borrowed),
+                username: username.map(Cow::Borrowed),
+                custom_id: custom_id.map(Cow::Borrowed),
+            }),
         };
         let ai = self.llm.as_ref().map(|u| {
-            json!({"proxy": {
-                "meta": {"provider_name": u.provider, "request_model": u.model, "response_model": u.model},
-                "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens},
-            }})
+            Ai::Read(vec![AiUsage {
+                // Kong 3.9+'s `ai.proxy`: the LLM events' ids are `<id>:request`/`:response`.
+                plugin_name: "proxy".to_owned(),
+                provider: u.provider.map(str::to_owned),
+                request_model: u.model.clone(),
+                response_model: u.model.clone(),
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                total_tokens: u.total_tokens,
+                ..AiUsage::default()
+            }])
         });
-        json!({
-            "request": {
-                "id": self.id, "uri": self.path, "url": url, "method": self.method,
-                "size": self.request_size, "headers": headers, "querystring": querystring,
-            },
-            "response": {"status": self.status, "size": self.response_size},
-            "latencies": {"request": (self.finished_at_ms - self.started_at_ms).max(0)},
-            "route": {"id": self.route_id, "name": self.route_name},
-            "service": {"id": self.service_id, "name": self.service_name},
-            "consumer": consumer,
-            "authenticated_entity": self.header("x-credential-identifier").map(|id| json!({"id": id})),
-            "client_ip": self.client_ip,
-            "started_at": self.started_at_ms,
-            "ai": ai,
-        })
-        .to_string()
+        fn s(v: &Option<String>) -> Option<Cow<'_, str>> {
+            v.as_deref().map(Cow::Borrowed)
+        }
+        LogEntry {
+            request: Some(Request {
+                id: s(&self.id),
+                uri: s(&self.path),
+                // Serialize's `url` is read only for the host when there is no `host` header,
+                // and the filter has a host only from that header (`:authority`).
+                url: None,
+                method: s(&self.method),
+                size: self.request_size.map(|n| n as f64),
+                headers: FieldMap::from_pairs(headers),
+                querystring: FieldMap::from_pairs(querystring),
+            }),
+            response: Some(Response {
+                status: self.status.map(|n| n as f64),
+                size: self.response_size.map(|n| n as f64),
+            }),
+            latencies: Some(Latencies {
+                request: Some((self.finished_at_ms - self.started_at_ms).max(0) as f64),
+                ..Latencies::default()
+            }),
+            route: Some(Entity {
+                id: s(&self.route_id),
+                name: s(&self.route_name),
+            }),
+            service: Some(Service {
+                id: s(&self.service_id),
+                name: s(&self.service_name),
+                ..Service::default()
+            }),
+            consumer,
+            authenticated_entity: self.header("x-credential-identifier").map(|id| Entity {
+                id: Some(Cow::Borrowed(id)),
+                name: None,
+            }),
+            client_ip: s(&self.client_ip),
+            started_at: Some(self.started_at_ms as f64),
+            ai,
+            ..LogEntry::default()
+        }
     }
 }
 
-fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(&s.replace('+', " "))
-        .decode_utf8_lossy()
-        .into_owned()
+/// A query name or value, decoded as Kong's `ngx.req.get_uri_args` does (`+` is a space);
+/// borrowed when there is nothing to decode.
+fn decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
 }
 
 /// The outcome of metering one request.
@@ -186,12 +232,11 @@ pub struct Metered {
 
 /// Builds the request's events under `rules`, stamped with `source`.
 pub fn meter(facts: &RequestFacts, rules: &Rules, source: &str) -> Metered {
-    let json = facts.to_serialize_json();
     let mut out = Metered::default();
-    let Ok(entry) = serialize::parse(&json) else {
-        // Cannot happen: the JSON was written just above from typed values.
+    if !rules.meter_api_requests && !rules.meter_ai_token_usage {
         return out;
-    };
+    }
+    let entry = facts.entry(rules);
     let incomplete = facts.llm.as_ref().is_some_and(|u| !u.complete);
     // A cut stream flags every event of the request: the token events (when some tokens were
     // seen) and the request's own event, which is all there is when none were.
@@ -234,8 +279,7 @@ fn cloudevent(f: &EventFields<'_>, usage_incomplete: bool) -> Vec<u8> {
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    meter::write_json_str(out, s);
 }
 
 /// The body of one delivery: a JSON array of events (`application/cloudevents-batch+json`).
@@ -255,7 +299,9 @@ pub fn batch_body<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use serde_json::{Map, Value, json};
     use tollgate_events::rules::Subject;
+    use tollgate_events::serialize;
 
     fn facts() -> RequestFacts {
         RequestFacts {
@@ -332,24 +378,250 @@ mod tests {
         assert!(e[2]["data"].get("usage_complete").is_none());
     }
 
-    #[test]
-    fn the_same_request_as_serialize_json_makes_the_same_events_as_the_external_plugin_path() {
-        // The external plugin feeds Kong's serialize JSON to the same builder: a request
-        // described both ways (here, the filter's own serialize JSON parsed back) matches.
-        let f = facts();
-        let mut plugin_side = Vec::new();
-        let json = f.to_serialize_json();
-        let entry = serialize::parse(&json).unwrap();
-        meter::meter_into(&entry, &Rules::default(), "src", |e| {
-            plugin_side.push((e.id.to_owned(), e.subject.to_owned(), e.data.to_vec()))
-        })
-        .unwrap();
-        let filter_side = events(&meter(&f, &Rules::default(), "src"));
-        for (p, w) in plugin_side.iter().zip(&filter_side) {
-            assert_eq!(w["id"], p.0.as_str());
-            assert_eq!(w["subject"], p.1.as_str());
-            assert_eq!(w["data"], serde_json::from_slice::<Value>(&p.2).unwrap());
+    /// The request in `kong.log.serialize()`'s shape, as Kong would write it with what a
+    /// filter has (the filter's own path until session 6, kept as the oracle).
+    fn serialize_json(f: &RequestFacts) -> String {
+        fn decode(s: &str) -> String {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
         }
+        let mut headers = Map::new();
+        for (k, v) in &f.headers {
+            headers
+                .entry(k.to_ascii_lowercase())
+                .or_insert_with(|| Value::from(v.as_str()));
+        }
+        let query = f
+            .path
+            .as_deref()
+            .and_then(|p| p.split_once('?'))
+            .map(|(_, q)| q)
+            .unwrap_or("");
+        let mut querystring = Map::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .map_or((pair, None), |(k, v)| (k, Some(v)));
+            querystring
+                .entry(decode(k))
+                .or_insert_with(|| v.map_or(Value::Bool(true), |v| Value::from(decode(v))));
+        }
+        let host = f.header("host");
+        let url = match (f.scheme.as_deref(), host, f.path.as_deref()) {
+            (Some(s), Some(h), Some(p)) => Some(format!("{s}://{h}{p}")),
+            _ => None,
+        };
+        let consumer_id = f
+            .consumer_id
+            .as_deref()
+            .or_else(|| f.header("x-consumer-id"));
+        let consumer = match (
+            consumer_id,
+            f.header("x-consumer-username"),
+            f.header("x-consumer-custom-id"),
+        ) {
+            (None, None, None) => Value::Null,
+            (id, username, custom_id) => {
+                json!({"id": id, "username": username, "custom_id": custom_id})
+            }
+        };
+        let ai = f.llm.as_ref().map(|u| {
+            json!({"proxy": {
+                "meta": {"provider_name": u.provider, "request_model": u.model, "response_model": u.model},
+                "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens},
+            }})
+        });
+        json!({
+            "request": {
+                "id": f.id, "uri": f.path, "url": url, "method": f.method,
+                "size": f.request_size, "headers": headers, "querystring": querystring,
+            },
+            "response": {"status": f.status, "size": f.response_size},
+            "latencies": {"request": (f.finished_at_ms - f.started_at_ms).max(0)},
+            "route": {"id": f.route_id, "name": f.route_name},
+            "service": {"id": f.service_id, "name": f.service_name},
+            "consumer": consumer,
+            "authenticated_entity": f.header("x-credential-identifier").map(|id| json!({"id": id})),
+            "client_ip": f.client_ip,
+            "started_at": f.started_at_ms,
+            "ai": ai,
+        })
+        .to_string()
+    }
+
+    /// Every field of every event, as the external plugin's path makes them from `json`.
+    fn plugin_path(json: &str, rules: &Rules, source: &str) -> Result<Vec<[Vec<u8>; 6]>, ()> {
+        let entry = serialize::parse(json).unwrap();
+        let mut out = Vec::new();
+        meter::meter_into(&entry, rules, source, |e| {
+            out.push([
+                e.id.as_bytes().to_vec(),
+                e.source.as_bytes().to_vec(),
+                e.r#type.as_bytes().to_vec(),
+                e.subject.as_bytes().to_vec(),
+                e.time.as_bytes().to_vec(),
+                e.data.to_vec(),
+            ])
+        })
+        .map_err(|_| ())?;
+        Ok(out)
+    }
+
+    /// The same fields of the filter's events (strings decoded from its CloudEvents JSON,
+    /// `data` as the exact bytes it carries).
+    fn filter_path(f: &RequestFacts, rules: &Rules, source: &str) -> Result<Vec<[Vec<u8>; 6]>, ()> {
+        let m = meter(f, rules, source);
+        if m.no_subject {
+            return Err(());
+        }
+        Ok(m.events
+            .iter()
+            .map(|e| {
+                let v: Value = serde_json::from_slice(e).unwrap();
+                let raw: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
+                    serde_json::from_slice(e).unwrap();
+                let s = |k: &str| v[k].as_str().unwrap().as_bytes().to_vec();
+                [
+                    s("id"),
+                    s("source"),
+                    s("type"),
+                    s("subject"),
+                    s("time"),
+                    raw["data"].get().as_bytes().to_vec(),
+                ]
+            })
+            .collect())
+    }
+
+    fn rules(subject: Option<(SubjectSource, &str)>, attributes: serde_json::Value) -> Rules {
+        let attributes = serde_json::from_value(attributes).unwrap();
+        Rules::new(
+            None,
+            None,
+            subject.map(|(s, field)| Subject {
+                look_up_value_in: Some(s),
+                field: Some(field.into()),
+            }),
+            Some(attributes),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_event_is_byte_for_byte_what_the_external_plugin_makes_from_the_same_serialize_json() {
+        // The external plugin feeds Kong's serialize JSON to `meter_into`; the filter hands it
+        // the typed entry directly. Each request below, written as serialize JSON and parsed
+        // as the plugin does, must give the same events: same ids, subject, time, and the
+        // same `data` bytes.
+        let base = facts();
+        let mut variants = vec![base.clone()];
+        // No LLM, no route/service names, no sizes, quoting and non-ASCII in values.
+        let mut v = base.clone();
+        v.llm = None;
+        v.route_name = None;
+        v.service_id = None;
+        v.request_size = None;
+        v.response_size = None;
+        v.headers
+            .push(("user-agent".into(), "second \"ua\" ignored".into()));
+        v.headers[1].1 = "Mozilla/5.0 \"quoted\" \\ é \u{1}".into();
+        variants.push(v);
+        // Consumer from the configured property, credential, custom id, query flags, an
+        // escaped query, a path with no query, a negative duration clamped to 0.
+        let mut v = base.clone();
+        v.consumer_id = Some("prop-consumer".into());
+        v.headers
+            .push(("x-credential-identifier".into(), "cred-9".into()));
+        v.headers
+            .push(("x-consumer-custom-id".into(), "cust-7".into()));
+        v.headers.push(("x-tenant".into(), "acme".into()));
+        v.path = Some("/v1/a%2Fb?flag&team=blue+green&team=red&t%C3%A9=%E2%9C%93&empty=".into());
+        v.finished_at_ms = v.started_at_ms - 5;
+        variants.push(v);
+        let mut v = base.clone();
+        v.path = Some("/plain".into());
+        // A fresh UUIDv7 on each path: compared without the ids below (and no LLM events,
+        // whose `data` names the API event's id).
+        v.id = None;
+        v.llm = None;
+        variants.push(v);
+        // No consumer at all, no status, a cut stream with nothing seen, Anthropic.
+        let mut v = base.clone();
+        v.headers.retain(|(k, _)| !k.starts_with("x-consumer"));
+        v.status = None;
+        v.llm = Some(Usage {
+            provider: Some("anthropic"),
+            model: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            total_tokens: 0,
+            complete: false,
+        });
+        variants.push(v);
+        let rule_sets = [
+            Rules::default(),
+            rules(Some((SubjectSource::Consumer, "username")), json!([])),
+            rules(Some((SubjectSource::Consumer, "custom_id")), json!([])),
+            rules(Some((SubjectSource::Header, "X-Tenant")), json!([])),
+            rules(Some((SubjectSource::Query, "team")), json!([])),
+            rules(Some((SubjectSource::Query, "té")), json!([])),
+            rules(Some((SubjectSource::Credential, "id")), json!([])),
+            rules(
+                None,
+                json!([
+                    {"source": "header", "look_up_value_in": "user-agent", "event_property_name": "ua"},
+                    {"source": "query", "look_up_value_in": "team", "event_property_name": "team"},
+                    {"source": "query", "look_up_value_in": "flag", "event_property_name": "flag"},
+                    {"source": "query", "look_up_value_in": "empty", "event_property_name": "route_name"},
+                ]),
+            ),
+            Rules::new(Some(false), Some(true), None, None).unwrap(),
+            Rules::new(Some(true), Some(false), None, None).unwrap(),
+        ];
+        let (mut compared, mut no_subject) = (0, 0);
+        for (i, f) in variants.iter().enumerate() {
+            let json = serialize_json(f);
+            for (j, r) in rule_sets.iter().enumerate() {
+                let plugin = plugin_path(&json, r, "kong-gateway/node-1");
+                let filter = filter_path(f, r, "kong-gateway/node-1");
+                let (Ok(plugin), Ok(filter)) = (&plugin, &filter) else {
+                    assert_eq!(plugin.is_err(), filter.is_err(), "request {i}, rules {j}");
+                    no_subject += 1;
+                    continue;
+                };
+                assert_eq!(plugin.len(), filter.len(), "request {i}, rules {j}");
+                for (p, w) in plugin.iter().zip(filter) {
+                    let mut p = p.clone();
+                    if f.llm.as_ref().is_some_and(|u| !u.complete) {
+                        // The filter's one addition: a cut stream flags the request's events.
+                        p[5].pop();
+                        p[5].extend_from_slice(b",\"usage_complete\":false}");
+                    }
+                    let from = usize::from(f.id.is_none());
+                    for k in from..6 {
+                        assert_eq!(
+                            String::from_utf8_lossy(&p[k]),
+                            String::from_utf8_lossy(&w[k]),
+                            "request {i}, rules {j}, field {k}"
+                        );
+                    }
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared >= 45, "only {compared} events compared");
+        assert!(no_subject >= 5, "the no-subject cases ran: {no_subject}");
+    }
+
+    #[test]
+    fn nothing_is_built_when_nothing_is_metered() {
+        let m = meter(
+            &facts(),
+            &Rules::new(Some(false), Some(false), None, None).unwrap(),
+            "s",
+        );
+        assert!(m.events.is_empty() && !m.no_subject && !m.usage_missing);
     }
 
     #[test]

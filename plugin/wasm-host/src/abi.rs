@@ -4,13 +4,17 @@
 //! ABI's serialization (count, then key/value sizes, then NUL-terminated keys and values), and
 //! returned data is written into memory the module allocates with `proxy_on_memory_allocate`.
 //!
+//! The module's memory and allocator are the ones [`HostState`] found after instantiation
+//! (looked up once, as a proxy does); keys the filter passes are compared in its memory and
+//! values copied straight from the host's state into the memory it allocated.
+//!
 //! Kong's rule that `dispatch_http_call` works only in request headers/body, `on_tick` and
 //! `on_http_call_response` is enforced for [`Flavor::Kong`](crate::Flavor): a filter that calls
 //! from the response or log phase gets `InternalFailure` here, as it would fail on Kong.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use wasmtime::{Caller, Extern, Linker};
+use wasmtime::{Caller, Linker};
 
 use crate::calls::CallRequest;
 use crate::shared::SetResult;
@@ -25,10 +29,30 @@ const INTERNAL_FAILURE: i32 = 10;
 
 type R<T> = wasmtime::Result<T>;
 
-fn memory(caller: &mut Caller<'_, HostState>) -> R<wasmtime::Memory> {
-    match caller.get_export("memory") {
-        Some(Extern::Memory(m)) => Ok(m),
-        _ => wasmtime::bail!("the module exports no memory"),
+fn memory(caller: &Caller<'_, HostState>) -> R<wasmtime::Memory> {
+    match caller.data().memory {
+        Some(m) => Ok(m),
+        None => wasmtime::bail!("the module is not instantiated yet"),
+    }
+}
+
+/// Memory for `len` bytes from the module's `proxy_on_memory_allocate`.
+fn allocate(caller: &mut Caller<'_, HostState>, len: usize) -> R<i32> {
+    let Some(f) = caller.data_mut().allocate.take() else {
+        wasmtime::bail!("the module is not instantiated yet, or allocated from its allocator");
+    };
+    let ptr = f.call(&mut *caller, len as i32);
+    caller.data_mut().allocate = Some(f);
+    ptr
+}
+
+/// `len` bytes at `ptr` in the module's memory, borrowed.
+fn slice(mem: &[u8], ptr: i32, len: i32) -> R<&[u8]> {
+    let start = ptr as u32 as usize;
+    let end = start + len as u32 as usize;
+    match mem.get(start..end) {
+        Some(s) => Ok(s),
+        None => wasmtime::bail!("out-of-bounds read {start}..{end}"),
     }
 }
 
@@ -37,13 +61,7 @@ fn read(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> R<Vec<u8>> {
         return Ok(Vec::new());
     }
     let mem = memory(caller)?;
-    let data = mem.data(&caller);
-    let start = ptr as u32 as usize;
-    let end = start + len as u32 as usize;
-    match data.get(start..end) {
-        Some(s) => Ok(s.to_vec()),
-        None => wasmtime::bail!("out-of-bounds read {start}..{end}"),
-    }
+    Ok(slice(mem.data(&caller), ptr, len)?.to_vec())
 }
 
 fn read_str(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> R<String> {
@@ -62,14 +80,72 @@ fn write_u32(caller: &mut Caller<'_, HostState>, ptr: i32, v: u32) -> R<()> {
 
 /// Copies `bytes` into module memory and writes the pointer and size to the return slots.
 fn give(caller: &mut Caller<'_, HostState>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> R<()> {
-    let alloc = match caller.get_export("proxy_on_memory_allocate") {
-        Some(Extern::Func(f)) => f.typed::<i32, i32>(&*caller)?,
-        _ => wasmtime::bail!("the module exports no proxy_on_memory_allocate"),
-    };
-    let ptr = alloc.call(&mut *caller, bytes.len() as i32)?;
+    let ptr = allocate(caller, bytes.len())?;
     write(caller, ptr, bytes)?;
     write_u32(caller, ret_ptr, ptr as u32)?;
     write_u32(caller, ret_len, bytes.len() as u32)
+}
+
+/// As [`give`] for bytes the host holds in its state: `pick` is asked once for the size, the
+/// module allocates, and `pick` is asked again to copy straight into the allocation — no copy
+/// of the value on the way. Returns false (nothing written) when `pick` finds nothing.
+fn give_from(
+    caller: &mut Caller<'_, HostState>,
+    ret_ptr: i32,
+    ret_len: i32,
+    pick: impl for<'a> Fn(&'a HostState) -> Option<&'a [u8]>,
+) -> R<bool> {
+    let memory = memory(caller)?;
+    let Some(len) = pick(caller.data()).map(<[u8]>::len) else {
+        return Ok(false);
+    };
+    let ptr = allocate(caller, len)?;
+    {
+        let (mem, state) = memory.data_and_store_mut(&mut *caller);
+        let start = ptr as u32 as usize;
+        // The module's allocator calls no host function: the value is the one measured.
+        let (Some(bytes), Some(dst)) = (
+            pick(state).filter(|b| b.len() == len),
+            mem.get_mut(start..start + len),
+        ) else {
+            wasmtime::bail!(
+                "proxy_on_memory_allocate returned {ptr} for {len} bytes, or the value changed"
+            );
+        };
+        dst.copy_from_slice(bytes);
+    }
+    write_u32(caller, ret_ptr, ptr as u32)?;
+    write_u32(caller, ret_len, len as u32)?;
+    Ok(true)
+}
+
+/// A short key (header name, property path) copied out of the module's memory without a heap
+/// allocation; longer ones go to the heap.
+enum Key {
+    Inline([u8; 128], usize),
+    Heap(Vec<u8>),
+}
+
+impl std::ops::Deref for Key {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Key::Inline(buf, len) => &buf[..*len],
+            Key::Heap(v) => v,
+        }
+    }
+}
+
+fn key(caller: &Caller<'_, HostState>, ptr: i32, len: i32) -> R<Key> {
+    let mem = memory(caller)?;
+    let bytes = slice(mem.data(caller), ptr, len)?;
+    Ok(if bytes.len() <= 128 {
+        let mut buf = [0u8; 128];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Key::Inline(buf, bytes.len())
+    } else {
+        Key::Heap(bytes.to_vec())
+    })
 }
 
 /// A header map in the ABI's serialization.
@@ -124,6 +200,15 @@ fn map_mut(state: &mut HostState, map_type: i32) -> Option<&mut Vec<(String, Str
         0 => Some(&mut state.stream.request_headers),
         2 => Some(&mut state.stream.response_headers),
         6 => state.call_response.as_mut().map(|(h, _)| h),
+        _ => None,
+    }
+}
+
+fn map(state: &HostState, map_type: i32) -> Option<&Vec<(String, String)>> {
+    match map_type {
+        0 => Some(&state.stream.request_headers),
+        2 => Some(&state.stream.response_headers),
+        6 => state.call_response.as_ref().map(|(h, _)| h),
         _ => None,
     }
 }
@@ -188,14 +273,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> R<()> {
          ret_ptr: i32,
          ret_len: i32|
          -> R<i32> {
-            let Some(buf) = buffer(c.data(), ty) else {
-                return Ok(NOT_FOUND);
-            };
-            let start = (start as u32 as usize).min(buf.len());
-            let end = start.saturating_add(max as u32 as usize).min(buf.len());
-            let slice = buf[start..end].to_vec();
-            give(&mut c, &slice, ret_ptr, ret_len)?;
-            Ok(OK)
+            let found = give_from(&mut c, ret_ptr, ret_len, |s| {
+                let buf = buffer(s, ty)?;
+                let start = (start as u32 as usize).min(buf.len());
+                let end = start.saturating_add(max as u32 as usize).min(buf.len());
+                Some(&buf[start..end])
+            })?;
+            Ok(if found { OK } else { NOT_FOUND })
         },
     )?;
     linker.func_wrap(
@@ -255,23 +339,16 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> R<()> {
          ret_ptr: i32,
          ret_len: i32|
          -> R<i32> {
-            let key = read_str(&mut c, kp, kl)?;
-            let value = match ty {
+            let key = key(&c, kp, kl)?;
+            let found = give_from(&mut c, ret_ptr, ret_len, |s| match ty {
                 // A failed call's only "header" (ngx_wasm_module's pseudo-header).
-                6 if key == ":dispatch_status" => c.data().call_failure.clone(),
-                _ => map_mut(c.data_mut(), ty).and_then(|m| {
-                    m.iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(&key))
-                        .map(|(_, v)| v.clone())
-                }),
-            };
-            match value {
-                Some(v) => {
-                    give(&mut c, v.as_bytes(), ret_ptr, ret_len)?;
-                    Ok(OK)
-                }
-                None => Ok(NOT_FOUND),
-            }
+                6 if &*key == b":dispatch_status" => s.call_failure.as_deref().map(str::as_bytes),
+                _ => map(s, ty)?
+                    .iter()
+                    .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(&key))
+                    .map(|(_, v)| v.as_bytes()),
+            })?;
+            Ok(if found { OK } else { NOT_FOUND })
         },
     )?;
     linker.func_wrap(
@@ -316,15 +393,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> R<()> {
         "env",
         "proxy_get_property",
         |mut c: Caller<'_, HostState>, pp: i32, pl: i32, ret_ptr: i32, ret_len: i32| -> R<i32> {
-            let path = read(&mut c, pp, pl)?;
-            let key: String = String::from_utf8_lossy(&path).replace('\0', ".");
-            match c.data().stream.properties.get(&key).cloned() {
-                Some(v) => {
-                    give(&mut c, &v, ret_ptr, ret_len)?;
-                    Ok(OK)
-                }
-                None => Ok(NOT_FOUND),
-            }
+            let path = key(&c, pp, pl)?;
+            let found = give_from(&mut c, ret_ptr, ret_len, |s| s.stream.property(&path))?;
+            Ok(if found { OK } else { NOT_FOUND })
         },
     )?;
     linker.func_wrap(
@@ -333,7 +404,11 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> R<()> {
         |mut c: Caller<'_, HostState>, pp: i32, pl: i32, vp: i32, vl: i32| -> R<i32> {
             let key = String::from_utf8_lossy(&read(&mut c, pp, pl)?).replace('\0', ".");
             let value = read(&mut c, vp, vl)?;
-            c.data_mut().stream.properties.insert(key, value);
+            let set = &mut c.data_mut().stream.set_properties;
+            match set.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => *v = value,
+                None => set.push((key, value)),
+            }
             Ok(OK)
         },
     )?;

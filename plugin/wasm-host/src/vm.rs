@@ -2,12 +2,17 @@
 //! root context configured, and requests driven through its HTTP contexts in the order the
 //! proxies call them. HTTP calls the filter dispatches are started after the callback returns and
 //! answered on [`Vm::poll_calls`] / [`Vm::tick`], between requests.
+//!
+//! As a proxy does, the host keeps the request as it came and answers the filter's reads on
+//! demand: properties are looked up when asked for (nothing is prepared per request beyond the
+//! few numbers the proxy knows), and the module's memory and allocator are found once, after
+//! instantiation, not on every host call.
 
-use std::collections::HashMap;
+use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Config, Engine, Instance, Linker, Module, Store, TypedFunc};
+use wasmtime::{Config, Engine, Instance, Linker, Memory, Module, Store, TypedFunc};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 
@@ -73,8 +78,105 @@ pub struct Stream {
     pub(crate) response_headers: Vec<(String, String)>,
     pub(crate) request_body: Vec<u8>,
     pub(crate) response_body: Vec<u8>,
-    pub(crate) properties: HashMap<String, Vec<u8>>,
+    /// Properties the filter set (`proxy_set_property`), read first.
+    pub(crate) set_properties: Vec<(String, Vec<u8>)>,
+    /// The proxy's own properties for this request ([`Request::properties`]), then what the
+    /// host derives from the request: read in that order, on demand.
+    pub(crate) properties: Vec<(String, Vec<u8>)>,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) client: String,
+    /// `request.id` (Envoy: the `x-request-id` header).
+    pub(crate) request_id: Option<String>,
+    /// `request.size` and, on Envoy, `request.total_size`.
+    pub(crate) request_size: Option<Int>,
+    pub(crate) request_total_size: Option<Int>,
+    /// `response.code`, `response.size`, `response.total_size`, known from the log phase.
+    pub(crate) response_code: Option<Int>,
+    pub(crate) response_size: Option<Int>,
+    pub(crate) response_total_size: Option<Int>,
     pub(crate) local_response: Option<LocalResponse>,
+}
+
+/// An integer property as the flavor encodes it (Kong: decimal text; Envoy: 8 bytes little
+/// endian), kept inline: no allocation per request.
+#[derive(Clone, Copy)]
+pub struct Int {
+    buf: [u8; 20],
+    len: u8,
+}
+
+impl Int {
+    fn new(flavor: Flavor, n: i64) -> Int {
+        let mut buf = [0u8; 20];
+        let len = match flavor {
+            Flavor::Kong => {
+                let mut w = &mut buf[..];
+                // An i64 takes at most 20 bytes of text.
+                let _ = write!(w, "{n}");
+                20 - w.len()
+            }
+            Flavor::Envoy => {
+                buf[..8].copy_from_slice(&n.to_le_bytes());
+                8
+            }
+        };
+        Int {
+            buf,
+            len: len as u8,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+/// Whether a property path as the ABI passes it (parts separated by NUL) names `dotted`.
+fn path_is(path: &[u8], dotted: &str) -> bool {
+    path.len() == dotted.len()
+        && path
+            .iter()
+            .zip(dotted.bytes())
+            .all(|(&p, d)| p == d || (p == 0 && d == b'.'))
+}
+
+impl Stream {
+    /// The property at `path` (NUL-separated parts), as the proxy would answer it.
+    pub(crate) fn property(&self, path: &[u8]) -> Option<&[u8]> {
+        let given = |list: &'_ [(String, Vec<u8>)]| -> Option<usize> {
+            list.iter().position(|(k, _)| path_is(path, k))
+        };
+        if let Some(i) = given(&self.set_properties) {
+            return Some(&self.set_properties[i].1);
+        }
+        if let Some(i) = given(&self.properties) {
+            return Some(&self.properties[i].1);
+        }
+        for (name, value) in [
+            ("request.path", Some(self.path.as_bytes())),
+            ("request.method", Some(self.method.as_bytes())),
+            ("request.scheme", Some(b"http".as_slice())),
+            ("source.address", Some(self.client.as_bytes())),
+            ("request.id", self.request_id.as_deref().map(str::as_bytes)),
+            ("request.size", self.request_size.as_ref().map(Int::bytes)),
+            (
+                "request.total_size",
+                self.request_total_size.as_ref().map(Int::bytes),
+            ),
+            ("response.code", self.response_code.as_ref().map(Int::bytes)),
+            ("response.size", self.response_size.as_ref().map(Int::bytes)),
+            (
+                "response.total_size",
+                self.response_total_size.as_ref().map(Int::bytes),
+            ),
+        ] {
+            if path_is(path, name) {
+                return value;
+            }
+        }
+        None
+    }
 }
 
 /// A header map.
@@ -97,6 +199,12 @@ pub struct HostState {
     pub(crate) refused_calls: u64,
     pub(crate) metrics: Vec<(String, i64)>,
     pub(crate) logs: Vec<(u32, String)>,
+    /// The module's memory, found once after instantiation.
+    pub(crate) memory: Option<Memory>,
+    /// `proxy_on_memory_allocate`, found once after instantiation. Taken out while it runs and
+    /// put back (cloning a `TypedFunc` clones its registered type, which costs more than the
+    /// call).
+    pub(crate) allocate: Option<TypedFunc<i32, i32>>,
 }
 
 /// A request as the proxy hands it to the filter.
@@ -162,9 +270,14 @@ pub struct Vm {
     last_tick: Instant,
 }
 
-/// Compiles the module once for many VMs.
+/// Compiles the module once for many VMs. With `TOLLGATE_WASM_PERFMAP` set, wasmtime writes
+/// `/tmp/perf-<pid>.map` so `perf report` names the filter's compiled functions.
 pub fn compile(wasm: &Path) -> anyhow::Result<(Engine, Module)> {
-    let engine = Engine::new(&Config::new()).map_err(anyhow::Error::from)?;
+    let mut config = Config::new();
+    if std::env::var_os("TOLLGATE_WASM_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
     let module = Module::from_file(&engine, wasm).map_err(anyhow::Error::from)?;
     Ok((engine, module))
 }
@@ -214,9 +327,19 @@ impl Vm {
             refused_calls: 0,
             metrics: Vec::new(),
             logs: Vec::new(),
+            memory: None,
+            allocate: None,
         };
         let mut store = Store::new(engine, state);
         let instance: Instance = linker.instantiate(&mut store, module).map_err(wasm_err)?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| anyhow::anyhow!("the module exports no memory"))?;
+        let allocate = instance
+            .get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
+            .map_err(wasm_err)?;
+        store.data_mut().memory = Some(memory);
+        store.data_mut().allocate = Some(allocate);
         for start in ["_initialize", "_start"] {
             if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, start) {
                 f.call(&mut store, ()).map_err(wasm_err)?;
@@ -303,57 +426,69 @@ impl Vm {
     /// filter answered itself) the upstream's response headers and body chunks, then the log
     /// phase. Upstream sizes and status are exposed as properties the way the flavor does.
     pub fn exchange(&mut self, req: &Request, resp: &Response) -> anyhow::Result<Exchange> {
+        self.exchange_owned(req.clone(), resp)
+    }
+
+    /// As [`Vm::exchange`], taking the request (as the proxy owns the request it drives: no
+    /// copy of it is made).
+    pub fn exchange_owned(&mut self, req: Request, resp: &Response) -> anyhow::Result<Exchange> {
         let ctx = self.next_context;
         self.next_context += 1;
         let flavor = self.store.data().flavor;
-        let mut headers = vec![
-            (":method".to_owned(), req.method.clone()),
-            (":path".to_owned(), req.path.clone()),
-            (":authority".to_owned(), req.authority.clone()),
-            (":scheme".to_owned(), "http".to_owned()),
-        ];
-        headers.extend(req.headers.iter().cloned());
-        let body_len: usize = req.body.iter().map(Vec::len).sum();
-        let head_len: usize = req
-            .headers
+        let Request {
+            method,
+            path,
+            authority,
+            headers: request_headers,
+            body,
+            properties,
+            client,
+        } = req;
+        let body_len: usize = body.iter().map(Vec::len).sum();
+        let head_len: usize = request_headers
             .iter()
             .map(|(k, v)| k.len() + v.len() + 4)
             .sum::<usize>()
-            + req.method.len()
-            + req.path.len()
+            + method.len()
+            + path.len()
             + 12;
-        let mut props: HashMap<String, Vec<u8>> = HashMap::new();
-        let int = |n: i64| match flavor {
-            Flavor::Kong => n.to_string().into_bytes(),
-            Flavor::Envoy => n.to_le_bytes().to_vec(),
+        let int = |n: usize| Some(Int::new(flavor, n as i64));
+        let (request_size, request_total_size, request_id) = match flavor {
+            Flavor::Kong => (int(head_len + body_len), None, None),
+            Flavor::Envoy => (
+                int(body_len),
+                int(head_len + body_len),
+                request_headers
+                    .iter()
+                    .find(|(k, _)| k == "x-request-id")
+                    .map(|(_, id)| id.clone()),
+            ),
         };
-        props.insert("request.path".into(), req.path.clone().into_bytes());
-        props.insert("request.method".into(), req.method.clone().into_bytes());
-        props.insert("request.scheme".into(), b"http".to_vec());
-        props.insert("source.address".into(), req.client.clone().into_bytes());
-        match flavor {
-            Flavor::Kong => {
-                props.insert("request.size".into(), int((head_len + body_len) as i64));
-            }
-            Flavor::Envoy => {
-                props.insert("request.size".into(), int(body_len as i64));
-                props.insert(
-                    "request.total_size".into(),
-                    int((head_len + body_len) as i64),
-                );
-                if let Some((_, id)) = req.headers.iter().find(|(k, _)| k == "x-request-id") {
-                    props.insert("request.id".into(), id.clone().into_bytes());
-                }
-            }
-        }
-        for (k, v) in &req.properties {
-            props.insert(k.clone(), v.clone());
-        }
+        let mut headers = Vec::with_capacity(request_headers.len() + 4);
+        headers.extend([
+            (":method".to_owned(), method.clone()),
+            (":path".to_owned(), path.clone()),
+            (":authority".to_owned(), authority),
+            (":scheme".to_owned(), "http".to_owned()),
+        ]);
+        headers.extend(request_headers);
         {
             let s = self.store.data_mut();
+            let mut request_body = std::mem::take(&mut s.stream.request_body);
+            let mut response_body = std::mem::take(&mut s.stream.response_body);
+            request_body.clear();
+            response_body.clear();
             s.stream = Stream {
                 request_headers: headers,
-                properties: props,
+                request_body,
+                response_body,
+                properties,
+                method,
+                path,
+                client,
+                request_id,
+                request_size,
+                request_total_size,
                 ..Stream::default()
             };
         }
@@ -368,25 +503,29 @@ impl Vm {
             .call(&mut self.store, (ctx, n, 0))
             .map_err(wasm_err)?;
         self.start_calls();
-        let local = self.store.data().stream.local_response.clone();
+        let local = self.store.data_mut().stream.local_response.take();
         if local.is_none() {
-            for (i, chunk) in req.body.iter().enumerate() {
+            let chunks = body.len();
+            for (i, chunk) in body.into_iter().enumerate() {
                 self.set_phase(Phase::RequestBody);
-                self.store.data_mut().stream.request_body = chunk.clone();
-                let eos = i32::from(i + 1 == req.body.len());
+                let len = chunk.len() as i32;
+                self.store.data_mut().stream.request_body = chunk;
+                let eos = i32::from(i + 1 == chunks);
                 self.cb
                     .request_body
-                    .call(&mut self.store, (ctx, chunk.len() as i32, eos))
+                    .call(&mut self.store, (ctx, len, eos))
                     .map_err(wasm_err)?;
                 self.start_calls();
             }
         }
-        let forwarded_headers = self.store.data().stream.request_headers.clone();
         let mut sent = 0usize;
         if local.is_none() {
-            let mut rh = vec![(":status".to_owned(), resp.status.to_string())];
-            rh.extend(resp.headers.iter().cloned());
-            self.store.data_mut().stream.response_headers = rh;
+            {
+                let rh = &mut self.store.data_mut().stream.response_headers;
+                rh.reserve(resp.headers.len() + 1);
+                rh.push((":status".to_owned(), resp.status.to_string()));
+                rh.extend(resp.headers.iter().cloned());
+            }
             self.set_phase(Phase::ResponseHeaders);
             let n = self.store.data().stream.response_headers.len() as i32;
             // eof is always false in the headers callbacks on ngx_wasm_module.
@@ -395,14 +534,18 @@ impl Vm {
                 .call(&mut self.store, (ctx, n, 0))
                 .map_err(wasm_err)?;
             self.start_calls();
-            let chunks: Vec<&[u8]> = if resp.body.is_empty() {
-                vec![&[]]
+            let chunks: &[Vec<u8>] = if resp.body.is_empty() {
+                &[Vec::new()]
             } else {
-                resp.body.iter().map(Vec::as_slice).collect()
+                &resp.body
             };
             for (i, chunk) in chunks.iter().enumerate() {
                 self.set_phase(Phase::ResponseBody);
-                self.store.data_mut().stream.response_body = chunk.to_vec();
+                {
+                    let buf = &mut self.store.data_mut().stream.response_body;
+                    buf.clear();
+                    buf.extend_from_slice(chunk);
+                }
                 sent += chunk.len();
                 let eos = i32::from(i + 1 == chunks.len());
                 self.cb
@@ -420,24 +563,14 @@ impl Vm {
             .sum::<usize>()
             + 17;
         {
-            let s = self.store.data_mut();
-            s.stream
-                .properties
-                .insert("response.code".into(), int(i64::from(status)));
+            let s = &mut self.store.data_mut().stream;
+            s.response_code = int(usize::from(status));
             let size = local.as_ref().map_or(sent, |l| l.body.len());
             match flavor {
-                Flavor::Kong => {
-                    s.stream
-                        .properties
-                        .insert("response.size".into(), int((resp_head + size) as i64));
-                }
+                Flavor::Kong => s.response_size = int(resp_head + size),
                 Flavor::Envoy => {
-                    s.stream
-                        .properties
-                        .insert("response.size".into(), int(size as i64));
-                    s.stream
-                        .properties
-                        .insert("response.total_size".into(), int((resp_head + size) as i64));
+                    s.response_size = int(size);
+                    s.response_total_size = int(resp_head + size);
                 }
             }
         }
@@ -449,6 +582,10 @@ impl Vm {
             .call(&mut self.store, ctx)
             .map_err(wasm_err)?;
         self.start_calls();
+        // Moved out once the request is over rather than copied when it went upstream (a proxy
+        // forwards what the request phases left; the filter changes request headers only
+        // there, so these are the same headers).
+        let forwarded_headers = std::mem::take(&mut self.store.data_mut().stream.request_headers);
         Ok(Exchange {
             local_response: local,
             forwarded_headers,
@@ -568,5 +705,43 @@ impl Vm {
     /// The tick period the filter asked for, ms.
     pub fn tick_period_ms(&self) -> u32 {
         self.store.data().tick_period_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_are_read_on_demand_in_order_and_integers_per_flavor() {
+        let mut s = Stream {
+            path: "/a?b".into(),
+            client: "10.0.0.1:5000".into(),
+            properties: vec![("kong.route_id".into(), b"r-1".to_vec())],
+            request_size: Some(Int::new(Flavor::Kong, 1234)),
+            response_size: Some(Int::new(Flavor::Envoy, -2)),
+            ..Stream::default()
+        };
+        assert_eq!(s.property(b"request\0path"), Some(b"/a?b".as_slice()));
+        assert_eq!(s.property(b"kong\0route_id"), Some(b"r-1".as_slice()));
+        assert_eq!(s.property(b"request\0size"), Some(b"1234".as_slice()));
+        assert_eq!(
+            s.property(b"response\0size"),
+            Some((-2i64).to_le_bytes().as_slice())
+        );
+        assert_eq!(s.property(b"response\0code"), None);
+        assert_eq!(s.property(b"kong\0route"), None);
+        assert_eq!(s.property(b"request\0pathx"), None);
+        // What the filter sets wins; the proxy's own properties come before derived ones.
+        s.properties
+            .push(("source.address".into(), b"given".to_vec()));
+        s.set_properties
+            .push(("kong.route_id".into(), b"set".to_vec()));
+        assert_eq!(s.property(b"kong\0route_id"), Some(b"set".as_slice()));
+        assert_eq!(s.property(b"source\0address"), Some(b"given".as_slice()));
+        assert_eq!(
+            Int::new(Flavor::Kong, i64::MIN).bytes(),
+            i64::MIN.to_string().as_bytes()
+        );
     }
 }
