@@ -497,6 +497,58 @@ pub fn list_where(kind: &str, column: &str, value: &str) -> Option<Stmt> {
     })
 }
 
+/// The statement that lists the documents of a kind whose indexed `column` is one of `values`,
+/// in id order; `None` when the kind has no such column. `values` should be at most a few
+/// thousand (one placeholder each).
+pub fn list_where_in(kind: &str, column: &str, values: &[String]) -> Option<Stmt> {
+    let t = table(kind)?;
+    t.columns.iter().find(|(c, _)| *c == column)?;
+    let marks: Vec<String> = (1..=values.len()).map(|i| format!("${i}")).collect();
+    Some(Stmt {
+        sql: format!(
+            "SELECT doc FROM {} WHERE {column} IN ({}) ORDER BY id",
+            t.table,
+            if marks.is_empty() {
+                "NULL".to_owned()
+            } else {
+                marks.join(", ")
+            }
+        ),
+        params: values.iter().map(|v| Some(v.clone())).collect(),
+    })
+}
+
+/// The statement that reads the documents of a kind with the given ids (those that exist, in
+/// id order).
+pub fn get_many(kind: &str, ids: &[String]) -> Stmt {
+    let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let set = if marks.is_empty() {
+        "NULL".to_owned()
+    } else {
+        marks.join(", ")
+    };
+    match table(kind) {
+        Some(t) => Stmt {
+            sql: format!(
+                "SELECT doc FROM {} WHERE id IN ({set}) ORDER BY id",
+                t.table
+            ),
+            params: ids.iter().map(|v| Some(v.clone())).collect(),
+        },
+        None => {
+            let mut params: Vec<Option<String>> = ids.iter().map(|v| Some(v.clone())).collect();
+            params.push(Some(kind.into()));
+            Stmt {
+                sql: format!(
+                    "SELECT doc FROM documents WHERE id IN ({set}) AND kind = ${} ORDER BY id",
+                    ids.len() + 1
+                ),
+                params,
+            }
+        }
+    }
+}
+
 /// The statement that lists invoices whose next action falls due at or before `until` (RFC 3339
 /// text with milliseconds, the form `nextActionAt` is stored in), earliest first.
 pub fn invoices_due(until: &str, limit: usize) -> Stmt {

@@ -522,6 +522,74 @@ impl Store {
         docs.iter().map(|d| decode(d)).collect()
     }
 
+    /// [`Store::list_entities_where`] for several values of `column` at once (one query per
+    /// 500 values).
+    pub async fn list_entities_where_in<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: &str,
+        column: &str,
+        values: &[String],
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for part in values.chunks(500) {
+            let stmt = documents::list_where_in(kind, column, part).ok_or_else(|| {
+                StoreError::Database(format!("documents of kind {kind} have no column {column}"))
+            })?;
+            let docs = match &self.db {
+                Db::Sqlite(db) => db.query_docs(stmt).await?,
+                Db::Postgres(db) => db.query_docs(stmt).await?,
+            };
+            for d in &docs {
+                out.push(decode(d)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored text of the documents of a kind with the given ids (those that exist; one
+    /// query per 500 ids), as [`Store::get_entity_raw`] reads one.
+    pub async fn get_entities_raw(
+        &self,
+        kind: &str,
+        ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for part in ids.chunks(500) {
+            let stmt = documents::get_many(kind, part);
+            out.extend(match &self.db {
+                Db::Sqlite(db) => db.query_docs(stmt).await?,
+                Db::Postgres(db) => db.query_docs(stmt).await?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Several independent [`Store::swap_entities_then`]s in one transaction (each in its own
+    /// savepoint on SQLite, its own subtransaction on PostgreSQL): each unit's documents are
+    /// stored with its statements, or — when one of its compare-and-sets finds another text —
+    /// none of that unit's, without touching the others. Whether each unit was stored, in order.
+    /// One commit for many invoices' steps; a kill -9 loses the whole transaction or nothing.
+    pub async fn swap_entities_each(
+        &self,
+        units: Vec<(Vec<(&str, &str, Option<&str>, Value)>, Vec<documents::Stmt>)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let units = units
+            .into_iter()
+            .map(|(swaps, then)| {
+                let stmts = swaps
+                    .iter()
+                    .map(|(kind, id, expected, doc)| documents::swap(kind, id, *expected, doc))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((stmts, then))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(StoreError::Database)?;
+        match &self.db {
+            Db::Sqlite(db) => db.execute_each_all_or_none(units).await,
+            Db::Postgres(db) => db.execute_each_all_or_none(units).await,
+        }
+    }
+
     /// The ids of the subscriptions with something due in `(after, until]` (a start, an end, a
     /// phase start, an edit or add-on change), read through the `subscription_due` index.
     pub async fn subscriptions_due(

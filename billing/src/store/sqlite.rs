@@ -690,6 +690,45 @@ impl Sqlite {
         }
     }
 
+    /// [`Sqlite::execute_all_or_none`] for several units in one job (one transaction), each in
+    /// its own nested savepoint: a unit whose compare-and-set is lost (or whose unique key is
+    /// taken) is rolled back alone and answered `false`.
+    pub(crate) async fn execute_each_all_or_none(
+        &self,
+        units: Vec<(Vec<Stmt>, Vec<Stmt>)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.write(move |conn, _| {
+            let mut out = Vec::with_capacity(units.len());
+            for (stmts, then) in &units {
+                conn.execute_batch("SAVEPOINT unit")?;
+                let run = || -> Result<(), StoreError> {
+                    for s in stmts {
+                        if run_stmt(conn, s)? != 1 {
+                            return Err(StoreError::Conflict("compare-and-set lost".into()));
+                        }
+                    }
+                    for s in then {
+                        run_stmt(conn, s)?;
+                    }
+                    Ok(())
+                };
+                match run() {
+                    Ok(()) => {
+                        conn.execute_batch("RELEASE unit")?;
+                        out.push(true);
+                    }
+                    Err(StoreError::Conflict(_)) => {
+                        conn.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
+                        out.push(false);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     pub(crate) async fn query_docs(&self, stmt: Stmt) -> Result<Vec<String>, StoreError> {
         self.read(move |conn| {
             let mut s = conn.prepare_cached(&stmt.sql)?;
