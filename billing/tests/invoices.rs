@@ -754,7 +754,7 @@ async fn custom_invoicing_waits_for_the_integration() {
 async fn kill9_while_advancing_invoices_makes_none_twice() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Billing::simulated(dir.path());
-    // Enough that the usage invoices (settled 32 at a time) are still being made at the kill.
+    // Enough that the usage invoices are still being made at the kill.
     let n = 300;
     let keys: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -778,7 +778,11 @@ async fn kill9_while_advancing_invoices_makes_none_twice() {
     let t1 = t0 + chrono::Duration::days(30);
     let mut events = Vec::new();
     for (i, k) in keys.iter().enumerate() {
-        month_lines(&b, k, t0, t1).await;
+        // Ten customers' periods end each minute: the advance collects them at 30 instants and
+        // issues them at 30 more, ten invoices per transaction, so the kill lands while it runs
+        // (at one instant all 300 were stored in a few transactions, too fast to catch).
+        let end = t1 + chrono::Duration::minutes(i as i64 / 10);
+        month_lines(&b, k, t0, end).await;
         events.push(ev(
             &format!("e{i}"),
             k,
