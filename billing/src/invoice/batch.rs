@@ -173,7 +173,8 @@ pub async fn settle_all(
                         .docs
                         .iter()
                         .map(|(raw, after)| {
-                            let doc = serde_json::to_value(after)
+                            // Straight to text: no JSON value tree built and dropped.
+                            let doc = serde_json::to_string(after)
                                 .map_err(|e| StoreError::Decode(e.to_string()))?;
                             Ok((KIND, after.id.as_str(), raw.as_deref(), doc))
                         })

@@ -564,21 +564,27 @@ impl Store {
         Ok(out)
     }
 
-    /// Several independent [`Store::swap_entities_then`]s in one transaction (each in its own
+    /// Several independent [`Store::swap_entities_then`]s, each document given as its JSON text,
+    /// in one transaction (each in its own
     /// savepoint on SQLite, its own subtransaction on PostgreSQL): each unit's documents are
     /// stored with its statements, or — when one of its compare-and-sets finds another text —
     /// none of that unit's, without touching the others. Whether each unit was stored, in order.
     /// One commit for many invoices' steps; a kill -9 loses the whole transaction or nothing.
     pub async fn swap_entities_each(
         &self,
-        units: Vec<(Vec<(&str, &str, Option<&str>, Value)>, Vec<documents::Stmt>)>,
+        units: Vec<(
+            Vec<(&str, &str, Option<&str>, String)>,
+            Vec<documents::Stmt>,
+        )>,
     ) -> Result<Vec<bool>, StoreError> {
         let units = units
             .into_iter()
             .map(|(swaps, then)| {
                 let stmts = swaps
-                    .iter()
-                    .map(|(kind, id, expected, doc)| documents::swap(kind, id, *expected, doc))
+                    .into_iter()
+                    .map(|(kind, id, expected, text)| {
+                        documents::swap_text(kind, id, expected, text)
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((stmts, then))
             })
