@@ -1259,3 +1259,102 @@ async fn add_ons_are_invoiced_on_the_stretches_they_are_active() {
         gathering[0]
     );
 }
+
+/// Many invoices' changes in one transaction (`Store::swap_entities_each`, what the scheduler
+/// stores an instant's invoices with): a unit whose compare-and-set finds another text is stored
+/// not at all — neither its documents nor its statements — and the rest are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stores_each_unit_whole_or_not_at_all() {
+    use tollgate_billing::store::{Location, Store};
+    let dir = tempfile::tempdir().unwrap();
+    drop(Billing::simulated(dir.path())); // the library opens the database itself
+    let location = match crate::backend() {
+        Backend::Sqlite => Location::Sqlite(dir.path().join("data")),
+        Backend::Postgres => {
+            let config = std::fs::read_to_string(dir.path().join("billing.toml")).unwrap();
+            Location::Postgres(
+                config
+                    .lines()
+                    .find_map(|l| l.strip_prefix("database_url = "))
+                    .unwrap()
+                    .trim_matches('"')
+                    .to_owned(),
+            )
+        }
+    };
+    let store = Store::open(&location).await.unwrap();
+    let doc = |id: &str, v: u32| json!({"id": id, "v": v}).to_string();
+    for id in ["a", "b", "c"] {
+        store
+            .put_entity("batchtest", id, &json!({"id": id, "v": 0}))
+            .await
+            .unwrap();
+    }
+    let stored: Vec<String> = {
+        let mut out = Vec::new();
+        for id in ["a", "b", "c"] {
+            out.push(
+                store
+                    .get_entity_raw("batchtest", id)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        out
+    };
+    // A statement riding with each unit: a marker document per unit.
+    let marker = |id: &str| {
+        let mut stmts =
+            tollgate_billing::store::documents::put("batchmark", id, &json!({"id": id}));
+        stmts.truncate(1);
+        stmts
+    };
+    let units = vec![
+        (
+            vec![
+                ("batchtest", "a", Some(stored[0].as_str()), doc("a", 1)),
+                ("batchtest", "a2", None, doc("a2", 1)),
+            ],
+            marker("a"),
+        ),
+        // Lost: "b" is not what it says it was.
+        (
+            vec![(
+                "batchtest",
+                "b",
+                Some("{\"id\":\"b\",\"v\":9}"),
+                doc("b", 1),
+            )],
+            marker("b"),
+        ),
+        (
+            vec![("batchtest", "c", Some(stored[2].as_str()), doc("c", 1))],
+            marker("c"),
+        ),
+    ];
+    let answers = store.swap_entities_each(units).await.unwrap();
+    assert_eq!(answers, vec![true, false, true]);
+    let v = |id: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .get_entity::<Value>("batchtest", id)
+                .await
+                .unwrap()
+                .map(|d| d["v"].clone())
+        }
+    };
+    assert_eq!(v("a").await, Some(json!(1)));
+    assert_eq!(v("a2").await, Some(json!(1)));
+    assert_eq!(
+        v("b").await,
+        Some(json!(0)),
+        "the lost unit changed nothing"
+    );
+    assert_eq!(v("c").await, Some(json!(1)));
+    let marks: Vec<Value> = store.list_entities("batchmark").await.unwrap();
+    let mut ids: Vec<&str> = marks.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "c"], "the lost unit's statements were not run");
+}

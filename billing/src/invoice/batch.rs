@@ -15,7 +15,7 @@
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
 
-use super::lifecycle::{self, Collect, InvoiceError, KIND};
+use super::lifecycle::{self, Collect, InvoiceError, KIND, StatusLog};
 use super::lookups::Lookups;
 use super::model::Invoice;
 use super::usage::Prefetched;
@@ -47,8 +47,8 @@ struct Unit {
     id: String,
     /// Each changed document: its stored text (`None`: new) and what it becomes.
     docs: Vec<(Option<String>, Invoice)>,
-    /// Every status change, for the log.
-    changes: Vec<(Option<Invoice>, Invoice)>,
+    /// Every status change, for the log once stored.
+    logged: Vec<StatusLog>,
     /// Their notifications.
     events: Vec<Stmt>,
     steps: Steps,
@@ -64,6 +64,18 @@ enum Planned {
     OneByOne,
 }
 
+/// The notifications of the status changes `(before, after)`.
+async fn events_of(
+    lk: &mut Lookups<'_>,
+    changes: &[(Option<&Invoice>, &Invoice)],
+) -> Result<Vec<Stmt>, StoreError> {
+    let mut events = Vec::new();
+    for (before, after) in changes {
+        events.extend(lk.events(*before, after).await?);
+    }
+    Ok(events)
+}
+
 /// Plans the due steps of one stored invoice.
 async fn plan(
     lk: &mut Lookups<'_>,
@@ -75,8 +87,7 @@ async fn plan(
         return Ok(Planned::Nothing);
     }
     let id = inv.id.clone();
-    let mut changes: Vec<(Option<Invoice>, Invoice)> = Vec::new();
-    let (docs, steps) = if inv.ext() == "gathering" {
+    let unit = if inv.ext() == "gathering" {
         let how = Collect {
             as_of: now,
             line_ids: None,
@@ -91,32 +102,42 @@ async fn plan(
         } else {
             Vec::new()
         };
-        let mut steps = vec![("created".to_owned(), made.clone())];
-        steps.extend(went.iter().map(|s| (s.clone(), draft.clone())));
-        changes.push((Some(inv), rest.clone()));
-        changes.push((None, made.clone()));
+        // The draft's creation and its later steps are recorded as storing them one after the
+        // other would: invoice.created with the new draft, invoice.updated with the draft after.
+        let mut changes = vec![(Some(&inv), &rest), (None, &made)];
         if !went.is_empty() {
-            changes.push((Some(made), draft.clone()));
+            changes.push((Some(&made), &draft));
         }
-        (vec![(Some(raw), rest), (None, draft)], steps)
+        let events = events_of(lk, &changes).await?;
+        let logged = changes
+            .iter()
+            .filter_map(|(b, a)| StatusLog::of(*b, a))
+            .collect();
+        let mut steps = Vec::with_capacity(went.len() + 1);
+        steps.extend(went.into_iter().map(|s| (s, draft.clone())));
+        steps.insert(0, ("created".to_owned(), made));
+        Unit {
+            id,
+            docs: vec![(Some(raw), rest), (None, draft)],
+            logged,
+            events,
+            steps,
+        }
     } else {
         let mut after = inv.clone();
         let went = lifecycle::advance_due(lk, &mut after, now).await?;
+        let events = events_of(lk, &[(Some(&inv), &after)]).await?;
+        let logged = StatusLog::of(Some(&inv), &after).into_iter().collect();
         let steps = went.into_iter().map(|s| (s, after.clone())).collect();
-        changes.push((Some(inv), after.clone()));
-        (vec![(Some(raw), after)], steps)
+        Unit {
+            id,
+            docs: vec![(Some(raw), after)],
+            logged,
+            events,
+            steps,
+        }
     };
-    let mut events = Vec::new();
-    for (before, after) in &changes {
-        events.extend(lk.events(before.as_ref(), after).await?);
-    }
-    Ok(Planned::Unit(Box::new(Unit {
-        id,
-        docs,
-        changes,
-        events,
-        steps,
-    })))
+    Ok(Planned::Unit(Box::new(unit)))
 }
 
 /// Runs every step due at `now` on the invoices `loaded` (as read by [`load_all`]), storing
@@ -201,8 +222,8 @@ pub async fn settle_all(
                 one_by_one.push(u.id);
                 continue;
             }
-            for (before, after) in &u.changes {
-                lifecycle::log_change(before.as_ref(), after);
+            for line in &u.logged {
+                line.log();
             }
             // A step left due at this instant (more than 8 at once, lines left due on the
             // gathering invoice) is taken the one-by-one way.

@@ -100,15 +100,39 @@ async fn change_events(
 
 /// Logs a stored status change.
 pub(crate) fn log_change(before: Option<&Invoice>, after: &Invoice) {
-    let from = before.map(|b| b.ext().to_owned());
-    if from.as_deref() == Some(after.ext()) {
-        return;
+    if let Some(line) = StatusLog::of(before, after) {
+        line.log();
     }
-    tracing::info!(
-        invoice = %after.id, customer = %after.customer.id,
-        from = from.as_deref().unwrap_or("-"), to = %after.ext(),
-        "invoice status changed"
-    );
+}
+
+/// A status change to log once it is stored.
+pub(crate) struct StatusLog {
+    invoice: String,
+    customer: String,
+    from: Option<String>,
+    to: String,
+}
+
+impl StatusLog {
+    /// The change from `before` to `after`, if the status changed.
+    pub(crate) fn of(before: Option<&Invoice>, after: &Invoice) -> Option<StatusLog> {
+        let from = before.map(|b| b.ext().to_owned());
+        (from.as_deref() != Some(after.ext())).then(|| StatusLog {
+            invoice: after.id.clone(),
+            customer: after.customer.id.clone(),
+            from,
+            to: after.ext().to_owned(),
+        })
+    }
+
+    /// Logs it.
+    pub(crate) fn log(&self) {
+        tracing::info!(
+            invoice = %self.invoice, customer = %self.customer,
+            from = self.from.as_deref().unwrap_or("-"), to = %self.to,
+            "invoice status changed"
+        );
+    }
 }
 
 /// One invoice change to store: the stored text it replaces (`None`: a new invoice), the

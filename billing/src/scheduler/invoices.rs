@@ -53,6 +53,14 @@ pub fn concurrency(store: &Store) -> usize {
 /// The invoices work.
 pub struct Invoices;
 
+/// What planning needs of a due invoice (its document is read whole when it is settled).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DueInvoice {
+    id: String,
+    next_action_at: Option<String>,
+}
+
 fn happening(at: DateTime<Utc>, kind: &str, inv: &Invoice) -> Happening {
     let mut detail = serde_json::Map::new();
     detail.insert("invoiceId".into(), Value::String(inv.id.clone()));
@@ -171,7 +179,7 @@ impl DueWork for Invoices {
         until: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Box<dyn DueQueue>, StoreError>> {
         Box::pin(async move {
-            let due: Vec<Invoice> = store.invoices_due(&stamp(until), BATCH).await?;
+            let due: Vec<DueInvoice> = store.invoices_due(&stamp(until), BATCH).await?;
             // Anything already overdue (made while the clock stood still) is done first thing.
             let first = after + TimeDelta::milliseconds(1);
             let mut items: Vec<Due> = due

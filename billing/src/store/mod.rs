@@ -565,11 +565,13 @@ impl Store {
     }
 
     /// Several independent [`Store::swap_entities_then`]s, each document given as its JSON text,
-    /// in one transaction (each in its own
-    /// savepoint on SQLite, its own subtransaction on PostgreSQL): each unit's documents are
-    /// stored with its statements, or — when one of its compare-and-sets finds another text —
-    /// none of that unit's, without touching the others. Whether each unit was stored, in order.
-    /// One commit for many invoices' steps; a kill -9 loses the whole transaction or nothing.
+    /// in one transaction: each unit's documents are stored with its statements, or — when one
+    /// of its compare-and-sets finds another text — none of that unit's, without touching the
+    /// others (PostgreSQL: a savepoint per unit; SQLite, the only writer: a unit losing its first
+    /// compare-and-set has changed nothing). Whether each unit was stored, in order. One commit
+    /// for many invoices' steps; a kill -9 loses the whole transaction or nothing. On SQLite
+    /// every unit is answered `false` (nothing stored) when one loses a compare-and-set other than
+    /// its first: callers retry each unit answered `false`.
     pub async fn swap_entities_each(
         &self,
         units: Vec<(

@@ -690,18 +690,33 @@ impl Sqlite {
         }
     }
 
-    /// [`Sqlite::execute_all_or_none`] for several units in one job (one transaction), each in
-    /// its own nested savepoint: a unit whose compare-and-set is lost (or whose unique key is
-    /// taken) is rolled back alone and answered `false`.
+    /// [`Sqlite::execute_all_or_none`] for several units in one job (one transaction), without
+    /// a savepoint per unit (SQLite copies every page a savepoint's statements touch: that was
+    /// half the writer's time): this connection is the only writer, so a unit whose first
+    /// compare-and-set changes no row has changed nothing and is answered `false`, and the
+    /// others go on. A later statement of a unit changing no row, or a unique key taken, rolls
+    /// the whole job back (its own savepoint) and every unit is answered `false`: nothing was
+    /// stored, and the caller retries each on its own.
     pub(crate) async fn execute_each_all_or_none(
         &self,
         units: Vec<(Vec<Stmt>, Vec<Stmt>)>,
     ) -> Result<Vec<bool>, StoreError> {
-        self.write(move |conn, _| {
-            let mut out = Vec::with_capacity(units.len());
-            for (stmts, then) in &units {
-                conn.execute_batch("SAVEPOINT unit")?;
-                let run = || -> Result<(), StoreError> {
+        let n = units.len();
+        let r = self
+            .write(move |conn, _| {
+                let mut out = Vec::with_capacity(units.len());
+                for (stmts, then) in &units {
+                    let mut stmts = stmts.iter();
+                    if let Some(first) = stmts.next() {
+                        match run_stmt(conn, first) {
+                            Ok(1) => {}
+                            Ok(_) => {
+                                out.push(false);
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                     for s in stmts {
                         if run_stmt(conn, s)? != 1 {
                             return Err(StoreError::Conflict("compare-and-set lost".into()));
@@ -710,23 +725,15 @@ impl Sqlite {
                     for s in then {
                         run_stmt(conn, s)?;
                     }
-                    Ok(())
-                };
-                match run() {
-                    Ok(()) => {
-                        conn.execute_batch("RELEASE unit")?;
-                        out.push(true);
-                    }
-                    Err(StoreError::Conflict(_)) => {
-                        conn.execute_batch("ROLLBACK TO unit; RELEASE unit")?;
-                        out.push(false);
-                    }
-                    Err(e) => return Err(e),
+                    out.push(true);
                 }
-            }
-            Ok(out)
-        })
-        .await
+                Ok(out)
+            })
+            .await;
+        match r {
+            Err(StoreError::Conflict(_)) => Ok(vec![false; n]),
+            r => r,
+        }
     }
 
     pub(crate) async fn query_docs(&self, stmt: Stmt) -> Result<Vec<String>, StoreError> {
