@@ -54,6 +54,9 @@ struct Unit {
     steps: Steps,
 }
 
+/// A transaction's units and whether each was stored.
+type Stored = (Vec<Box<Unit>>, Vec<bool>);
+
 /// What planning an invoice gave.
 enum Planned {
     /// Nothing due.
@@ -180,7 +183,7 @@ pub async fn settle_all(
         }
         chunks
     };
-    let stored: Vec<Result<(Vec<Box<Unit>>, Vec<bool>), StoreError>> = stream::iter(chunks)
+    let stored: Vec<Result<Stored, StoreError>> = stream::iter(chunks)
         .map(|mut chunk| async move {
             let events: Vec<Vec<Stmt>> = chunk
                 .iter_mut()

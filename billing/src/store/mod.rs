@@ -58,6 +58,13 @@ pub enum StoreError {
     Decode(String),
 }
 
+/// One unit of [`Store::swap_entities_each`]: its compare-and-sets, each `(kind, id, expected
+/// text, new JSON text)`, and the statements stored with them.
+pub type SwapUnit<'a> = (
+    Vec<(&'a str, &'a str, Option<&'a str>, String)>,
+    Vec<documents::Stmt>,
+);
+
 /// An event as stored and listed (`IngestedEvent`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredEvent {
@@ -574,10 +581,7 @@ impl Store {
     /// its first: callers retry each unit answered `false`.
     pub async fn swap_entities_each(
         &self,
-        units: Vec<(
-            Vec<(&str, &str, Option<&str>, String)>,
-            Vec<documents::Stmt>,
-        )>,
+        units: Vec<SwapUnit<'_>>,
     ) -> Result<Vec<bool>, StoreError> {
         let units = units
             .into_iter()
