@@ -754,7 +754,7 @@ async fn custom_invoicing_waits_for_the_integration() {
 async fn kill9_while_advancing_invoices_makes_none_twice() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Billing::simulated(dir.path());
-    // Enough that the usage invoices (settled 32 at a time) are still being made at the kill.
+    // Enough that the usage invoices are still being made at the kill.
     let n = 300;
     let keys: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -778,7 +778,11 @@ async fn kill9_while_advancing_invoices_makes_none_twice() {
     let t1 = t0 + chrono::Duration::days(30);
     let mut events = Vec::new();
     for (i, k) in keys.iter().enumerate() {
-        month_lines(&b, k, t0, t1).await;
+        // Ten customers' periods end each minute: the advance collects them at 30 instants and
+        // issues them at 30 more, ten invoices per transaction, so the kill lands while it runs
+        // (at one instant all 300 were stored in a few transactions, too fast to catch).
+        let end = t1 + chrono::Duration::minutes(i as i64 / 10);
+        month_lines(&b, k, t0, end).await;
         events.push(ev(
             &format!("e{i}"),
             k,
@@ -1254,4 +1258,103 @@ async fn add_ons_are_invoiced_on_the_stretches_they_are_active() {
         "{:#}",
         gathering[0]
     );
+}
+
+/// Many invoices' changes in one transaction (`Store::swap_entities_each`, what the scheduler
+/// stores an instant's invoices with): a unit whose compare-and-set finds another text is stored
+/// not at all — neither its documents nor its statements — and the rest are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stores_each_unit_whole_or_not_at_all() {
+    use tollgate_billing::store::{Location, Store};
+    let dir = tempfile::tempdir().unwrap();
+    drop(Billing::simulated(dir.path())); // the library opens the database itself
+    let location = match crate::backend() {
+        Backend::Sqlite => Location::Sqlite(dir.path().join("data")),
+        Backend::Postgres => {
+            let config = std::fs::read_to_string(dir.path().join("billing.toml")).unwrap();
+            Location::Postgres(
+                config
+                    .lines()
+                    .find_map(|l| l.strip_prefix("database_url = "))
+                    .unwrap()
+                    .trim_matches('"')
+                    .to_owned(),
+            )
+        }
+    };
+    let store = Store::open(&location).await.unwrap();
+    let doc = |id: &str, v: u32| json!({"id": id, "v": v}).to_string();
+    for id in ["a", "b", "c"] {
+        store
+            .put_entity("batchtest", id, &json!({"id": id, "v": 0}))
+            .await
+            .unwrap();
+    }
+    let stored: Vec<String> = {
+        let mut out = Vec::new();
+        for id in ["a", "b", "c"] {
+            out.push(
+                store
+                    .get_entity_raw("batchtest", id)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        out
+    };
+    // A statement riding with each unit: a marker document per unit.
+    let marker = |id: &str| {
+        let mut stmts =
+            tollgate_billing::store::documents::put("batchmark", id, &json!({"id": id}));
+        stmts.truncate(1);
+        stmts
+    };
+    let units = vec![
+        (
+            vec![
+                ("batchtest", "a", Some(stored[0].as_str()), doc("a", 1)),
+                ("batchtest", "a2", None, doc("a2", 1)),
+            ],
+            marker("a"),
+        ),
+        // Lost: "b" is not what it says it was.
+        (
+            vec![(
+                "batchtest",
+                "b",
+                Some("{\"id\":\"b\",\"v\":9}"),
+                doc("b", 1),
+            )],
+            marker("b"),
+        ),
+        (
+            vec![("batchtest", "c", Some(stored[2].as_str()), doc("c", 1))],
+            marker("c"),
+        ),
+    ];
+    let answers = store.swap_entities_each(units).await.unwrap();
+    assert_eq!(answers, vec![true, false, true]);
+    let v = |id: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .get_entity::<Value>("batchtest", id)
+                .await
+                .unwrap()
+                .map(|d| d["v"].clone())
+        }
+    };
+    assert_eq!(v("a").await, Some(json!(1)));
+    assert_eq!(v("a2").await, Some(json!(1)));
+    assert_eq!(
+        v("b").await,
+        Some(json!(0)),
+        "the lost unit changed nothing"
+    );
+    assert_eq!(v("c").await, Some(json!(1)));
+    let marks: Vec<Value> = store.list_entities("batchmark").await.unwrap();
+    let mut ids: Vec<&str> = marks.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "c"], "the lost unit's statements were not run");
 }

@@ -22,6 +22,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
+use super::lookups::Lookups;
 use super::model::{
     Invoice, InvoiceApps, InvoiceCustomer, InvoiceWorkflow, Line, Period, SplitLineGroup,
     StatusDetails, Totals, stamp,
@@ -59,7 +60,7 @@ pub enum InvoiceError {
 
 /// The notification a status change makes, if any: `invoice.created` for the first status after
 /// gathering, `invoice.updated` for a later one; nothing for gathering invoices (OpenMeter).
-fn event_kind(before: Option<&Invoice>, after: &Invoice) -> Option<&'static str> {
+pub(crate) fn event_kind(before: Option<&Invoice>, after: &Invoice) -> Option<&'static str> {
     if before.is_some_and(|b| b.ext() == after.ext()) {
         return None;
     }
@@ -98,16 +99,40 @@ async fn change_events(
 }
 
 /// Logs a stored status change.
-fn log_change(before: Option<&Invoice>, after: &Invoice) {
-    let from = before.map(|b| b.ext().to_owned());
-    if from.as_deref() == Some(after.ext()) {
-        return;
+pub(crate) fn log_change(before: Option<&Invoice>, after: &Invoice) {
+    if let Some(line) = StatusLog::of(before, after) {
+        line.log();
     }
-    tracing::info!(
-        invoice = %after.id, customer = %after.customer.id,
-        from = from.as_deref().unwrap_or("-"), to = %after.ext(),
-        "invoice status changed"
-    );
+}
+
+/// A status change to log once it is stored.
+pub(crate) struct StatusLog {
+    invoice: String,
+    customer: String,
+    from: Option<String>,
+    to: String,
+}
+
+impl StatusLog {
+    /// The change from `before` to `after`, if the status changed.
+    pub(crate) fn of(before: Option<&Invoice>, after: &Invoice) -> Option<StatusLog> {
+        let from = before.map(|b| b.ext().to_owned());
+        (from.as_deref() != Some(after.ext())).then(|| StatusLog {
+            invoice: after.id.clone(),
+            customer: after.customer.id.clone(),
+            from,
+            to: after.ext().to_owned(),
+        })
+    }
+
+    /// Logs it.
+    pub(crate) fn log(&self) {
+        tracing::info!(
+            invoice = %self.invoice, customer = %self.customer,
+            from = self.from.as_deref().unwrap_or("-"), to = %self.to,
+            "invoice status changed"
+        );
+    }
 }
 
 /// One invoice change to store: the stored text it replaces (`None`: a new invoice), the
@@ -276,7 +301,7 @@ pub fn gathering_key(customer_id: &str, currency: &str) -> String {
 }
 
 /// A gathering invoice's next action: the earliest `invoiceAt` of its lines.
-fn gathering_next(inv: &mut Invoice) {
+pub(crate) fn gathering_next(inv: &mut Invoice) {
     inv.next_action_at = inv.live_lines().map(|l| l.invoice_at).min().map(stamp);
 }
 
@@ -430,7 +455,35 @@ pub async fn collect(
         if gathering.ext() != "gathering" {
             return Ok(None);
         }
-        let mut reader = UsageReader::new(store);
+        let mut lk = Lookups::new(store, None);
+        let Some((rest, draft)) = plan_collect(&mut lk, &gathering, how, now).await? else {
+            return Ok(None);
+        };
+        if commit(
+            store,
+            &[(Some(&raw), Some(&gathering), &rest), (None, None, &draft)],
+            Vec::new(),
+        )
+        .await?
+        {
+            return Ok(Some(draft));
+        }
+        // The gathering invoice changed under us (new lines, or another process collected):
+        // look again.
+    }
+}
+
+/// What collecting `gathering` as `how` says makes, in memory: the gathering invoice after (its
+/// lines left, or deleted when none is) and the new draft; `None` when nothing is billable.
+/// The draft's number counts the customer's invoices in `lk` (and counts the draft there).
+pub(crate) async fn plan_collect(
+    lk: &mut Lookups<'_>,
+    gathering: &Invoice,
+    how: &Collect,
+    now: DateTime<Utc>,
+) -> Result<Option<(Invoice, Invoice)>, InvoiceError> {
+    {
+        let reader = &mut lk.reader;
         // Usage is kept per minute: a split falls on a minute boundary.
         let as_of = how
             .as_of
@@ -462,7 +515,7 @@ pub async fn collect(
             // Only "invoice now" splits a line; the scheduler bills whole lines when their
             // invoiceAt comes.
             if how.progressive == Some(true)
-                && progressive_allowed(&mut reader, &line, true).await?
+                && progressive_allowed(reader, &line, true).await?
                 && as_of > line.period.from
                 && as_of < line.period.to
             {
@@ -492,7 +545,8 @@ pub async fn collect(
         }
         let profile_wf = &gathering.workflow.workflow;
         let durations = profile_wf.durations();
-        let n = invoices_of(store, &gathering.customer.id).await?.len();
+        let n = lk.counts(&gathering.customer.id).await?.all;
+        lk.made(&gathering.customer.id);
         let mut draft = gathering.clone();
         draft.id = super::new_id();
         draft.number = Some(format!("DRAFT-{}-{}", customer_ref(&draft.customer), n + 1));
@@ -530,17 +584,7 @@ pub async fn collect(
             gathering_next(&mut rest);
         }
         rest.recompute();
-        if commit(
-            store,
-            &[(Some(&raw), Some(&gathering), &rest), (None, None, &draft)],
-            Vec::new(),
-        )
-        .await?
-        {
-            return Ok(Some(draft));
-        }
-        // The gathering invoice changed under us (new lines, or another process collected):
-        // look again.
+        Ok(Some((rest, draft)))
     }
 }
 
@@ -586,9 +630,18 @@ pub async fn rate_all_with(
     now: DateTime<Utc>,
     pre: Option<&Prefetched>,
 ) -> Result<(), StoreError> {
+    rate_all_in(&mut Lookups::new(store, pre), inv, now).await
+}
+
+/// [`rate_all`] with the features and usage of `lk`.
+pub(crate) async fn rate_all_in(
+    lk: &mut Lookups<'_>,
+    inv: &mut Invoice,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let subjects = subjects_of(&inv.customer);
-    let mut reader = UsageReader::with(store, pre);
-    let before = billed_before(store, inv).await?;
+    let before = billed_before(lk.store(), inv).await?;
+    let reader = &mut lk.reader;
     let cur = currency(inv);
     let mut issues = Vec::new();
     for line in inv.lines.iter_mut().filter(|l| l.deleted_at.is_none()) {
@@ -657,7 +710,7 @@ pub fn ready_for_approval(inv: &mut Invoice, now: DateTime<Utc>) {
 /// Issues `inv` through its app: deleted when it has no lines, waits at `issuing.syncing` for a
 /// custom-invoicing hook, else finalized.
 async fn issue(
-    store: &Store,
+    lk: &mut Lookups<'_>,
     inv: &mut Invoice,
     app: &App,
     now: DateTime<Utc>,
@@ -668,18 +721,17 @@ async fn issue(
         inv.next_action_at = None;
         return Ok(());
     }
-    let seq = invoices_of(store, &inv.customer.id)
-        .await?
-        .iter()
-        .filter(|i| i.issued_at.is_some() && i.id != inv.id)
-        .count()
-        + 1;
+    // A draft has no `issuedAt`: the customer's issued invoices are all others.
+    let seq = lk.counts(&inv.customer.id).await?.issued + 1;
     match app.on_issue(&customer_ref(&inv.customer), seq) {
         IssueSync::Wait => {
             inv.set_status("issuing.syncing");
             inv.next_action_at = None;
         }
-        IssueSync::Issue { number } => finalize(inv, app, number, None, now),
+        IssueSync::Issue { number } => {
+            finalize(inv, app, number, None, now);
+            lk.issued(&inv.customer.id);
+        }
     }
     Ok(())
 }
@@ -776,18 +828,7 @@ pub async fn settle_with(
         // Steps that fall due at once (a P0D draft period: collected, then issued) are taken in
         // memory and stored by one compare-and-set.
         let mut after = inv.clone();
-        let mut went = Vec::new();
-        loop {
-            advance_step(store, &mut after, now, pre).await?;
-            went.push(after.ext().to_owned());
-            let again = after
-                .next_action_at
-                .as_deref()
-                .is_some_and(|t| t <= stamp(now).as_str());
-            if !again || went.len() >= 8 {
-                break;
-            }
-        }
+        let went = advance_due(&mut Lookups::new(store, pre), &mut after, now).await?;
         if save(store, &raw, &inv, &after).await? {
             out.extend(went.into_iter().map(|s| (s, after.clone())));
         }
@@ -795,22 +836,45 @@ pub async fn settle_with(
     Ok(out)
 }
 
-/// The automatic step of a draft whose time has come.
-async fn advance_step(
-    store: &Store,
+/// Takes in memory the steps of `inv` that fall due at `now` one after the other (a P0D draft
+/// period: collected, then issued), at most 8; the extended statuses it went through.
+pub(crate) async fn advance_due(
+    lk: &mut Lookups<'_>,
     inv: &mut Invoice,
     now: DateTime<Utc>,
-    pre: Option<&Prefetched>,
+) -> Result<Vec<String>, StoreError> {
+    let mut went = Vec::new();
+    loop {
+        advance_step(lk, inv, now).await?;
+        went.push(inv.ext().to_owned());
+        if !is_due(inv, now) || went.len() >= 8 {
+            return Ok(went);
+        }
+    }
+}
+
+/// Whether the invoice's next action is at or before `now`.
+pub(crate) fn is_due(inv: &Invoice, now: DateTime<Utc>) -> bool {
+    inv.next_action_at
+        .as_deref()
+        .is_some_and(|t| t <= stamp(now).as_str())
+}
+
+/// The automatic step of a draft whose time has come.
+async fn advance_step(
+    lk: &mut Lookups<'_>,
+    inv: &mut Invoice,
+    now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let app = invoicing_app(store, inv).await?;
+    let app = lk.app(inv).await?;
     inv.updated_at = now;
     match inv.ext() {
         "draft.waiting_for_collection" => {
-            rate_all_with(store, inv, now, pre).await?;
+            rate_all_in(lk, inv, now).await?;
             inv.quantity_snapshoted_at = Some(now);
             after_snapshot(inv, &app, now);
         }
-        "draft.waiting_auto_approval" => issue(store, inv, &app, now).await?,
+        "draft.waiting_auto_approval" => issue(lk, inv, &app, now).await?,
         _ => inv.next_action_at = None,
     }
     Ok(())
@@ -876,22 +940,24 @@ pub async fn act(
             Action::Advance => match ext.as_str() {
                 "draft.waiting_for_collection" => {
                     after.collection_at = Some(now);
-                    advance_step(store, &mut after, now, None).await?
+                    advance_step(&mut Lookups::new(store, None), &mut after, now).await?
                 }
-                "draft.waiting_auto_approval" => advance_step(store, &mut after, now, None).await?,
+                "draft.waiting_auto_approval" => {
+                    advance_step(&mut Lookups::new(store, None), &mut after, now).await?
+                }
                 _ => return refuse("advanced"),
             },
             Action::SnapshotQuantities => match ext.as_str() {
                 "draft.waiting_for_collection" => {
                     // Collected now rather than at the collection time.
                     after.collection_at = Some(now);
-                    advance_step(store, &mut after, now, None).await?
+                    advance_step(&mut Lookups::new(store, None), &mut after, now).await?
                 }
                 _ => return refuse("snapshotted"),
             },
             Action::Approve => match ext.as_str() {
                 "draft.manual_approval_needed" | "draft.waiting_auto_approval" => {
-                    issue(store, &mut after, &app, now).await?
+                    issue(&mut Lookups::new(store, None), &mut after, &app, now).await?
                 }
                 _ => return refuse("approved"),
             },

@@ -7,13 +7,17 @@
 //! * [`usage`]: a line's quantities from the meters.
 //! * [`lifecycle`]: the state machine (gathering → draft → issuing → issued → paid, void, delete),
 //!   progressive billing ("invoice now"), the apps' hooks, and the status-change hook.
+//! * [`lookups`]: what a step reads besides the invoice, kept for a run.
+//! * [`batch`]: every invoice due at one instant settled together, many per transaction.
 //! * [`subscription`]: what invoicing needs from subscriptions, and their lines.
 //! * [`html`]: the printable page.
 //!
 //! The scheduler's [`crate::scheduler::invoices`] work moves invoices on when their time comes.
 
+pub mod batch;
 pub mod html;
 pub mod lifecycle;
+pub mod lookups;
 pub mod model;
 pub mod profile;
 pub mod rating;

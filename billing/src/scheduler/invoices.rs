@@ -3,7 +3,8 @@
 //! the end of its draft period issues it (auto-advance), and the app takes it on. What is due is
 //! read from the database (`invoices.next_action_at`), and every step is a compare-and-set of the
 //! invoice, so repeating a step after a kill -9, or two replicas acting at once, changes an
-//! invoice once.
+//! invoice once. The invoices due at one instant are settled together ([`batch`]): planned in
+//! memory, many per transaction.
 //!
 //! On the simulated clock a clock advance runs this work; on real time the scheduler's runner
 //! ([`super::runner`]) does.
@@ -16,7 +17,7 @@ use serde_json::{Value, json};
 use super::{Done, Due, DueQueue, DueWork, Happening, ListQueue};
 use crate::invoice::model::{Invoice, stamp};
 use crate::invoice::usage::Prefetched;
-use crate::invoice::{lifecycle, subscription};
+use crate::invoice::{batch, lifecycle, subscription};
 use crate::store::{Store, StoreError};
 
 /// At most this many invoices are taken per instant (the clock plans again after a writing
@@ -52,6 +53,14 @@ pub fn concurrency(store: &Store) -> usize {
 /// The invoices work.
 pub struct Invoices;
 
+/// What planning needs of a due invoice (its document is read whole when it is settled).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DueInvoice {
+    id: String,
+    next_action_at: Option<String>,
+}
+
 fn happening(at: DateTime<Utc>, kind: &str, inv: &Invoice) -> Happening {
     let mut detail = serde_json::Map::new();
     detail.insert("invoiceId".into(), Value::String(inv.id.clone()));
@@ -68,12 +77,14 @@ fn happening(at: DateTime<Utc>, kind: &str, inv: &Invoice) -> Happening {
     }
 }
 
-/// Runs every invoice step due at `at` for the invoices `ids`, [`concurrency`] invoices at a
-/// time: their compare-and-set transactions reach the store together, and the SQLite writer
-/// commits all the jobs waiting when it wakes in one transaction (each in its own savepoint):
-/// several customers' steps per commit instead of one commit each. Each step stays its own
-/// compare-and-set, so a kill -9 loses at most the group being committed, which the next run
-/// makes again (nothing twice: the invoices it moved are found moved).
+/// Runs every invoice step due at `at` for the invoices `ids`: read in one query, their usage
+/// read ahead per feature and period, their steps planned in memory and stored
+/// [`batch::UNITS_PER_TRANSACTION`] invoices per transaction, each invoice's changes and
+/// notifications in its own savepoint ([`batch::settle_all`]) — a kill -9 loses at most the
+/// transactions not yet committed, which the next run makes again (nothing twice: the invoices
+/// they moved are found moved). With `TOLLGATE_INVOICING_CONCURRENCY=1`: one invoice after the
+/// other, each step its own transaction, each line's usage read on its own (the behaviour
+/// before; the invoicing benchmark's baseline).
 pub async fn run_ids(
     store: &Store,
     at: DateTime<Utc>,
@@ -81,20 +92,22 @@ pub async fn run_ids(
 ) -> Result<Done, StoreError> {
     let ids: Vec<String> = ids.into_iter().collect();
     let mut done = Done::default();
-    let pre = if concurrency(store) > 1 {
-        read_ahead(store, at, &ids).await?
-    } else {
-        Prefetched::default()
-    };
-    let pre = &pre;
-    let settled: Vec<_> = stream::iter(ids)
-        .map(|id| async move {
-            let r = lifecycle::settle_with(store, &id, at, Some(pre)).await;
-            (id, r)
-        })
-        .buffered(concurrency(store))
-        .collect()
-        .await;
+    let settled: Vec<(String, Result<batch::Steps, lifecycle::InvoiceError>)> =
+        if concurrency(store) > 1 {
+            let loaded = batch::load_all(store, &ids).await?;
+            let pre = read_ahead(store, at, &loaded).await?;
+            // On PostgreSQL one transaction at a time: one pooled connection, the rest left to
+            // the API and ingest.
+            let parallel = if store.is_exclusive() { 4 } else { 1 };
+            batch::settle_all(store, loaded, at, Some(&pre), parallel).await?
+        } else {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let r = lifecycle::settle_with(store, &id, at, None).await;
+                out.push((id, r));
+            }
+            out
+        };
     for (id, r) in settled {
         let steps = match r {
             Ok(s) => s,
@@ -119,22 +132,20 @@ pub async fn run_ids(
     Ok(done)
 }
 
-/// The usage the invoices `ids` will be rated with at `at`, read ahead in one store read per
+/// The usage the invoices `loaded` will be rated with at `at`, read ahead in one store read per
 /// feature and period for all their customers: the metered lines a gathering invoice hands to
 /// a draft now (whole lines whose period has ended) and those of drafts whose collection time
 /// has come. Lines of a progressive-billing split group are read on their own, as before.
 async fn read_ahead(
     store: &Store,
     at: DateTime<Utc>,
-    ids: &[String],
+    loaded: &[(String, Invoice)],
 ) -> Result<Prefetched, StoreError> {
-    if ids.len() < 2 {
+    if loaded.len() < 2 {
         return Ok(Prefetched::default());
     }
-    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-    let due: Vec<Invoice> = store.invoices_due(&stamp(at), ids.len().max(BATCH)).await?;
     let mut asks = Vec::new();
-    for inv in due.iter().filter(|i| wanted.contains(i.id.as_str())) {
+    for (_, inv) in loaded {
         let collecting = inv.ext() == "draft.waiting_for_collection"
             && inv.collection_at.is_none_or(|c| c <= at);
         let gathering = inv.ext() == "gathering";
@@ -168,7 +179,7 @@ impl DueWork for Invoices {
         until: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Box<dyn DueQueue>, StoreError>> {
         Box::pin(async move {
-            let due: Vec<Invoice> = store.invoices_due(&stamp(until), BATCH).await?;
+            let due: Vec<DueInvoice> = store.invoices_due(&stamp(until), BATCH).await?;
             // Anything already overdue (made while the clock stood still) is done first thing.
             let first = after + TimeDelta::milliseconds(1);
             let mut items: Vec<Due> = due

@@ -385,10 +385,73 @@ pub fn due_between(after_ms: i64, until_ms: i64) -> Stmt {
 /// a concurrent `UPDATE` of the row waits for the first to commit and re-checks the `WHERE` against
 /// the new text. Customers are refused (their subjects live in a second table).
 pub fn swap(kind: &str, id: &str, expected: Option<&str>, doc: &Value) -> Result<Stmt, String> {
+    let values = table(kind)
+        .map(|t| {
+            t.columns
+                .iter()
+                .map(|(_, p)| column_value(doc, p))
+                .collect()
+        })
+        .unwrap_or_default();
+    swap_stmt(kind, id, expected, doc.to_string(), values)
+}
+
+/// [`swap`] of a document given as its JSON text (as `serde_json::to_string` of a typed value
+/// writes it, without building a `Value` first): the indexed columns are read from the text.
+pub fn swap_text(
+    kind: &str,
+    id: &str,
+    expected: Option<&str>,
+    text: String,
+) -> Result<Stmt, String> {
+    let values = match table(kind) {
+        Some(t) => columns_of_text(&text, t.columns)?,
+        None => Vec::new(),
+    };
+    swap_stmt(kind, id, expected, text, values)
+}
+
+/// The indexed columns' values (as [`column_value`] reads them) from a document's JSON text,
+/// its top level parsed once without copying the values.
+fn columns_of_text(text: &str, columns: &[(&str, &str)]) -> Result<Vec<Option<String>>, String> {
+    use serde_json::value::RawValue;
+    type Fields<'a> = std::collections::HashMap<String, &'a RawValue>;
+    let top: Fields<'_> =
+        serde_json::from_str(text).map_err(|e| format!("document is not a JSON object: {e}"))?;
+    let leaf = |raw: &RawValue| -> Option<String> {
+        match raw.get() {
+            "null" => None,
+            s if s.starts_with('"') => serde_json::from_str::<String>(s).ok(),
+            s => Some(s.to_owned()),
+        }
+    };
+    Ok(columns
+        .iter()
+        .map(|(_, pointer)| {
+            let mut keys = pointer.split('/').skip(1);
+            let mut cur: &RawValue = top.get(keys.next()?)?;
+            for k in keys {
+                let fields: Fields<'_> = serde_json::from_str(cur.get()).ok()?;
+                cur = fields.get(k)?;
+            }
+            leaf(cur)
+        })
+        .collect())
+}
+
+/// The compare-and-set statement of [`swap`] for a document's `text` and its indexed columns'
+/// `values`.
+fn swap_stmt(
+    kind: &str,
+    id: &str,
+    expected: Option<&str>,
+    text: String,
+    values: Vec<Option<String>>,
+) -> Result<Stmt, String> {
     if kind == "customer" {
         return Err("compare-and-set is not available for customers".into());
     }
-    let text = doc.to_string();
+    let values = values.into_iter();
     let Some(t) = table(kind) else {
         return Ok(match expected {
             None => Stmt {
@@ -411,7 +474,6 @@ pub fn swap(kind: &str, id: &str, expected: Option<&str>, doc: &Value) -> Result
         });
     };
     let names: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
-    let values = t.columns.iter().map(|(_, p)| column_value(doc, p));
     Ok(match expected {
         None => {
             let mut params = vec![Some(id.to_owned())];
@@ -497,6 +559,58 @@ pub fn list_where(kind: &str, column: &str, value: &str) -> Option<Stmt> {
     })
 }
 
+/// The statement that lists the documents of a kind whose indexed `column` is one of `values`,
+/// in id order; `None` when the kind has no such column. `values` should be at most a few
+/// thousand (one placeholder each).
+pub fn list_where_in(kind: &str, column: &str, values: &[String]) -> Option<Stmt> {
+    let t = table(kind)?;
+    t.columns.iter().find(|(c, _)| *c == column)?;
+    let marks: Vec<String> = (1..=values.len()).map(|i| format!("${i}")).collect();
+    Some(Stmt {
+        sql: format!(
+            "SELECT doc FROM {} WHERE {column} IN ({}) ORDER BY id",
+            t.table,
+            if marks.is_empty() {
+                "NULL".to_owned()
+            } else {
+                marks.join(", ")
+            }
+        ),
+        params: values.iter().map(|v| Some(v.clone())).collect(),
+    })
+}
+
+/// The statement that reads the documents of a kind with the given ids (those that exist, in
+/// id order).
+pub fn get_many(kind: &str, ids: &[String]) -> Stmt {
+    let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let set = if marks.is_empty() {
+        "NULL".to_owned()
+    } else {
+        marks.join(", ")
+    };
+    match table(kind) {
+        Some(t) => Stmt {
+            sql: format!(
+                "SELECT doc FROM {} WHERE id IN ({set}) ORDER BY id",
+                t.table
+            ),
+            params: ids.iter().map(|v| Some(v.clone())).collect(),
+        },
+        None => {
+            let mut params: Vec<Option<String>> = ids.iter().map(|v| Some(v.clone())).collect();
+            params.push(Some(kind.into()));
+            Stmt {
+                sql: format!(
+                    "SELECT doc FROM documents WHERE id IN ({set}) AND kind = ${} ORDER BY id",
+                    ids.len() + 1
+                ),
+                params,
+            }
+        }
+    }
+}
+
 /// The statement that lists invoices whose next action falls due at or before `until` (RFC 3339
 /// text with milliseconds, the form `nextActionAt` is stored in), earliest first.
 pub fn invoices_due(until: &str, limit: usize) -> Stmt {
@@ -543,6 +657,21 @@ pub fn delete(kind: &str, id: &str) -> Vec<Stmt> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_swap_from_text_binds_what_a_swap_from_a_value_binds() {
+        let doc = json!({"id": "i1", "customer": {"id": "c\"1", "key": "k"}, "currency": "USD",
+            "status": "paid", "gatheringKey": null, "nextActionAt": "2026-01-01T00:00:00.000Z",
+            "lines": [{"status": "x"}], "n": 3});
+        for expected in [None, Some("old")] {
+            let from_value = swap("invoice", "i1", expected, &doc).unwrap();
+            let text = serde_json::to_string(&doc).unwrap();
+            let from_text = swap_text("invoice", "i1", expected, text).unwrap();
+            assert_eq!(from_value.sql, from_text.sql);
+            assert_eq!(from_value.params, from_text.params);
+        }
+        assert!(swap_text("invoice", "i1", None, "[1]".into()).is_err());
+    }
 
     #[test]
     fn customers_own_their_key_and_subject_keys() {

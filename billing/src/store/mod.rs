@@ -58,6 +58,13 @@ pub enum StoreError {
     Decode(String),
 }
 
+/// One unit of [`Store::swap_entities_each`]: its compare-and-sets, each `(kind, id, expected
+/// text, new JSON text)`, and the statements stored with them.
+pub type SwapUnit<'a> = (
+    Vec<(&'a str, &'a str, Option<&'a str>, String)>,
+    Vec<documents::Stmt>,
+);
+
 /// An event as stored and listed (`IngestedEvent`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredEvent {
@@ -514,6 +521,79 @@ impl Store {
             Db::Postgres(db) => db.query_docs(stmt).await?,
         };
         docs.iter().map(|d| decode(d)).collect()
+    }
+
+    /// [`Store::list_entities_where`] for several values of `column` at once (one query per
+    /// 500 values).
+    pub async fn list_entities_where_in<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: &str,
+        column: &str,
+        values: &[String],
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for part in values.chunks(500) {
+            let stmt = documents::list_where_in(kind, column, part).ok_or_else(|| {
+                StoreError::Database(format!("documents of kind {kind} have no column {column}"))
+            })?;
+            let docs = match &self.db {
+                Db::Sqlite(db) => db.query_docs(stmt).await?,
+                Db::Postgres(db) => db.query_docs(stmt).await?,
+            };
+            for d in &docs {
+                out.push(decode(d)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored text of the documents of a kind with the given ids (those that exist; one
+    /// query per 500 ids), as [`Store::get_entity_raw`] reads one.
+    pub async fn get_entities_raw(
+        &self,
+        kind: &str,
+        ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for part in ids.chunks(500) {
+            let stmt = documents::get_many(kind, part);
+            out.extend(match &self.db {
+                Db::Sqlite(db) => db.query_docs(stmt).await?,
+                Db::Postgres(db) => db.query_docs(stmt).await?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Several independent [`Store::swap_entities_then`]s, each document given as its JSON text,
+    /// in one transaction: each unit's documents are stored with its statements, or — when one
+    /// of its compare-and-sets finds another text — none of that unit's, without touching the
+    /// others (PostgreSQL: a savepoint per unit; SQLite, the only writer: a unit losing its first
+    /// compare-and-set has changed nothing). Whether each unit was stored, in order. One commit
+    /// for many invoices' steps; a kill -9 loses the whole transaction or nothing. On SQLite
+    /// every unit is answered `false` (nothing stored) when one loses a compare-and-set other than
+    /// its first: callers retry each unit answered `false`.
+    pub async fn swap_entities_each(
+        &self,
+        units: Vec<SwapUnit<'_>>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let units = units
+            .into_iter()
+            .map(|(swaps, then)| {
+                let stmts = swaps
+                    .into_iter()
+                    .map(|(kind, id, expected, text)| {
+                        documents::swap_text(kind, id, expected, text)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((stmts, then))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(StoreError::Database)?;
+        match &self.db {
+            Db::Sqlite(db) => db.execute_each_all_or_none(units).await,
+            Db::Postgres(db) => db.execute_each_all_or_none(units).await,
+        }
     }
 
     /// The ids of the subscriptions with something due in `(after, until]` (a start, an end, a

@@ -692,6 +692,50 @@ impl Postgres {
         Ok(true)
     }
 
+    /// [`Postgres::execute_all_or_none`] for several units in one transaction on one pooled
+    /// connection, each in its own savepoint: a unit whose compare-and-set is lost (or whose
+    /// unique key is taken) is rolled back alone and answered `false`.
+    pub(crate) async fn execute_each_all_or_none(
+        &self,
+        units: Vec<(Vec<Stmt>, Vec<Stmt>)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let mut out = Vec::with_capacity(units.len());
+        for (stmts, then) in &units {
+            tx.batch_execute("SAVEPOINT unit").await?;
+            let mut lost = false;
+            for s in stmts {
+                match tx.execute(s.sql.as_str(), &text_params(&s.params)).await {
+                    Ok(1) => {}
+                    Ok(_) => {
+                        lost = true;
+                        break;
+                    }
+                    Err(e) => match pg_err(e) {
+                        StoreError::Conflict(_) => {
+                            lost = true;
+                            break;
+                        }
+                        e => return Err(e),
+                    },
+                }
+            }
+            if !lost {
+                for s in then {
+                    tx.execute(s.sql.as_str(), &text_params(&s.params)).await?;
+                }
+                tx.batch_execute("RELEASE SAVEPOINT unit").await?;
+            } else {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit")
+                    .await?;
+            }
+            out.push(!lost);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
     pub(crate) async fn query_docs(&self, stmt: Stmt) -> Result<Vec<String>, StoreError> {
         let client = self.pool.get().await?;
         let rows = client

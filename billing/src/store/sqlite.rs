@@ -692,6 +692,52 @@ impl Sqlite {
         }
     }
 
+    /// [`Sqlite::execute_all_or_none`] for several units in one job (one transaction), without
+    /// a savepoint per unit (SQLite copies every page a savepoint's statements touch: that was
+    /// half the writer's time): this connection is the only writer, so a unit whose first
+    /// compare-and-set changes no row has changed nothing and is answered `false`, and the
+    /// others go on. A later statement of a unit changing no row, or a unique key taken, rolls
+    /// the whole job back (its own savepoint) and every unit is answered `false`: nothing was
+    /// stored, and the caller retries each on its own.
+    pub(crate) async fn execute_each_all_or_none(
+        &self,
+        units: Vec<(Vec<Stmt>, Vec<Stmt>)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let n = units.len();
+        let r = self
+            .write(move |conn, _| {
+                let mut out = Vec::with_capacity(units.len());
+                for (stmts, then) in &units {
+                    let mut stmts = stmts.iter();
+                    if let Some(first) = stmts.next() {
+                        match run_stmt(conn, first) {
+                            Ok(1) => {}
+                            Ok(_) => {
+                                out.push(false);
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    for s in stmts {
+                        if run_stmt(conn, s)? != 1 {
+                            return Err(StoreError::Conflict("compare-and-set lost".into()));
+                        }
+                    }
+                    for s in then {
+                        run_stmt(conn, s)?;
+                    }
+                    out.push(true);
+                }
+                Ok(out)
+            })
+            .await;
+        match r {
+            Err(StoreError::Conflict(_)) => Ok(vec![false; n]),
+            r => r,
+        }
+    }
+
     pub(crate) async fn query_docs(&self, stmt: Stmt) -> Result<Vec<String>, StoreError> {
         self.read(move |conn| {
             let mut s = conn.prepare_cached(&stmt.sql)?;
