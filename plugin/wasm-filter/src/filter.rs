@@ -25,6 +25,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
+use crate::abi;
 use crate::config::FilterConfig;
 use crate::enforce::{self, Decision, Stored};
 use crate::request::{self, RequestFacts};
@@ -99,13 +100,13 @@ impl Shared {
     /// `<which>.total_size` (headers and body: Envoy) or else `<which>.size` (ngx_wasm_module,
     /// whose `size` already counts the headers). Once the host has answered `size` where it had
     /// no `total_size`, it is asked for `size` alone: one host call per size, not two.
-    fn size(&self, which: &str) -> Option<i64> {
+    fn size(&self, total_size: &[u8], size: &[u8]) -> Option<i64> {
         if self.has_total_size.get()
-            && let Some(n) = prop_int(&[which, "total_size"])
+            && let Some(n) = prop_int(total_size)
         {
             return Some(n);
         }
-        let n = prop_int(&[which, "size"]);
+        let n = prop_int(size);
         if n.is_some() {
             self.has_total_size.set(false);
         }
@@ -522,14 +523,15 @@ struct Http {
     denied: bool,
 }
 
-/// A property as text: ngx_wasm_module gives strings, Envoy 8-byte little-endian integers.
-fn prop_str(path: &[&str]) -> Option<String> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
+/// A property as text (`path`: segments joined by NUL, as the ABI passes it): ngx_wasm_module
+/// gives strings, Envoy 8-byte little-endian integers.
+fn prop_str(path: &[u8]) -> Option<String> {
+    let bytes = abi::property(path)?;
     String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
 }
 
-fn prop_int(path: &[&str]) -> Option<i64> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
+fn prop_int(path: &[u8]) -> Option<i64> {
+    let bytes = abi::property(path)?;
     if let Some(n) = std::str::from_utf8(&bytes)
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -647,40 +649,46 @@ impl HttpContext for Http {
             // Nothing to meter or enforce: nothing to read.
             return Action::Continue;
         }
-        let headers = self.get_http_request_headers();
+        // One host call for the map, read in place: only the headers the events or the
+        // decision can read are copied out (`request::reads_header`).
+        let map = abi::request_header_map();
+        let rules = &s.config.rules;
         let f = &mut self.facts;
         f.started_at_ms = now_ms();
-        f.headers.reserve(headers.len());
-        for (mut k, v) in headers {
-            match k.as_str() {
-                ":method" => f.method = Some(v),
-                ":path" => f.path = Some(v),
-                ":scheme" => f.scheme = Some(v),
-                ":authority" => f.headers.push(("host".into(), v)),
+        for (k, v) in request::header_pairs(&map) {
+            match k {
+                ":method" => f.method = Some(v.to_owned()),
+                ":path" => f.path = Some(v.to_owned()),
+                ":authority" => f.headers.push(("host".into(), v.to_owned())),
                 k if k.starts_with(':') => {}
-                _ => {
-                    // HTTP/2 names are lowercase already, HTTP/1 ones usually: no copy then.
-                    k.make_ascii_lowercase();
-                    f.headers.push((k, v));
+                // HTTP/2 names are lowercase already, HTTP/1 ones usually: no copy then.
+                k if k.bytes().any(|b| b.is_ascii_uppercase()) => {
+                    let k = k.to_ascii_lowercase();
+                    if request::reads_header(&k, rules) {
+                        f.headers.push((k, v.to_owned()));
+                    }
+                }
+                k => {
+                    if request::reads_header(k, rules) {
+                        f.headers.push((k.to_owned(), v.to_owned()));
+                    }
                 }
             }
         }
         if let Some(path) = &s.config.consumer_property {
-            let path: Vec<&str> = path.iter().map(String::as_str).collect();
-            f.consumer_id = prop_str(&path);
+            f.consumer_id = prop_str(path.join("\0").as_bytes());
         }
         if meters {
             // What only the events carry (enforcement needs the subject alone).
-            f.id = prop_str(&["ngx", "kong_request_id"])
-                .or_else(|| prop_str(&["request", "id"]))
+            f.id = prop_str(b"ngx\0kong_request_id")
+                .or_else(|| prop_str(b"request\0id"))
                 .or_else(|| f.header("x-request-id").map(str::to_owned));
-            f.client_ip = prop_str(&["source", "address"]).map(|a| strip_port(&a).to_owned());
-            f.route_id = prop_str(&["kong", "route_id"]);
-            f.route_name =
-                prop_str(&["kong", "route_name"]).or_else(|| prop_str(&["xds", "route_name"]));
-            f.service_id = prop_str(&["kong", "service_id"]);
+            f.client_ip = prop_str(b"source\0address").map(|a| strip_port(&a).to_owned());
+            f.route_id = prop_str(b"kong\0route_id");
+            f.route_name = prop_str(b"kong\0route_name").or_else(|| prop_str(b"xds\0route_name"));
+            f.service_id = prop_str(b"kong\0service_id");
             f.service_name =
-                prop_str(&["kong", "service_name"]).or_else(|| prop_str(&["xds", "cluster_name"]));
+                prop_str(b"kong\0service_name").or_else(|| prop_str(b"xds\0cluster_name"));
         }
         if s.config.llm && s.config.rules.meter_ai_token_usage {
             self.set_http_request_header("accept-encoding", None);
@@ -748,10 +756,12 @@ impl HttpContext for Http {
         let f = &mut self.facts;
         f.finished_at_ms = now_ms();
         if f.status.is_none() {
-            f.status = prop_int(&["response", "code"]);
+            f.status = prop_int(b"response\0code");
         }
-        f.request_size = s.size("request");
-        f.response_size = s.size("response").or(Some(self.body_bytes));
+        f.request_size = s.size(b"request\0total_size", b"request\0size");
+        f.response_size = s
+            .size(b"response\0total_size", b"response\0size")
+            .or(Some(self.body_bytes));
         f.llm = self.reader.take().and_then(UsageReader::finish);
         let m = request::meter(f, &s.config.rules, &s.config.source);
         if m.no_subject {

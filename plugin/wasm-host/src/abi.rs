@@ -150,19 +150,38 @@ fn key(caller: &Caller<'_, HostState>, ptr: i32, len: i32) -> R<Key> {
 
 /// A header map in the ABI's serialization.
 pub fn serialize_map(map: &[(String, String)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(map.len() as u32).to_le_bytes());
-    for (k, v) in map {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in map {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
+    let mut out = vec![0; serialized_len(map)];
+    serialize_map_into(map, &mut out);
     out
+}
+
+/// The size of `map` in the ABI's serialization: the count, two lengths per pair, and each
+/// name and value followed by a NUL.
+fn serialized_len(map: &[(String, String)]) -> usize {
+    4 + map
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len() + 2)
+        .sum::<usize>()
+}
+
+/// Writes `map` in the ABI's serialization into `out`, exactly [`serialized_len`] bytes long
+/// (the module's allocation: as ngx_wasm_module fills the memory it got, no copy on the way).
+fn serialize_map_into(map: &[(String, String)], out: &mut [u8]) {
+    let mut put = |at: usize, bytes: &[u8]| {
+        out[at..at + bytes.len()].copy_from_slice(bytes);
+        at + bytes.len()
+    };
+    let mut at = put(0, &(map.len() as u32).to_le_bytes());
+    for (k, v) in map {
+        at = put(at, &(k.len() as u32).to_le_bytes());
+        at = put(at, &(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in map {
+        at = put(at, k.as_bytes());
+        at = put(at, &[0]);
+        at = put(at, v.as_bytes());
+        at = put(at, &[0]);
+    }
 }
 
 /// Reads the ABI's map serialization.
@@ -309,11 +328,27 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> R<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: Caller<'_, HostState>, ty: i32, ret_ptr: i32, ret_len: i32| -> R<i32> {
-            let Some(map) = map_mut(c.data_mut(), ty) else {
+            let Some(len) = map(c.data(), ty).map(|m| serialized_len(m)) else {
                 return Ok(NOT_FOUND);
             };
-            let bytes = serialize_map(map);
-            give(&mut c, &bytes, ret_ptr, ret_len)?;
+            let memory = memory(&c)?;
+            let ptr = allocate(&mut c, len)?;
+            {
+                let (mem, state) = memory.data_and_store_mut(&mut c);
+                let start = ptr as u32 as usize;
+                // The module's allocator calls no host function: the map is the one measured.
+                let (Some(map), Some(dst)) = (
+                    map(state, ty).filter(|m| serialized_len(m) == len),
+                    mem.get_mut(start..start + len),
+                ) else {
+                    wasmtime::bail!(
+                        "proxy_on_memory_allocate returned {ptr} for {len} bytes, or the map changed"
+                    );
+                };
+                serialize_map_into(map, dst);
+            }
+            write_u32(&mut c, ret_ptr, ptr as u32)?;
+            write_u32(&mut c, ret_len, len as u32)?;
             Ok(OK)
         },
     )?;
