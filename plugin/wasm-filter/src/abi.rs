@@ -1,7 +1,7 @@
 //! Two proxy-wasm host calls the filter makes on every request, made as the SDK makes them
 //! (`proxy_wasm::hostcalls::get_property` / `get_map`) but without its per-call allocations:
 //! a property's path is a constant already in the ABI's form (segments joined by NUL), not a
-//! `Vec<&str>` serialized again on each call, and the request's header map stays the one buffer
+//! `Vec<&str>` serialized again on each call, and a header map stays the one buffer
 //! the host filled, read in place by `request::header_pairs`, instead of two `String`s per header.
 //!
 //! Why `unsafe`: the imports are declared here exactly as the SDK declares them, and the
@@ -52,12 +52,12 @@ pub fn property(path: &[u8]) -> Option<Vec<u8>> {
     owned(data, size)
 }
 
-/// The request's header map in the ABI's serialization (read with `request::header_pairs`).
-pub fn request_header_map() -> Vec<u8> {
+/// A header map of the stream (request or response headers) in the ABI's serialization (read
+/// with `request::header_pairs`); empty when the host has none.
+pub fn header_map(map_type: MapType) -> Vec<u8> {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: the return slots are valid locals.
-    let status =
-        unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) };
+    let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
     if status != Status::Ok {
         return Vec::new();
     }

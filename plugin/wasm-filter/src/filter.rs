@@ -23,7 +23,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::abi;
 use crate::config::FilterConfig;
@@ -651,7 +651,7 @@ impl HttpContext for Http {
         }
         // One host call for the map, read in place: only the headers the events or the
         // decision can read are copied out (`request::reads_header`).
-        let map = abi::request_header_map();
+        let map = abi::header_map(MapType::HttpRequestHeaders);
         let rules = &s.config.rules;
         let f = &mut self.facts;
         f.started_at_ms = now_ms();
@@ -683,7 +683,7 @@ impl HttpContext for Http {
             f.id = prop_str(b"ngx\0kong_request_id")
                 .or_else(|| prop_str(b"request\0id"))
                 .or_else(|| f.header("x-request-id").map(str::to_owned));
-            f.client_ip = prop_str(b"source\0address").map(|a| strip_port(&a).to_owned());
+            f.client_ip = prop_str(b"source\0address").map(strip_port);
             f.route_id = prop_str(b"kong\0route_id");
             f.route_name = prop_str(b"kong\0route_name").or_else(|| prop_str(b"xds\0route_name"));
             f.service_id = prop_str(b"kong\0service_id");
@@ -709,9 +709,11 @@ impl HttpContext for Http {
                 .and_then(|v| v.parse().ok());
             return Action::Continue;
         }
-        // Four headers are read: one host call for the map rather than one per header.
-        let (mut content_type, mut encoded, mut kong_llm) = (String::new(), false, false);
-        for (k, v) in self.get_http_response_headers() {
+        // Four headers are read: one host call for the map rather than one per header, read in
+        // place.
+        let map = abi::header_map(MapType::HttpResponseHeaders);
+        let (mut content_type, mut encoded, mut kong_llm) = ("", false, false);
+        for (k, v) in request::header_pairs(&map) {
             if k == ":status" {
                 self.facts.status = v.parse().ok();
             } else if k.eq_ignore_ascii_case("content-type") {
@@ -724,7 +726,7 @@ impl HttpContext for Http {
                 kong_llm = true;
             }
         }
-        let reader = UsageReader::new(&content_type, s.config.max_llm_body_bytes);
+        let reader = UsageReader::new(content_type, s.config.max_llm_body_bytes);
         let llm = reader.is_stream() || s.config.llm || kong_llm;
         if llm && !encoded {
             self.reader = Some(reader);
@@ -786,12 +788,19 @@ impl HttpContext for Http {
     }
 }
 
-fn strip_port(addr: &str) -> &str {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+/// The address without its port (`[v6]:port`, `v4:port`), cut in place.
+fn strip_port(mut addr: String) -> String {
+    if addr.starts_with('[') {
+        addr.remove(0);
+        if let Some(end) = addr.find(']') {
+            addr.truncate(end);
+        }
+        return addr;
     }
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host,
-        _ => addr,
-    }
+    let host_len = match addr.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host.len(),
+        _ => addr.len(),
+    };
+    addr.truncate(host_len);
+    addr
 }
