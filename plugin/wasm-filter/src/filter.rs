@@ -16,6 +16,7 @@
 //!   batch kept for the next tick (within the bound), a batch too large for the agent's intake
 //!   (413) is sent again in halves. Nothing here ever blocks a request.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -659,18 +660,21 @@ impl HttpContext for Http {
             match k {
                 ":method" => f.method = Some(v.to_owned()),
                 ":path" => f.path = Some(v.to_owned()),
-                ":authority" => f.headers.push(("host".into(), v.to_owned())),
+                ":authority" => f.headers.push((Cow::Borrowed("host"), v.to_owned())),
                 k if k.starts_with(':') => {}
                 // HTTP/2 names are lowercase already, HTTP/1 ones usually: no copy then.
                 k if k.bytes().any(|b| b.is_ascii_uppercase()) => {
                     let k = k.to_ascii_lowercase();
                     if request::reads_header(&k, rules) {
-                        f.headers.push((k, v.to_owned()));
+                        let name = request::known_header(&k).map_or(Cow::Owned(k), Cow::Borrowed);
+                        f.headers.push((name, v.to_owned()));
                     }
                 }
                 k => {
-                    if request::reads_header(k, rules) {
-                        f.headers.push((k.to_owned(), v.to_owned()));
+                    if let Some(name) = request::known_header(k) {
+                        f.headers.push((Cow::Borrowed(name), v.to_owned()));
+                    } else if request::reads_header(k, rules) {
+                        f.headers.push((Cow::Owned(k.to_owned()), v.to_owned()));
                     }
                 }
             }

@@ -39,8 +39,9 @@ pub struct RequestFacts {
     /// `:scheme` (not read by the filter: no event uses it).
     pub scheme: Option<String>,
     /// Request headers, names lowercase, pseudo-headers left out: the filter keeps only those
-    /// [`reads_header`] says the events or the decision can read.
-    pub headers: Vec<(String, String)>,
+    /// [`reads_header`] says the events or the decision can read (names the filter knows are
+    /// `'static`, not copied per request).
+    pub headers: Vec<(Cow<'static, str>, String)>,
     /// The client address (`source.address`, without the port).
     pub client_ip: Option<String>,
     /// Request size, bytes (headers and body when the host says; else the body).
@@ -115,7 +116,7 @@ impl RequestFacts {
         let headers = self
             .headers
             .iter()
-            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+            .map(|(k, v)| (Cow::Borrowed(k.as_ref()), Cow::Borrowed(v.as_str())))
             .collect();
         let reads_query = rules.subject_source == SubjectSource::Query
             || rules
@@ -213,23 +214,30 @@ impl RequestFacts {
 /// decision (the same subject). The filter copies only these out of the header map; the events
 /// are the same as from every header (the parity test holds it to that).
 pub fn reads_header(name: &str, rules: &Rules) -> bool {
-    matches!(
-        name,
-        "host"
-            | "user-agent"
-            | "x-consumer-id"
-            | "x-consumer-username"
-            | "x-consumer-custom-id"
-            | "x-credential-identifier"
-            | "x-request-id"
-    ) || (rules.subject_source == SubjectSource::Header
-        && rules
-            .subject_field
-            .as_deref()
-            .is_some_and(|f| f.eq_ignore_ascii_case(name)))
+    known_header(name).is_some()
+        || (rules.subject_source == SubjectSource::Header
+            && rules
+                .subject_field
+                .as_deref()
+                .is_some_and(|f| f.eq_ignore_ascii_case(name)))
         || rules.attributes.iter().any(|a| {
             a.source == AttributeSource::Header && a.look_up_value_in.eq_ignore_ascii_case(name)
         })
+}
+
+/// `name` as the `'static` name of a header the events always read (not a configured one).
+pub fn known_header(name: &str) -> Option<&'static str> {
+    [
+        "host",
+        "user-agent",
+        "x-consumer-id",
+        "x-consumer-username",
+        "x-consumer-custom-id",
+        "x-credential-identifier",
+        "x-request-id",
+    ]
+    .into_iter()
+    .find(|k| *k == name)
 }
 
 /// The (name, value) pairs of a header map in the proxy-wasm ABI's serialization, borrowed from
