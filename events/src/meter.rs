@@ -296,7 +296,7 @@ fn resolve_subject(entry: &LogEntry<'_>, config: &Rules) -> Option<(String, &'st
                         .id
                         .as_deref()
                         .filter(|id| !id.is_empty())
-                        .map(|id| (format!("consumer:{id}"), "consumer_id"));
+                        .map(|id| (prefixed("consumer:", id), "consumer_id"));
                 }
                 Some("username") => consumer
                     .username
@@ -320,9 +320,18 @@ fn resolve_subject(entry: &LogEntry<'_>, config: &Rules) -> Option<(String, &'st
             .authenticated_entity
             .as_ref()
             .and_then(|c| c.id.as_deref())
-            .map(|id| (format!("credential:{id}"), "credential_id")),
+            .map(|id| (prefixed("credential:", id), "credential_id")),
     };
     found.filter(|(v, _)| !v.is_empty())
+}
+
+/// `prefix` + `id` in one allocation of the right size (no formatting machinery: this runs for
+/// every request).
+fn prefixed(prefix: &str, id: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + id.len());
+    s.push_str(prefix);
+    s.push_str(id);
+    s
 }
 
 fn custom_attributes<'e>(entry: &'e LogEntry<'_>, config: &'e Rules) -> Vec<(&'e str, &'e str)> {

@@ -16,6 +16,7 @@
 //!   batch kept for the next tick (within the bound), a batch too large for the agent's intake
 //!   (413) is sent again in halves. Nothing here ever blocks a request.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -23,8 +24,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
+use crate::abi;
 use crate::config::FilterConfig;
 use crate::enforce::{self, Decision, Stored};
 use crate::request::{self, RequestFacts};
@@ -99,13 +101,13 @@ impl Shared {
     /// `<which>.total_size` (headers and body: Envoy) or else `<which>.size` (ngx_wasm_module,
     /// whose `size` already counts the headers). Once the host has answered `size` where it had
     /// no `total_size`, it is asked for `size` alone: one host call per size, not two.
-    fn size(&self, which: &str) -> Option<i64> {
+    fn size(&self, total_size: &[u8], size: &[u8]) -> Option<i64> {
         if self.has_total_size.get()
-            && let Some(n) = prop_int(&[which, "total_size"])
+            && let Some(n) = prop_int(total_size)
         {
             return Some(n);
         }
-        let n = prop_int(&[which, "size"]);
+        let n = prop_int(size);
         if n.is_some() {
             self.has_total_size.set(false);
         }
@@ -522,14 +524,15 @@ struct Http {
     denied: bool,
 }
 
-/// A property as text: ngx_wasm_module gives strings, Envoy 8-byte little-endian integers.
-fn prop_str(path: &[&str]) -> Option<String> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
+/// A property as text (`path`: segments joined by NUL, as the ABI passes it): ngx_wasm_module
+/// gives strings, Envoy 8-byte little-endian integers.
+fn prop_str(path: &[u8]) -> Option<String> {
+    let bytes = abi::property(path)?;
     String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
 }
 
-fn prop_int(path: &[&str]) -> Option<i64> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
+fn prop_int(path: &[u8]) -> Option<i64> {
+    let bytes = abi::property(path)?;
     if let Some(n) = std::str::from_utf8(&bytes)
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -647,40 +650,49 @@ impl HttpContext for Http {
             // Nothing to meter or enforce: nothing to read.
             return Action::Continue;
         }
-        let headers = self.get_http_request_headers();
+        // One host call for the map, read in place: only the headers the events or the
+        // decision can read are copied out (`request::reads_header`).
+        let map = abi::header_map(MapType::HttpRequestHeaders);
+        let rules = &s.config.rules;
         let f = &mut self.facts;
         f.started_at_ms = now_ms();
-        f.headers.reserve(headers.len());
-        for (mut k, v) in headers {
-            match k.as_str() {
-                ":method" => f.method = Some(v),
-                ":path" => f.path = Some(v),
-                ":scheme" => f.scheme = Some(v),
-                ":authority" => f.headers.push(("host".into(), v)),
+        for (k, v) in request::header_pairs(&map) {
+            match k {
+                ":method" => f.method = Some(v.to_owned()),
+                ":path" => f.path = Some(v.to_owned()),
+                ":authority" => f.headers.push((Cow::Borrowed("host"), v.to_owned())),
                 k if k.starts_with(':') => {}
-                _ => {
-                    // HTTP/2 names are lowercase already, HTTP/1 ones usually: no copy then.
-                    k.make_ascii_lowercase();
-                    f.headers.push((k, v));
+                // HTTP/2 names are lowercase already, HTTP/1 ones usually: no copy then.
+                k if k.bytes().any(|b| b.is_ascii_uppercase()) => {
+                    let k = k.to_ascii_lowercase();
+                    if request::reads_header(&k, rules) {
+                        let name = request::known_header(&k).map_or(Cow::Owned(k), Cow::Borrowed);
+                        f.headers.push((name, v.to_owned()));
+                    }
+                }
+                k => {
+                    if let Some(name) = request::known_header(k) {
+                        f.headers.push((Cow::Borrowed(name), v.to_owned()));
+                    } else if request::reads_header(k, rules) {
+                        f.headers.push((Cow::Owned(k.to_owned()), v.to_owned()));
+                    }
                 }
             }
         }
         if let Some(path) = &s.config.consumer_property {
-            let path: Vec<&str> = path.iter().map(String::as_str).collect();
-            f.consumer_id = prop_str(&path);
+            f.consumer_id = prop_str(path.join("\0").as_bytes());
         }
         if meters {
             // What only the events carry (enforcement needs the subject alone).
-            f.id = prop_str(&["ngx", "kong_request_id"])
-                .or_else(|| prop_str(&["request", "id"]))
+            f.id = prop_str(b"ngx\0kong_request_id")
+                .or_else(|| prop_str(b"request\0id"))
                 .or_else(|| f.header("x-request-id").map(str::to_owned));
-            f.client_ip = prop_str(&["source", "address"]).map(|a| strip_port(&a).to_owned());
-            f.route_id = prop_str(&["kong", "route_id"]);
-            f.route_name =
-                prop_str(&["kong", "route_name"]).or_else(|| prop_str(&["xds", "route_name"]));
-            f.service_id = prop_str(&["kong", "service_id"]);
+            f.client_ip = prop_str(b"source\0address").map(strip_port);
+            f.route_id = prop_str(b"kong\0route_id");
+            f.route_name = prop_str(b"kong\0route_name").or_else(|| prop_str(b"xds\0route_name"));
+            f.service_id = prop_str(b"kong\0service_id");
             f.service_name =
-                prop_str(&["kong", "service_name"]).or_else(|| prop_str(&["xds", "cluster_name"]));
+                prop_str(b"kong\0service_name").or_else(|| prop_str(b"xds\0cluster_name"));
         }
         if s.config.llm && s.config.rules.meter_ai_token_usage {
             self.set_http_request_header("accept-encoding", None);
@@ -701,9 +713,11 @@ impl HttpContext for Http {
                 .and_then(|v| v.parse().ok());
             return Action::Continue;
         }
-        // Four headers are read: one host call for the map rather than one per header.
-        let (mut content_type, mut encoded, mut kong_llm) = (String::new(), false, false);
-        for (k, v) in self.get_http_response_headers() {
+        // Four headers are read: one host call for the map rather than one per header, read in
+        // place.
+        let map = abi::header_map(MapType::HttpResponseHeaders);
+        let (mut content_type, mut encoded, mut kong_llm) = ("", false, false);
+        for (k, v) in request::header_pairs(&map) {
             if k == ":status" {
                 self.facts.status = v.parse().ok();
             } else if k.eq_ignore_ascii_case("content-type") {
@@ -716,7 +730,7 @@ impl HttpContext for Http {
                 kong_llm = true;
             }
         }
-        let reader = UsageReader::new(&content_type, s.config.max_llm_body_bytes);
+        let reader = UsageReader::new(content_type, s.config.max_llm_body_bytes);
         let llm = reader.is_stream() || s.config.llm || kong_llm;
         if llm && !encoded {
             self.reader = Some(reader);
@@ -748,10 +762,12 @@ impl HttpContext for Http {
         let f = &mut self.facts;
         f.finished_at_ms = now_ms();
         if f.status.is_none() {
-            f.status = prop_int(&["response", "code"]);
+            f.status = prop_int(b"response\0code");
         }
-        f.request_size = s.size("request");
-        f.response_size = s.size("response").or(Some(self.body_bytes));
+        f.request_size = s.size(b"request\0total_size", b"request\0size");
+        f.response_size = s
+            .size(b"response\0total_size", b"response\0size")
+            .or(Some(self.body_bytes));
         f.llm = self.reader.take().and_then(UsageReader::finish);
         let m = request::meter(f, &s.config.rules, &s.config.source);
         if m.no_subject {
@@ -776,12 +792,19 @@ impl HttpContext for Http {
     }
 }
 
-fn strip_port(addr: &str) -> &str {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+/// The address without its port (`[v6]:port`, `v4:port`), cut in place.
+fn strip_port(mut addr: String) -> String {
+    if addr.starts_with('[') {
+        addr.remove(0);
+        if let Some(end) = addr.find(']') {
+            addr.truncate(end);
+        }
+        return addr;
     }
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host,
-        _ => addr,
-    }
+    let host_len = match addr.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host.len(),
+        _ => addr.len(),
+    };
+    addr.truncate(host_len);
+    addr
 }

@@ -18,6 +18,8 @@ pub mod request;
 pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
+mod abi;
+#[cfg(target_arch = "wasm32")]
 mod filter;
 
 /// The name Kong knows the filter by (its file name without `.wasm`) and Envoy's `root_id`.

@@ -36,10 +36,12 @@ pub struct RequestFacts {
     pub method: Option<String>,
     /// `:path` (path and query as received).
     pub path: Option<String>,
-    /// `:scheme`.
+    /// `:scheme` (not read by the filter: no event uses it).
     pub scheme: Option<String>,
-    /// Request headers, names lowercase, pseudo-headers left out.
-    pub headers: Vec<(String, String)>,
+    /// Request headers, names lowercase, pseudo-headers left out: the filter keeps only those
+    /// [`reads_header`] says the events or the decision can read (names the filter knows are
+    /// `'static`, not copied per request).
+    pub headers: Vec<(Cow<'static, str>, String)>,
     /// The client address (`source.address`, without the port).
     pub client_ip: Option<String>,
     /// Request size, bytes (headers and body when the host says; else the body).
@@ -114,7 +116,7 @@ impl RequestFacts {
         let headers = self
             .headers
             .iter()
-            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+            .map(|(k, v)| (Cow::Borrowed(k.as_ref()), Cow::Borrowed(v.as_str())))
             .collect();
         let reads_query = rules.subject_source == SubjectSource::Query
             || rules
@@ -204,6 +206,60 @@ impl RequestFacts {
             ..LogEntry::default()
         }
     }
+}
+
+/// Whether anything made from a request under `rules` reads its header `name` (lowercase):
+/// the events (`host`, `user-agent`, the consumer and credential headers Kong's auth plugins set,
+/// a header subject or attribute), the ids on Envoy (`x-request-id`) and the enforcement
+/// decision (the same subject). The filter copies only these out of the header map; the events
+/// are the same as from every header (the parity test holds it to that).
+pub fn reads_header(name: &str, rules: &Rules) -> bool {
+    known_header(name).is_some()
+        || (rules.subject_source == SubjectSource::Header
+            && rules
+                .subject_field
+                .as_deref()
+                .is_some_and(|f| f.eq_ignore_ascii_case(name)))
+        || rules.attributes.iter().any(|a| {
+            a.source == AttributeSource::Header && a.look_up_value_in.eq_ignore_ascii_case(name)
+        })
+}
+
+/// `name` as the `'static` name of a header the events always read (not a configured one).
+pub fn known_header(name: &str) -> Option<&'static str> {
+    [
+        "host",
+        "user-agent",
+        "x-consumer-id",
+        "x-consumer-username",
+        "x-consumer-custom-id",
+        "x-credential-identifier",
+        "x-request-id",
+    ]
+    .into_iter()
+    .find(|k| *k == name)
+}
+
+/// The (name, value) pairs of a header map in the proxy-wasm ABI's serialization, borrowed from
+/// it: a count, a name and a value length per pair (u32 LE), then each name and value followed
+/// by a NUL. A truncated map yields the pairs before the cut; pairs that are not UTF-8 are
+/// skipped.
+pub fn header_pairs(map: &[u8]) -> impl Iterator<Item = (&str, &str)> {
+    let u32_at = move |at: usize| -> Option<usize> {
+        let b = map.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let n = u32_at(0).unwrap_or(0);
+    let mut at = n.saturating_mul(8).saturating_add(4);
+    (0..n)
+        .map_while(move |i| {
+            let (kl, vl) = (u32_at(4 + i * 8)?, u32_at(8 + i * 8)?);
+            let k = map.get(at..at.checked_add(kl)?)?;
+            let v = map.get(at + kl + 1..(at + kl + 1).checked_add(vl)?)?;
+            at += kl + 1 + vl + 1;
+            Some((std::str::from_utf8(k).ok(), std::str::from_utf8(v).ok()))
+        })
+        .filter_map(|(k, v)| Some((k?, v?)))
 }
 
 /// A query name or value, decoded as Kong's `ngx.req.get_uri_args` does (`+` is a space);
@@ -536,6 +592,8 @@ mod tests {
         v.headers
             .push(("x-consumer-custom-id".into(), "cust-7".into()));
         v.headers.push(("x-tenant".into(), "acme".into()));
+        v.headers.push(("accept".into(), "application/json".into()));
+        v.headers.push(("cookie".into(), "a=1; b=2".into()));
         v.path = Some("/v1/a%2Fb?flag&team=blue+green&team=red&t%C3%A9=%E2%9C%93&empty=".into());
         v.finished_at_ms = v.started_at_ms - 5;
         variants.push(v);
@@ -584,7 +642,10 @@ mod tests {
             let json = serialize_json(f);
             for (j, r) in rule_sets.iter().enumerate() {
                 let plugin = plugin_path(&json, r, "kong-gateway/node-1");
-                let filter = filter_path(f, r, "kong-gateway/node-1");
+                // The filter keeps only the headers the rules can read.
+                let mut kept = f.clone();
+                kept.headers.retain(|(k, _)| reads_header(k, r));
+                let filter = filter_path(&kept, r, "kong-gateway/node-1");
                 let (Ok(plugin), Ok(filter)) = (&plugin, &filter) else {
                     assert_eq!(plugin.is_err(), filter.is_err(), "request {i}, rules {j}");
                     no_subject += 1;
@@ -612,6 +673,31 @@ mod tests {
         }
         assert!(compared >= 45, "only {compared} events compared");
         assert!(no_subject >= 5, "the no-subject cases ran: {no_subject}");
+    }
+
+    #[test]
+    fn header_maps_are_read_in_place_and_cut_maps_stop_at_the_cut() {
+        let pairs = [("host", "a.example"), ("x-e", ""), ("user-agent", "ü/1")];
+        let mut map = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            map.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            map.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            map.extend_from_slice(k.as_bytes());
+            map.push(0);
+            map.extend_from_slice(v.as_bytes());
+            map.push(0);
+        }
+        assert_eq!(header_pairs(&map).collect::<Vec<_>>(), pairs);
+        for cut in 0..map.len() {
+            let got: Vec<_> = header_pairs(&map[..cut]).collect();
+            assert!(pairs.starts_with(&got), "cut at {cut}: {got:?}");
+        }
+        assert_eq!(header_pairs(&[]).count(), 0);
+        let rules = rules(Some((SubjectSource::Header, "X-Tenant")), json!([]));
+        assert!(reads_header("x-tenant", &rules) && reads_header("host", &rules));
+        assert!(!reads_header("accept", &rules) && !reads_header("x-tenant", &Rules::default()));
     }
 
     #[test]

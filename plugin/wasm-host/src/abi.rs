@@ -119,50 +119,84 @@ fn give_from(
     Ok(true)
 }
 
-/// A short key (header name, property path) copied out of the module's memory without a heap
-/// allocation; longer ones go to the heap.
-enum Key {
-    Inline([u8; 128], usize),
-    Heap(Vec<u8>),
-}
-
-impl std::ops::Deref for Key {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Key::Inline(buf, len) => &buf[..*len],
-            Key::Heap(v) => v,
+/// As [`give_from`] for a value found by a key in the module's memory (a header name, a
+/// property path): the key is read where it is, not copied out, on both asks (the module's
+/// allocator gives out other memory, so the key is still there after it ran).
+fn give_keyed(
+    caller: &mut Caller<'_, HostState>,
+    key_ptr: i32,
+    key_len: i32,
+    ret_ptr: i32,
+    ret_len: i32,
+    pick: impl for<'k, 'a> Fn(&'k [u8], &'a HostState) -> Option<&'a [u8]>,
+) -> R<bool> {
+    let memory = memory(caller)?;
+    let ks = key_ptr as u32 as usize;
+    let ke = ks + key_len as u32 as usize;
+    let len = {
+        let (mem, state) = memory.data_and_store_mut(&mut *caller);
+        let Some(key) = mem.get(ks..ke) else {
+            wasmtime::bail!("out-of-bounds read {ks}..{ke}");
+        };
+        match pick(key, state) {
+            Some(v) => v.len(),
+            None => return Ok(false),
         }
+    };
+    let ptr = allocate(caller, len)?;
+    {
+        let (mem, state) = memory.data_and_store_mut(&mut *caller);
+        let value = mem
+            .get(ks..ke)
+            .and_then(|key| pick(key, state))
+            .filter(|v| v.len() == len);
+        let start = ptr as u32 as usize;
+        let (Some(value), Some(dst)) = (value, mem.get_mut(start..start + len)) else {
+            wasmtime::bail!(
+                "proxy_on_memory_allocate returned {ptr} for {len} bytes, or the value changed"
+            );
+        };
+        dst.copy_from_slice(value);
     }
-}
-
-fn key(caller: &Caller<'_, HostState>, ptr: i32, len: i32) -> R<Key> {
-    let mem = memory(caller)?;
-    let bytes = slice(mem.data(caller), ptr, len)?;
-    Ok(if bytes.len() <= 128 {
-        let mut buf = [0u8; 128];
-        buf[..bytes.len()].copy_from_slice(bytes);
-        Key::Inline(buf, bytes.len())
-    } else {
-        Key::Heap(bytes.to_vec())
-    })
+    write_u32(caller, ret_ptr, ptr as u32)?;
+    write_u32(caller, ret_len, len as u32)?;
+    Ok(true)
 }
 
 /// A header map in the ABI's serialization.
 pub fn serialize_map(map: &[(String, String)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(map.len() as u32).to_le_bytes());
-    for (k, v) in map {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in map {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
+    let mut out = vec![0; serialized_len(map)];
+    serialize_map_into(map, &mut out);
     out
+}
+
+/// The size of `map` in the ABI's serialization: the count, two lengths per pair, and each
+/// name and value followed by a NUL.
+fn serialized_len(map: &[(String, String)]) -> usize {
+    4 + map
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len() + 2)
+        .sum::<usize>()
+}
+
+/// Writes `map` in the ABI's serialization into `out`, exactly [`serialized_len`] bytes long
+/// (the module's allocation: as ngx_wasm_module fills the memory it got, no copy on the way).
+fn serialize_map_into(map: &[(String, String)], out: &mut [u8]) {
+    let mut put = |at: usize, bytes: &[u8]| {
+        out[at..at + bytes.len()].copy_from_slice(bytes);
+        at + bytes.len()
+    };
+    let mut at = put(0, &(map.len() as u32).to_le_bytes());
+    for (k, v) in map {
+        at = put(at, &(k.len() as u32).to_le_bytes());
+        at = put(at, &(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in map {
+        at = put(at, k.as_bytes());
+        at = put(at, &[0]);
+        at = put(at, v.as_bytes());
+        at = put(at, &[0]);
+    }
 }
 
 /// Reads the ABI's map serialization.
@@ -309,11 +343,27 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> R<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: Caller<'_, HostState>, ty: i32, ret_ptr: i32, ret_len: i32| -> R<i32> {
-            let Some(map) = map_mut(c.data_mut(), ty) else {
+            let Some(len) = map(c.data(), ty).map(|m| serialized_len(m)) else {
                 return Ok(NOT_FOUND);
             };
-            let bytes = serialize_map(map);
-            give(&mut c, &bytes, ret_ptr, ret_len)?;
+            let memory = memory(&c)?;
+            let ptr = allocate(&mut c, len)?;
+            {
+                let (mem, state) = memory.data_and_store_mut(&mut c);
+                let start = ptr as u32 as usize;
+                // The module's allocator calls no host function: the map is the one measured.
+                let (Some(map), Some(dst)) = (
+                    map(state, ty).filter(|m| serialized_len(m) == len),
+                    mem.get_mut(start..start + len),
+                ) else {
+                    wasmtime::bail!(
+                        "proxy_on_memory_allocate returned {ptr} for {len} bytes, or the map changed"
+                    );
+                };
+                serialize_map_into(map, dst);
+            }
+            write_u32(&mut c, ret_ptr, ptr as u32)?;
+            write_u32(&mut c, ret_len, len as u32)?;
             Ok(OK)
         },
     )?;
@@ -339,13 +389,12 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> R<()> {
          ret_ptr: i32,
          ret_len: i32|
          -> R<i32> {
-            let key = key(&c, kp, kl)?;
-            let found = give_from(&mut c, ret_ptr, ret_len, |s| match ty {
+            let found = give_keyed(&mut c, kp, kl, ret_ptr, ret_len, |key, s| match ty {
                 // A failed call's only "header" (ngx_wasm_module's pseudo-header).
-                6 if &*key == b":dispatch_status" => s.call_failure.as_deref().map(str::as_bytes),
+                6 if key == b":dispatch_status" => s.call_failure.as_deref().map(str::as_bytes),
                 _ => map(s, ty)?
                     .iter()
-                    .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(&key))
+                    .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(key))
                     .map(|(_, v)| v.as_bytes()),
             })?;
             Ok(if found { OK } else { NOT_FOUND })
@@ -393,8 +442,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> R<()> {
         "env",
         "proxy_get_property",
         |mut c: Caller<'_, HostState>, pp: i32, pl: i32, ret_ptr: i32, ret_len: i32| -> R<i32> {
-            let path = key(&c, pp, pl)?;
-            let found = give_from(&mut c, ret_ptr, ret_len, |s| s.stream.property(&path))?;
+            let found = give_keyed(&mut c, pp, pl, ret_ptr, ret_len, |path, s| {
+                s.stream.property(path)
+            })?;
             Ok(if found { OK } else { NOT_FOUND })
         },
     )?;

@@ -8,7 +8,6 @@
 //! few numbers the proxy knows), and the module's memory and allocator are found once, after
 //! instantiation, not on every host call.
 
-use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -111,10 +110,11 @@ impl Int {
         let mut buf = [0u8; 20];
         let len = match flavor {
             Flavor::Kong => {
-                let mut w = &mut buf[..];
                 // An i64 takes at most 20 bytes of text.
-                let _ = write!(w, "{n}");
-                20 - w.len()
+                let mut text = itoa::Buffer::new();
+                let text = text.format(n).as_bytes();
+                buf[..text.len()].copy_from_slice(text);
+                text.len()
             }
             Flavor::Envoy => {
                 buf[..8].copy_from_slice(&n.to_le_bytes());
