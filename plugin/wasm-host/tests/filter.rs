@@ -425,7 +425,7 @@ async fn with_the_agent_down_traffic_never_waits_the_outbox_is_bounded_and_failu
         "{}",
         common::counters(&vm)
     );
-    let events = billing_events(&billing, prefix, 20, Duration::from_secs(15)).await;
+    let events = billing_events(&billing, prefix, 20, Duration::from_secs(30)).await;
     assert_eq!(events.len(), 20);
     assert_eq!(vm.refused_calls(), 0);
 }
