@@ -5,8 +5,8 @@
 //! and a lease end, by an update whose condition is checked again on each row as it is written (on
 //! PostgreSQL a row another replica changed meanwhile is re-read), so replicas claim disjoint rows
 //! — and only the holder of a row's token can record the outcome. A worker records the outcomes
-//! of finished attempts in the same transaction as its next claim ([`Store::settle_and_claim`]),
-//! and reads a claim's deliveries with their event and channel
+//! of finished attempts (one statement for all of them) in the same transaction as its next claim
+//! ([`Store::settle_and_claim`]), and reads a claim's deliveries with their event and channel
 //! documents in one query. A claim's cost does not grow with the backlog: it ranks only each
 //! channel's first few due deliveries and those in flight, found through indexes (migration 9).
 
@@ -101,22 +101,48 @@ pub struct Outcome {
     pub doc: Value,
 }
 
-/// The statement recording `o` if its lease still holds the row, releasing the lease.
-fn outcome_statement(o: &Outcome) -> Stmt {
-    Stmt {
-        sql: format!(
-            "UPDATE notification_deliveries SET state = $1, next_attempt_ms = {}, doc = $3, \
-             lease_token = NULL, lease_until_ms = NULL WHERE id = $4 AND lease_token = $5",
-            big(2)
-        ),
-        params: vec![
-            Some(o.state.to_owned()),
-            o.next_attempt_ms.map(|t| t.to_string()),
-            Some(o.doc.to_string()),
-            Some(o.id.clone()),
-            Some(o.lease.clone()),
-        ],
+/// The statement recording `outcomes` — each only if its lease still holds the row, releasing
+/// the lease — in one `UPDATE … FROM (VALUES …)` (one round trip however many finished; both
+/// backends name a `VALUES` list's columns `column1`, `column2`, …); `None` when there are none.
+fn outcomes_statement(outcomes: &[Outcome]) -> Option<Stmt> {
+    if outcomes.is_empty() {
+        return None;
     }
+    let rows: Vec<String> = (0..outcomes.len())
+        .map(|i| {
+            let n = 5 * i;
+            format!(
+                "(${}, {}, ${}, ${}, ${})",
+                n + 1,
+                big(n + 2),
+                n + 3,
+                n + 4,
+                n + 5
+            )
+        })
+        .collect();
+    Some(Stmt {
+        sql: format!(
+            "UPDATE notification_deliveries SET state = v.column1, next_attempt_ms = v.column2, \
+             doc = v.column3, lease_token = NULL, lease_until_ms = NULL \
+             FROM (VALUES {}) AS v \
+             WHERE notification_deliveries.id = v.column4 \
+               AND notification_deliveries.lease_token = v.column5",
+            rows.join(", ")
+        ),
+        params: outcomes
+            .iter()
+            .flat_map(|o| {
+                [
+                    Some(o.state.to_owned()),
+                    o.next_attempt_ms.map(|t| t.to_string()),
+                    Some(o.doc.to_string()),
+                    Some(o.id.clone()),
+                    Some(o.lease.clone()),
+                ]
+            })
+            .collect(),
+    })
 }
 
 /// A delivery row's id.
@@ -254,7 +280,7 @@ impl Store {
                 return Ok(Vec::new());
             }
         }
-        let mut stmts: Vec<Stmt> = outcomes.iter().map(outcome_statement).collect();
+        let mut stmts: Vec<Stmt> = outcomes_statement(outcomes).into_iter().collect();
         let lease = uuid::Uuid::new_v4().simple().to_string();
         if claim.limit > 0 {
             stmts.push(self.claim_statement(claim, &lease));
