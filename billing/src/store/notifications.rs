@@ -392,7 +392,8 @@ impl Store {
         }
     }
 
-    /// The deliveries `lease` holds, each with its event's and channel's documents: one query.
+    /// The deliveries `lease` holds, each with its event's and channel's documents: one query
+    /// (through the index of deliveries being sent, whatever the backlog).
     async fn claimed(&self, lease: &str) -> Result<Vec<Claimed>, StoreError> {
         let row = if self.is_exclusive() {
             "json_object('id', d.id, 'deadline', d.deadline_ms, 'status', json(d.doc), \
@@ -407,7 +408,7 @@ impl Store {
                     "SELECT {row} FROM notification_deliveries d \
                      JOIN notification_events e ON e.id = d.event_id \
                      LEFT JOIN notification_channels c ON c.id = d.channel_id \
-                     WHERE d.lease_token = $1 ORDER BY d.id"
+                     WHERE d.lease_token = $1 AND d.state = 'SENDING' ORDER BY d.id"
                 ),
                 params: vec![Some(lease.to_owned())],
             })
