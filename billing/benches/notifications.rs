@@ -16,7 +16,10 @@
 //!
 //! Run: `cargo bench -p tollgate-billing --bench notifications [-- [delivery] CUSTOMERS EVENTS]`
 //! (default 1000 customers, 200000 events: each customer's 100-call allowance is crossed twice
-//! over; `delivery` runs the delivery figure only).
+//! over; `delivery` runs the delivery figure only). `-- backlog N` runs the delivery figure alone
+//! on a backlog of N events made without ingest — N test sends of the rule
+//! (`POST /api/v1/notification/rules/{id}/test`, one event each) — to show how delivery scales
+//! with the backlog's size.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -107,6 +110,11 @@ async fn setup(b: &Billing, customers: usize) {
 
 /// A webhook channel to `url` and a threshold rule at 50/80/100 % on it; the channel's secret.
 async fn rule(b: &Billing, url: &str) -> String {
+    rule_and_id(b, url).await.0
+}
+
+/// [`rule`], with the rule's id.
+async fn rule_and_id(b: &Billing, url: &str) -> (String, String) {
     let c = reqwest::Client::new();
     let channel = post(
         &c,
@@ -114,7 +122,7 @@ async fn rule(b: &Billing, url: &str) -> String {
         json!({"type": "WEBHOOK", "name": "bench", "url": url}),
     )
     .await;
-    post(
+    let rule = post(
         &c,
         format!("{}/api/v1/notification/rules", b.base),
         json!({"type": "entitlements.balance.threshold", "name": "limits",
@@ -123,7 +131,29 @@ async fn rule(b: &Billing, url: &str) -> String {
                               {"type": "PERCENT", "value": 100}]}),
     )
     .await;
-    channel["signingSecret"].as_str().unwrap().to_owned()
+    (
+        channel["signingSecret"].as_str().unwrap().to_owned(),
+        rule["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// `n` test sends of rule `id` (one event each, one delivery to its channel), 8 at a time.
+async fn test_sends(b: &Billing, id: &str, n: usize) {
+    let c = reqwest::Client::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (c, next) = (c.clone(), next.clone());
+        let url = format!("{}/api/v1/notification/rules/{id}/test", b.base);
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                post(&c, url.clone(), json!({})).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
 }
 
 /// Request bodies of 500 events each, round-robin over the customers, time-stamped now.
@@ -276,10 +306,16 @@ async fn raw_signed_posts(url: &str, secret: &str, n: usize) -> f64 {
 }
 
 fn main() {
-    let only_delivery = std::env::args().any(|a| a == "delivery");
-    let mut numbers = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse::<usize>().ok());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let backlog = args.windows(2).find(|w| w[0] == "backlog").map(|w| {
+        w[1].parse::<usize>()
+            .expect("backlog N: N must be a number")
+    });
+    let only_delivery = backlog.is_some() || args.iter().any(|a| a == "delivery");
+    let mut numbers = args
+        .iter()
+        .filter_map(|a| a.parse::<usize>().ok())
+        .filter(|n| Some(*n) != backlog);
     let customers = numbers.next().unwrap_or(1000);
     let events = numbers.next().unwrap_or(200_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -293,6 +329,9 @@ fn main() {
              allowance, {events} events in requests of 500 from 4 senders, {} cores",
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
+        if let Some(n) = backlog {
+            println!("delivery only, backlog of {n} test sends to one channel");
+        }
 
         if !only_delivery {
             let plain = start();
@@ -335,14 +374,21 @@ fn main() {
         }
 
         let fast = start();
-        setup(&fast, customers).await;
         let (url, received, gate) = fast_receiver().await;
-        let secret = rule(&fast, &url).await;
-        ingest(&fast, &bodies(events, customers), events).await;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while customers_at_limit(&fast).await < customers && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let secret = if let Some(n) = backlog {
+            let (secret, id) = rule_and_id(&fast, &url).await;
+            test_sends(&fast, &id, n).await;
+            secret
+        } else {
+            setup(&fast, customers).await;
+            let secret = rule(&fast, &url).await;
+            ingest(&fast, &bodies(events, customers), events).await;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while customers_at_limit(&fast).await < customers && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            secret
+        };
         let total = event_count(&fast).await;
         let opened = Instant::now();
         gate.send(true).unwrap();

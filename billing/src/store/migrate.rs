@@ -48,6 +48,11 @@ pub const SQLITE: &[Migration] = &[
         name: "usage_totals",
         sql: include_str!("../../migrations/sqlite/0006_usage_totals.sql"),
     },
+    Migration {
+        version: 9,
+        name: "notification_queue",
+        sql: include_str!("../../migrations/sqlite/0009_notification_queue.sql"),
+    },
 ];
 
 /// PostgreSQL's migrations.
@@ -81,6 +86,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 6,
         name: "usage_totals",
         sql: include_str!("../../migrations/postgres/0006_usage_totals.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "notification_queue",
+        sql: include_str!("../../migrations/postgres/0009_notification_queue.sql"),
     },
 ];
 

@@ -5,8 +5,10 @@
 //! and a lease end, by an update whose condition is checked again on each row as it is written (on
 //! PostgreSQL a row another replica changed meanwhile is re-read), so replicas claim disjoint rows
 //! — and only the holder of a row's token can record the outcome. A worker records the outcomes
-//! of finished attempts in the same transaction as its next claim ([`Store::settle_and_claim`]),
-//! and reads a claim's deliveries with their event and channel documents in one query.
+//! of finished attempts (one statement for all of them) in the same transaction as its next claim
+//! ([`Store::settle_and_claim`]), and reads a claim's deliveries with their event and channel
+//! documents in one query. A claim's cost does not grow with the backlog: it ranks only each
+//! channel's first few due deliveries and those in flight, found through indexes (migration 9).
 
 use serde_json::Value;
 
@@ -99,22 +101,48 @@ pub struct Outcome {
     pub doc: Value,
 }
 
-/// The statement recording `o` if its lease still holds the row, releasing the lease.
-fn outcome_statement(o: &Outcome) -> Stmt {
-    Stmt {
-        sql: format!(
-            "UPDATE notification_deliveries SET state = $1, next_attempt_ms = {}, doc = $3, \
-             lease_token = NULL, lease_until_ms = NULL WHERE id = $4 AND lease_token = $5",
-            big(2)
-        ),
-        params: vec![
-            Some(o.state.to_owned()),
-            o.next_attempt_ms.map(|t| t.to_string()),
-            Some(o.doc.to_string()),
-            Some(o.id.clone()),
-            Some(o.lease.clone()),
-        ],
+/// The statement recording `outcomes` — each only if its lease still holds the row, releasing
+/// the lease — in one `UPDATE … FROM (VALUES …)` (one round trip however many finished; both
+/// backends name a `VALUES` list's columns `column1`, `column2`, …); `None` when there are none.
+fn outcomes_statement(outcomes: &[Outcome]) -> Option<Stmt> {
+    if outcomes.is_empty() {
+        return None;
     }
+    let rows: Vec<String> = (0..outcomes.len())
+        .map(|i| {
+            let n = 5 * i;
+            format!(
+                "(${}, {}, ${}, ${}, ${})",
+                n + 1,
+                big(n + 2),
+                n + 3,
+                n + 4,
+                n + 5
+            )
+        })
+        .collect();
+    Some(Stmt {
+        sql: format!(
+            "UPDATE notification_deliveries SET state = v.column1, next_attempt_ms = v.column2, \
+             doc = v.column3, lease_token = NULL, lease_until_ms = NULL \
+             FROM (VALUES {}) AS v \
+             WHERE notification_deliveries.id = v.column4 \
+               AND notification_deliveries.lease_token = v.column5",
+            rows.join(", ")
+        ),
+        params: outcomes
+            .iter()
+            .flat_map(|o| {
+                [
+                    Some(o.state.to_owned()),
+                    o.next_attempt_ms.map(|t| t.to_string()),
+                    Some(o.doc.to_string()),
+                    Some(o.id.clone()),
+                    Some(o.lease.clone()),
+                ]
+            })
+            .collect(),
+    })
 }
 
 /// A delivery row's id.
@@ -252,7 +280,7 @@ impl Store {
                 return Ok(Vec::new());
             }
         }
-        let mut stmts: Vec<Stmt> = outcomes.iter().map(outcome_statement).collect();
+        let mut stmts: Vec<Stmt> = outcomes_statement(outcomes).into_iter().collect();
         let lease = uuid::Uuid::new_v4().simple().to_string();
         if claim.limit > 0 {
             stmts.push(self.claim_statement(claim, &lease));
@@ -264,11 +292,17 @@ impl Store {
         self.claimed(&lease).await
     }
 
-    /// The claim: one UPDATE over the candidates — every open delivery with, per channel, how
-    /// many are in flight (`busy`) and its rank among the channel's due ones; those that fit
-    /// under the cap, oldest first. The outer condition is checked again on each row as it is
-    /// updated, so two replicas claiming at once never both take one (PostgreSQL re-reads a row
-    /// changed meanwhile). The status document says SENDING from the claim on.
+    /// The claim: one UPDATE over a bounded set of candidates, never the whole backlog. The
+    /// channels with queued deliveries are found by a skip scan of the queue index (one index
+    /// probe per channel); of each, at most `per_channel` due deliveries in order (a range of
+    /// that index); with them, every delivery being sent (a few per channel). Over those, per
+    /// channel, how many are in flight under a live lease (`busy`) and each due one's rank; the
+    /// ones that fit under the cap, oldest first. The top `per_channel` queued ones plus every
+    /// lease that ran out are all a channel's due deliveries could rank within the cap, so the
+    /// choice is the same as ranking every open delivery. The outer condition is checked again
+    /// on each row as it is updated, so two replicas claiming at once never both take one
+    /// (PostgreSQL re-reads a row changed meanwhile). The status document says SENDING from the
+    /// claim on.
     fn claim_statement(&self, claim: &ClaimRequest, lease: &str) -> Stmt {
         let is_due = |now: &str, wall: &str| {
             format!(
@@ -276,37 +310,78 @@ impl Store {
                   OR (state = 'SENDING' AND lease_until_ms < {wall}))"
             )
         };
-        let sending = if self.is_exclusive() {
-            "json_set(doc, '$.state', 'SENDING', '$.updatedAt', $3)"
+        let per_channel = claim.per_channel;
+        let now = big(4);
+        let queued_of = |columns: &str, channel: &str| {
+            format!(
+                "SELECT {columns} FROM notification_deliveries x WHERE x.channel_id = {channel} \
+                   AND x.state IN ('PENDING', 'RESENDING') AND x.next_attempt_ms <= {now} \
+                 ORDER BY x.next_attempt_ms, x.id LIMIT {per_channel}"
+            )
+        };
+        // SQLite has no LATERAL: there each channel's rows are looked up by id from a correlated
+        // `IN` (a primary-key probe per id); PostgreSQL would run that `IN` per row of the table.
+        let (sending, queued) = if self.is_exclusive() {
+            (
+                "json_set(doc, '$.state', 'SENDING', '$.updatedAt', $3)",
+                format!(
+                    "SELECT q.id, q.channel_id, q.state, q.next_attempt_ms, q.lease_until_ms \
+                     FROM channels JOIN notification_deliveries q ON q.id IN ({})",
+                    queued_of("x.id", "channels.c")
+                ),
+            )
         } else {
-            "jsonb_set(jsonb_set(doc::jsonb, '{state}', '\"SENDING\"'), '{updatedAt}', \
-             to_jsonb(CAST($3 AS TEXT)))::text"
+            (
+                "jsonb_set(jsonb_set(doc::jsonb, '{state}', '\"SENDING\"'), '{updatedAt}', \
+                 to_jsonb(CAST($3 AS TEXT)))::text",
+                format!(
+                    "SELECT q.* FROM channels CROSS JOIN LATERAL ({}) q",
+                    queued_of(
+                        "x.id, x.channel_id, x.state, x.next_attempt_ms, x.lease_until_ms",
+                        "channels.c"
+                    )
+                ),
+            )
         };
         let updated_at = chrono::DateTime::from_timestamp_millis(claim.now_ms)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        let first_channel = |after: &str| {
+            format!(
+                "(SELECT channel_id FROM notification_deliveries \
+                  WHERE state IN ('PENDING', 'RESENDING'){after} ORDER BY channel_id LIMIT 1)"
+            )
+        };
         Stmt {
             sql: format!(
                 "UPDATE notification_deliveries SET state = 'SENDING', lease_token = $1, \
                  lease_until_ms = {lease_until}, doc = {sending} WHERE id IN (\
+                   WITH RECURSIVE channels(c) AS (\
+                     SELECT {first} \
+                     UNION ALL SELECT {next} FROM channels WHERE c IS NOT NULL), \
+                   open AS ({queued} \
+                     UNION ALL \
+                     SELECT id, channel_id, state, next_attempt_ms, lease_until_ms \
+                     FROM notification_deliveries WHERE state = 'SENDING') \
                    SELECT id FROM (\
                      SELECT id, next_attempt_ms, {due_now} AS due, \
                        SUM(CASE WHEN state = 'SENDING' AND lease_until_ms >= {wall} \
                                 THEN 1 ELSE 0 END) OVER (PARTITION BY channel_id) AS busy, \
                        ROW_NUMBER() OVER (PARTITION BY channel_id, {due_now} \
                                           ORDER BY next_attempt_ms, id) AS nth \
-                     FROM notification_deliveries \
-                     WHERE state IN ('PENDING', 'RESENDING', 'SENDING')) candidates \
+                     FROM open) candidates \
                    WHERE due AND busy + nth <= {per_channel} \
                    ORDER BY next_attempt_ms, id LIMIT {limit}) \
                  AND {due_now}",
                 lease_until = big(2),
+                first = first_channel(""),
+                next = first_channel(" AND channel_id > c"),
                 wall = big(5),
-                due_now = is_due(&big(4), &big(5)),
-                per_channel = claim.per_channel,
+                due_now = is_due(&now, &big(5)),
                 limit = claim.limit,
             ),
-            // Numbered in the order they first appear: SQLite binds `$n` by appearance.
+            // Numbered in the order they first appear: SQLite binds `$n` by appearance ($4, in
+            // the queued ranges, before $5).
             params: vec![
                 Some(lease.to_owned()),
                 Some((claim.wall_ms + claim.lease_ms).to_string()),
@@ -317,7 +392,8 @@ impl Store {
         }
     }
 
-    /// The deliveries `lease` holds, each with its event's and channel's documents: one query.
+    /// The deliveries `lease` holds, each with its event's and channel's documents: one query
+    /// (through the index of deliveries being sent, whatever the backlog).
     async fn claimed(&self, lease: &str) -> Result<Vec<Claimed>, StoreError> {
         let row = if self.is_exclusive() {
             "json_object('id', d.id, 'deadline', d.deadline_ms, 'status', json(d.doc), \
@@ -332,7 +408,7 @@ impl Store {
                     "SELECT {row} FROM notification_deliveries d \
                      JOIN notification_events e ON e.id = d.event_id \
                      LEFT JOIN notification_channels c ON c.id = d.channel_id \
-                     WHERE d.lease_token = $1 ORDER BY d.id"
+                     WHERE d.lease_token = $1 AND d.state = 'SENDING' ORDER BY d.id"
                 ),
                 params: vec![Some(lease.to_owned())],
             })
@@ -459,6 +535,11 @@ mod tests {
 
     /// `n` events for `channel`, each with one delivery due at 0.
     async fn backlog(store: &Store, channel: &str, n: usize) {
+        backlog_due(store, channel, n, 0).await;
+    }
+
+    /// `n` events for `channel`, each with one delivery due at `due_ms`.
+    async fn backlog_due(store: &Store, channel: &str, n: usize, due_ms: i64) {
         let doc = json!({"id": channel, "type": "WEBHOOK", "name": channel,
                          "url": "http://127.0.0.1:9/", "signingSecret": "x"});
         store
@@ -478,7 +559,7 @@ mod tests {
                     deliveries: vec![NewDelivery {
                         channel_id: channel.into(),
                         state: "PENDING".into(),
-                        next_attempt_ms: Some(0),
+                        next_attempt_ms: Some(due_ms),
                         deadline_ms: DAY,
                         doc: json!({"channel": {"id": channel}, "state": "PENDING"}),
                     }],
@@ -595,6 +676,69 @@ mod tests {
         };
         let taken_over = store.settle_and_claim(&[], &expired).await.unwrap();
         assert!(taken_over.iter().any(|c| c.id == b[1].id), "{taken_over:?}");
+    }
+
+    /// The claim looks at each channel's first due deliveries only: a channel whose queue is all
+    /// scheduled later (retries) neither takes a slot nor hides the channels after it; within a
+    /// channel the oldest go first; a lease that ran out is taken over even when its delivery's
+    /// due time is later than billing's now (the clock went back), as when every open delivery
+    /// was ranked.
+    async fn ranks_only_what_is_due(store: &Store) {
+        backlog_due(store, "a", 12, 0).await;
+        backlog_due(store, "b", 30, 9_000).await;
+        backlog_due(store, "c", 3, 500).await;
+        let first = store.settle_and_claim(&[], &request(32)).await.unwrap();
+        let of = |claimed: &[Claimed], ch: &str| -> Vec<String> {
+            let mut ids: Vec<String> = claimed
+                .iter()
+                .filter(|c| c.id.ends_with(&format!("/{ch}")))
+                .map(|c| c.id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(of(&first, "b"), Vec::<String>::new(), "{first:?}");
+        assert_eq!(of(&first, "c").len(), 3, "{first:?}");
+        let a: Vec<String> = (0..8).map(|i| format!("a-{i:03}/a")).collect();
+        assert_eq!(of(&first, "a"), a, "the oldest first");
+        assert_eq!(first.len(), 11);
+        // b comes due: 8 of it (a is still at its cap).
+        let later = ClaimRequest {
+            now_ms: 9_000,
+            ..request(32)
+        };
+        let second = store.settle_and_claim(&[], &later).await.unwrap();
+        assert_eq!(second.len(), 8, "{second:?}");
+        assert_eq!(of(&second, "b").len(), 8, "{second:?}");
+        // billing's clock back at 1,000, every lease over: b's 8 (due at 9,000) are taken over,
+        // with a's 8 expired ones; b's other 22 are not due.
+        let expired = ClaimRequest {
+            wall_ms: 40_000,
+            ..request(32)
+        };
+        let third = store.settle_and_claim(&[], &expired).await.unwrap();
+        assert_eq!(of(&third, "b"), of(&second, "b"), "{third:?}");
+        assert_eq!(of(&third, "a"), a, "{third:?}");
+        assert_eq!(third.len(), 16 + 3, "c's expired too: {third:?}");
+    }
+
+    #[tokio::test]
+    async fn ranks_only_what_is_due_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Location::Sqlite(dir.path().to_owned()))
+            .await
+            .unwrap();
+        ranks_only_what_is_due(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranks_only_what_is_due_on_postgres() {
+        let url = tollgate_e2e::postgres::Cluster::shared()
+            .unwrap()
+            .database()
+            .unwrap();
+        let store = Store::open(&Location::Postgres(url)).await.unwrap();
+        ranks_only_what_is_due(&store).await;
     }
 
     #[tokio::test]
