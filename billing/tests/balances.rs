@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{Value, json};
 use tollgate_billing::balances::{self, Evaluation};
 use tollgate_billing::entitlement::{self, Customer, Entitlement, Feature, Grant};
-use tollgate_billing::store::{Location, Store};
+use tollgate_billing::store::Store;
 
 mod common;
 
@@ -172,20 +172,7 @@ async fn a_features_balances_read_together_equal_one_by_one() {
     populate(&b).await;
     drop(b); // the library opens the database itself (SQLite takes one process)
 
-    let location = match crate::backend() {
-        Backend::Sqlite => Location::Sqlite(dir.path().join("data")),
-        Backend::Postgres => {
-            let config = std::fs::read_to_string(dir.path().join("billing.toml")).unwrap();
-            Location::Postgres(
-                config
-                    .lines()
-                    .find_map(|l| l.strip_prefix("database_url = "))
-                    .unwrap()
-                    .trim_matches('"')
-                    .to_owned(),
-            )
-        }
-    };
+    let location = common::store_location(dir.path());
     let store = Store::open(&location).await.unwrap();
     let customers: HashMap<String, Customer> = store
         .list_entities::<Customer>("customer")

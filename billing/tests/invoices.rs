@@ -1265,23 +1265,10 @@ async fn add_ons_are_invoiced_on_the_stretches_they_are_active() {
 /// not at all — neither its documents nor its statements — and the rest are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_stores_each_unit_whole_or_not_at_all() {
-    use tollgate_billing::store::{Location, Store};
+    use tollgate_billing::store::Store;
     let dir = tempfile::tempdir().unwrap();
     drop(Billing::simulated(dir.path())); // the library opens the database itself
-    let location = match crate::backend() {
-        Backend::Sqlite => Location::Sqlite(dir.path().join("data")),
-        Backend::Postgres => {
-            let config = std::fs::read_to_string(dir.path().join("billing.toml")).unwrap();
-            Location::Postgres(
-                config
-                    .lines()
-                    .find_map(|l| l.strip_prefix("database_url = "))
-                    .unwrap()
-                    .trim_matches('"')
-                    .to_owned(),
-            )
-        }
-    };
+    let location = common::store_location(dir.path());
     let store = Store::open(&location).await.unwrap();
     let doc = |id: &str, v: u32| json!({"id": id, "v": v}).to_string();
     for id in ["a", "b", "c"] {

@@ -168,6 +168,26 @@ impl Drop for Replica {
     }
 }
 
+/// Where a billing started in `dir` keeps its data, to open the store in process once that billing
+/// has stopped (SQLite takes one process).
+pub fn store_location(dir: &Path) -> tollgate_billing::store::Location {
+    use tollgate_billing::store::Location;
+    match crate::backend() {
+        Backend::Sqlite => Location::Sqlite(dir.join("data")),
+        Backend::Postgres => {
+            let config = std::fs::read_to_string(dir.join("billing.toml")).unwrap();
+            Location::Postgres(
+                config
+                    .lines()
+                    .find_map(|l| l.strip_prefix("database_url = "))
+                    .unwrap()
+                    .trim_matches('"')
+                    .to_owned(),
+            )
+        }
+    }
+}
+
 /// The Python with OpenMeter's SDK and `standardwebhooks` (`TOLLGATE_PYTHON`, else the venv
 /// `scripts/install-test-deps` makes — made here on a fresh clone).
 pub fn python() -> PathBuf {
