@@ -289,6 +289,23 @@ async fn catch_up_stops_at_max_catch_up_and_counts_what_it_skipped() {
         !by_tick(&receiver, "up").is_empty()
     })
     .await;
+    // A whole round done — every query evaluated and its progress saved — before the kill: `up`'s
+    // events can reach the receiver while `build` is still being evaluated, and a query with no
+    // saved progress starts afresh at the newest tick, skipping (and counting) nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = agent.get("/metrics").await;
+        let ticks = metric(
+            &metrics,
+            "tollgate_agent_source_ticks_total",
+            "kind=\"prometheus\"",
+        );
+        if ticks >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no round finished: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     agent.kill9();
     let last_before = by_tick(&receiver, "up").keys().last().unwrap().clone();
     tokio::time::sleep(Duration::from_secs(6)).await;
